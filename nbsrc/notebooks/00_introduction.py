@@ -1,0 +1,80 @@
+# %% [markdown]
+# # 6.3 Saving and Loading Models — Introduction
+#
+# Saving and loading models correctly is a key step in every deep-learning workflow. A model that
+# took hours to train is only as valuable as the file it is saved in: if that file cannot be read
+# back (on another machine, with another PyTorch version, after a crash), the training is lost.
+#
+# This course follows chapter 6.3 of a deep-learning course for physicists, section by section,
+# and brings it up to date with PyTorch 2.x. Every example runs here, in this notebook, on your
+# machine: on the CPU in seconds, or on a GPU if you have one.
+#
+# ## What you will learn
+#
+# - the different ways to save and load a model, and which one to use;
+# - the structure of a `state_dict`;
+# - complete checkpoint management: resume training exactly where it stopped;
+# - exporting a model for deployment (TorchScript and its successor `torch.export`, ONNX);
+# - and, beyond the original chapter, what changed in current PyTorch: `torch.load`'s
+#   `weights_only=True` default (a security fix), atomic saves that survive a crash,
+#   and distributed checkpoints.
+#
+# ## Prerequisites
+#
+# Python, and the basics of PyTorch: tensors, `nn.Module`, a training loop with an optimizer.
+
+# %% [markdown]
+# ## How to use this course
+#
+# | notebook | section | what it covers |
+# |---|---|---|
+# | `01_state_dict` | 6.3.1 | what a `state_dict` is; the recommended save/load; `map_location` |
+# | `02_whole_model` | 6.3.2 | pickling a whole model, why it breaks, and why it is a security risk |
+# | `03_checkpoints` | 6.3.3 | full training checkpoints; resuming an interrupted run exactly |
+# | `04_mismatched_state_dict` | 6.3.4 | partial loading for transfer learning; renaming keys |
+# | `05_data_parallel` | 6.3.5 | the `module.` prefix; `DistributedDataParallel`; sharded checkpoints |
+# | `06_torchscript` | 6.3.6 | TorchScript (deprecated) and its successor `torch.export` |
+# | `07_onnx` | 6.3.7 | exporting to ONNX and checking it with onnxruntime |
+# | `08_checkpoint_manager` | 6.3.8 | a checkpoint manager: numbered, atomic, with retention policies |
+# | `09_safe_saving` | 6.3.9 | saves that survive a crash |
+# | `10_summary` | summary | a physicist's view |
+#
+# Each chapter notebook follows the same shape: what you will learn, the steps (the chapter's own
+# code first, run as written, then the corrected version where PyTorch has changed), and a
+# conclusion. Run the cells from top to bottom (**Run ▸ Run All Cells** works too).
+#
+# Cells marked **"this cell fails on purpose"** show an error that you would meet in real life:
+# the red traceback below them is the lesson, not a bug in the course.
+#
+# **Exercises.** The folder `exercises/` holds notebooks for you to complete; `solutions/` holds the
+# same, solved. Check your own work with the course's test command (see `README.md`):
+# `./course test exercises/` runs the checks against your notebooks.
+#
+# **The helper library.** The chapter's functions live, done properly, in the small package
+# `course_lib` beside the notebooks (`course_lib/checkpoint.py`, `course_lib/state_dict.py`, ...).
+# The notebooks call it, as d2l's notebooks call `d2l`; open its files to read the code.
+
+# %% [markdown]
+# ## Which device am I on?
+#
+# Every notebook starts with the same line. It chooses CUDA when available, else Apple's MPS,
+# else the CPU; set the environment variable `COURSE_DEVICE` (e.g. `COURSE_DEVICE=cpu`) before
+# starting JupyterLab to override the choice.
+
+# %%
+from course_lib import notebook
+
+device, workdir = notebook.start("intro")
+print("Files written by this notebook go to:", workdir)
+
+# %%
+import torch
+
+x = torch.randn(3, 3, device=device)
+print("a tensor lives on a device:", x.device.type)
+print("PyTorch version is 2.6 or newer:", tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 6))
+
+# %% [markdown]
+# ## Conclusion
+#
+# You are set up. Start with `01_state_dict.ipynb`.
