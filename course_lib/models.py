@@ -8,9 +8,7 @@ from torch import nn
 
 def make_mlp(in_features: int = 10, hidden: int = 20, out_features: int = 5) -> nn.Sequential:
     """The chapter's 6.3.1 model: ``Sequential(Linear(10, 20), ReLU(), Linear(20, 5))``."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features)
-    )
+    return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 
 
 class MyModel(nn.Module):

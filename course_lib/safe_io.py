@@ -183,7 +183,9 @@ def safe_load(
             needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
         except Exception:  # a damaged file can fail here too; the refusal is still the news
             needed = []
-        allowed = {f"{g.__module__}.{g.__qualname__}" for g in allowed_globals if hasattr(g, "__module__")}
+        allowed = {
+            f"{g.__module__}.{g.__qualname__}" for g in allowed_globals if hasattr(g, "__module__")
+        }
         raise UnsafeCheckpointError(path, [g for g in needed if g not in allowed]) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as exc:
         raise CorruptCheckpointError(
@@ -192,3 +194,93 @@ def safe_load(
             f"{str(exc).splitlines()[0] if str(exc) else ''}",
             "load an earlier checkpoint or a backup; write checkpoints with safe_save.",
         ) from None
+
+
+def _fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _new_file_mode(existing: Path) -> int:
+    """The mode a plain ``open(path, 'wb')`` would leave: the old file's, or 0o666 minus umask."""
+    try:
+        return existing.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write a file so that ``path`` holds either its old content or the complete new content.
+
+    ``write(temp_path)`` writes the new content to a uniquely named temporary file in the same
+    directory; it is then flushed to disk (fsync), renamed over ``path`` (``os.replace``, atomic on
+    POSIX and Windows), and the directory is fsynced so the rename survives a power cut. On any
+    failure (a full disk, a permission error, an interrupt) the temporary file is removed, ``path``
+    is untouched and the error is re-raised.
+    """
+    import tempfile
+
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    temp_path = Path(temp_name)
+    try:
+        write(temp_path)
+        os.chmod(temp_path, _new_file_mode(path))
+        with temp_path.open("rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temp_path, path)
+    except BaseException as exc:
+        temp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and hasattr(exc, "add_note"):
+            exc.add_note(f"course_lib: nothing was written; {path} is unchanged.")
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def safe_save(obj: Any, path: str | os.PathLike[str]) -> Path:
+    """``torch.save(obj, path)``, atomically and durably (see ``atomic_write``).
+
+    The chapter's version saved to ``path + '.tmp'`` and moved it over ``path``: it never fsynced
+    (a power cut could leave an empty file), reused one temporary name (two writers collide), and
+    left the ``.tmp`` file behind on failure.
+    """
+    return atomic_write(path, lambda temp: torch.save(obj, temp))
+
+
+def save_with_backup(
+    obj: Any, path: str | os.PathLike[str], *, backup_suffix: str = ".backup"
+) -> Path:
+    """Save ``obj`` to ``path`` atomically, first keeping the previous file as ``path + suffix``.
+
+    The backup is made atomically too (a hard link renamed into place, or a durable copy where the
+    file system has no hard links), so at every moment both names hold a complete file.
+    """
+    import shutil
+
+    path = Path(path)
+    backup = path.with_name(path.name + backup_suffix)
+    if path.exists():
+
+        def keep_previous(temp: Path) -> None:
+            temp.unlink()
+            try:
+                os.link(path, temp)
+            except OSError:
+                shutil.copy2(path, temp)
+
+        atomic_write(backup, keep_previous)
+    return safe_save(obj, path)

@@ -28,7 +28,9 @@ def _ids(targets):
 def test_every_notebook_has_a_source():
     built = {t[0] for t in TARGETS}
     committed = {
-        p for folder in ("notebooks", "solutions", "exercises") for p in (ROOT / folder).glob("*.ipynb")
+        p
+        for folder in ("notebooks", "solutions", "exercises")
+        for p in (ROOT / folder).glob("*.ipynb")
     }
     assert committed, "no notebooks found"
     assert committed == built, f"notebooks without a source in nbsrc/: {sorted(committed - built)}"
@@ -60,9 +62,8 @@ def test_errors_only_where_tagged(target):
             continue
         tagged = "raises-exception" in cell.metadata.get("tags", [])
         errors = [o for o in cell.outputs if o.output_type == "error"]
-        assert bool(errors) == tagged, (
-            f"cell {cell.id}: "
-            + ("tagged raises-exception but did not fail" if tagged else "fails without the tag")
+        assert bool(errors) == tagged, f"cell {cell.id}: " + (
+            "tagged raises-exception but did not fail" if tagged else "fails without the tag"
         )
         if tagged:
             # The cell must also be compared (not ignored), so a cell that stops failing fails nbval.

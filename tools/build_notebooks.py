@@ -62,10 +62,18 @@ def parse_source(text: str) -> list[tuple[str, str, list[str]]]:
 
 def make_notebook(cells: list[tuple[str, str, list[str]]]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
     nb.metadata["language_info"] = {"name": "python"}
     for index, (kind, body, tags) in enumerate(cells):
-        cell = nbformat.v4.new_markdown_cell(body) if kind == "markdown" else nbformat.v4.new_code_cell(body)
+        cell = (
+            nbformat.v4.new_markdown_cell(body)
+            if kind == "markdown"
+            else nbformat.v4.new_code_cell(body)
+        )
         cell["id"] = f"cell-{index:03d}"
         if tags:
             cell.metadata["tags"] = tags
@@ -86,7 +94,10 @@ def targets_for(source: Path) -> list[tuple[Path, list[tuple[str, str, list[str]
         return [(ROOT / "notebooks" / name, cells, True)]
     if kind == "exercises":
         student = [(k, strip_solutions(b) if k == "code" else b, t) for k, b, t in cells]
-        return [(ROOT / "solutions" / name, cells, True), (ROOT / "exercises" / name, student, False)]
+        return [
+            (ROOT / "solutions" / name, cells, True),
+            (ROOT / "exercises" / name, student, False),
+        ]
     raise ValueError(f"{source}: sources live in nbsrc/notebooks or nbsrc/exercises")
 
 
