@@ -59,3 +59,26 @@ def describe_device(device: torch.device | None = None) -> str:
         what = f"CPU, {torch.get_num_threads()} threads"
     source = f"set by {DEVICE_ENV_VAR}" if os.environ.get(DEVICE_ENV_VAR) else "auto-chosen"
     return f"Running on device: {device} [{what}; {source}; torch {torch.__version__}]"
+
+
+def save_as_if_on_gpu(obj: object, path: str | os.PathLike[str], device: str = "cuda:0") -> None:
+    """Write ``obj`` exactly as ``torch.save`` on a GPU machine would: every tensor tagged ``device``.
+
+    A file's tensors remember the device they were saved from; ``torch.load`` puts them back there
+    unless ``map_location`` says otherwise. This lets a learner on a CPU-only machine meet a
+    "GPU-saved" file. It uses ``torch.serialization``'s location taggers, a private registry.
+    """
+    from torch import serialization
+
+    def tag_as_gpu(storage: object) -> str:
+        return device
+
+    def never_used(storage: object, location: str) -> None:
+        return None
+
+    entry = (-1, tag_as_gpu, never_used)
+    serialization._package_registry.insert(0, entry)
+    try:
+        torch.save(obj, path)
+    finally:
+        serialization._package_registry.remove(entry)

@@ -45,6 +45,10 @@ class ForeignFileError(CheckpointError):
     """The file is not something ``torch.load`` reads (another format, or another kind of archive)."""
 
 
+class CheckpointDeviceError(CheckpointError):
+    """The file's tensors were saved on a device (e.g. CUDA) that this machine does not have."""
+
+
 class UnsafeCheckpointError(CheckpointError):
     """The file needs Python globals beyond plain weights; loading it would run their code."""
 
@@ -76,14 +80,14 @@ def _inspect_zip(path: Path) -> None:
             "load an earlier checkpoint or a backup; write checkpoints with safe_save "
             "so an interrupted save cannot replace a good file.",
         ) from None
-    if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
-        return
     if any(name.endswith("/constants.pkl") for name in names):
         raise ForeignFileError(
             path,
             "this is a TorchScript archive, not a torch.save file.",
             "load it with torch.jit.load(path).",
         )
+    if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        return
     if any("/models/" in name and name.endswith(".json") for name in names) or any(
         name.endswith("/archive_format") for name in names
     ):
@@ -169,8 +173,9 @@ def safe_load(
     """
     path = check_checkpoint_file(path)
     location = try_device() if map_location is None else map_location
+    allowed_globals = list(allowed_globals)
     try:
-        with torch.serialization.safe_globals(list(allowed_globals)):
+        with torch.serialization.safe_globals(allowed_globals):
             return torch.load(path, map_location=location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
@@ -181,19 +186,38 @@ def safe_load(
             ) from None
         try:
             needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # a damaged file can fail here too; the refusal is still the news
+        except Exception:  # the pickle itself is unreadable
             needed = []
         allowed = {
             f"{g.__module__}.{g.__qualname__}" for g in allowed_globals if hasattr(g, "__module__")
         }
-        raise UnsafeCheckpointError(path, [g for g in needed if g not in allowed]) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError) as exc:
-        raise CorruptCheckpointError(
-            path,
-            f"the file is damaged: torch.load failed with {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}",
-            "load an earlier checkpoint or a backup; write checkpoints with safe_save.",
-        ) from None
+        unsafe = [g for g in needed if g not in allowed]
+        if not unsafe:  # refused, yet it names no global: the pickled data itself is damaged
+            raise _damaged(path, exc) from None
+        raise UnsafeCheckpointError(path, unsafe) from None
+    except RuntimeError as exc:
+        if "Attempting to deserialize object on" in str(exc):
+            raise CheckpointDeviceError(
+                path,
+                f"the file's tensors were saved on a device this machine lacks "
+                f"(map_location={location!r}): {str(exc).splitlines()[0]}",
+                "pass map_location='cpu' (or leave map_location=None to load onto "
+                "course_lib.device.try_device()).",
+            ) from None
+        raise _damaged(path, exc) from None
+    except (EOFError, zipfile.BadZipFile, KeyError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _damaged(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    lines = str(exc).splitlines() or [""]
+    # torch's refusal text starts with advice about weights_only; the cause is on a later line.
+    first_line = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), lines[0])
+    return CorruptCheckpointError(
+        path,
+        f"the file is damaged: torch.load failed with {type(exc).__name__}: {first_line}",
+        "load an earlier checkpoint or a backup; write checkpoints with safe_save.",
+    )
 
 
 def _fsync_directory(directory: Path) -> None:
