@@ -72,7 +72,9 @@ import torch
 
 x = torch.randn(3, 3, device=device)
 print("a tensor lives on a device:", x.device.type)
-print("PyTorch version is 2.6 or newer:", tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 6))
+print(
+    "PyTorch version is 2.6 or newer:", tuple(map(int, torch.__version__.split(".")[:2])) >= (2, 6)
+)
 
 # %% [markdown]
 # ## Conclusion

@@ -1,0 +1,64 @@
+"""environment.yml (conda) and pyproject.toml (pip) must list the same packages."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDA_TO_PIP = {"pytorch": "torch"}
+NOT_PACKAGES = {"python", "pip"}
+
+
+def _name(requirement: str) -> str:
+    name = re.split(r"[<>=!~\[ ;]", requirement.strip(), maxsplit=1)[0]
+    return name.lower().replace("_", "-")
+
+
+def pyproject_packages() -> set[str]:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project.get("optional-dependencies", {}).values():
+        requirements += extra
+    return {_name(r) for r in requirements}
+
+
+def environment_packages() -> set[str]:
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    names = set()
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            names |= {_name(p) for p in dep.get("pip", []) if not p.startswith("-")}
+        else:
+            names.add(CONDA_TO_PIP.get(_name(dep), _name(dep)))
+    return names - NOT_PACKAGES
+
+
+def test_environment_yml_and_pyproject_list_the_same_packages():
+    only_pip = pyproject_packages() - environment_packages()
+    only_conda = environment_packages() - pyproject_packages()
+    assert not only_pip and not only_conda, (
+        f"only in pyproject.toml: {sorted(only_pip)}; only in environment.yml: {sorted(only_conda)}"
+    )
+
+
+def test_the_course_packages_are_all_declared():
+    required = {"torch", "jupyterlab", "nbval", "onnx", "onnxruntime", "onnxscript"}
+    required |= {"matplotlib", "ipywidgets", "pytest", "tqdm"}
+    assert required <= pyproject_packages()
+
+
+def test_torch_is_a_range_the_pinned_cpu_wheel_satisfies():
+    """A pin in pyproject would replace a GPU user's CUDA build; no floor would admit torch 1.x."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    (torch_req,) = [r for r in project["dependencies"] if _name(r) == "torch"]
+    assert torch_req.replace(" ", "") == "torch>=2.6"
+
+
+def test_install_script_pins_the_cpu_wheel_and_keeps_an_existing_torch():
+    script = (ROOT / "course").read_text()
+    assert "pip install --quiet torch==2.13.0" in script
+    assert "(major, minor) >= (2, 6)" in script
