@@ -13,15 +13,24 @@ resumes.
 
 from __future__ import annotations
 
+import argparse
+import json
+import math
 import os
 import random
+import sys
+import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
+
+from course_lib.safe_io import CheckpointError, MapLocation, safe_load, safe_save
 
 FORMAT_VERSION = 1
 """Bumped when the layout of the checkpoint dict changes; ``apply_checkpoint`` reads older ones."""
@@ -248,3 +257,386 @@ def apply_checkpoint(
                 legacy["cuda"] = [checkpoint["cuda_rng_state"]]
             restore_rng_state(legacy)
     return checkpoint
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's functions: same names, same positional arguments, same return values
+# ----------------------------------------------------------------------------------------------
+
+
+def save_checkpoint(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any,
+    epoch: int,
+    loss: float | None,
+    path: PathLike,
+    *,
+    scaler: Any = None,
+    step: int | None = None,
+    best_metric: float | None = None,
+    metrics: Mapping[str, float] | None = None,
+    extra: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+) -> Path:
+    """Save the full training state to ``path`` atomically and durably; return the path.
+
+    The chapter's call ``save_checkpoint(model, optimizer, scheduler, epoch, loss, path)`` works
+    as written. Differences: the RNG states of Python, NumPy, torch and every CUDA device are
+    stored (the chapter kept torch's only), ``loss`` is stored as a Python float (a NumPy float
+    would make the file unloadable under ``weights_only=True``), and the write goes through
+    ``safe_save``: an interrupted save leaves the previous file intact. The folder is created if
+    needed. The dict also has the chapter's ``'loss'`` key, so the chapter's loader reads it.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = build_checkpoint(
+        model,
+        optimizer,
+        scheduler,
+        epoch=epoch,
+        step=step,
+        metrics=metrics,
+        best_metric=best_metric,
+        scaler=scaler,
+        extra=extra,
+    )
+    checkpoint["loss"] = _to_float(loss)
+    safe_save(checkpoint, path)
+    if verbose:
+        print(f"Checkpoint saved: {path}")
+    return path
+
+
+def load_checkpoint(
+    path: PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any = None,
+    device: MapLocation = "cpu",
+    *,
+    scaler: Any = None,
+    restore_rng: bool = True,
+    verbose: bool = False,
+) -> tuple[int, float | None]:
+    """Restore a checkpoint written by ``save_checkpoint`` (ours or the chapter's); return
+    ``(epoch, loss)``.
+
+    Loads with ``weights_only=True`` (``safe_io.safe_load``): a damaged, empty or foreign file
+    raises a ``CheckpointError`` naming the file and the fix. ``device`` is the ``map_location``;
+    the model's parameters keep their own device (``load_state_dict`` copies into them). The
+    returned epoch is the last *completed* one: resume at ``epoch + 1``.
+    """
+    checkpoint = safe_load(path, map_location=device)
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(
+            path,
+            f"holds a {type(checkpoint).__name__}, not a checkpoint dict.",
+            "a bare state_dict loads with model.load_state_dict(safe_load(path)).",
+        )
+    try:
+        apply_checkpoint(
+            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+        )
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            path,
+            f"does not fit what was passed in: {exc}",
+            "build the same model/optimizer/scheduler as the run that saved it.",
+        ) from exc
+    epoch = int(checkpoint["epoch"])
+    loss = checkpoint.get("loss")
+    if loss is None and checkpoint.get("metrics"):
+        loss = checkpoint["metrics"].get("loss", checkpoint["metrics"].get("val_loss"))
+    loss = _to_float(loss)
+    if verbose:
+        shown = "n/a" if loss is None else f"{loss:.4f}"
+        print(f"Resuming from epoch {epoch}, loss: {shown}")
+    return epoch, loss
+
+
+# ----------------------------------------------------------------------------------------------
+# Training with checkpoints
+# ----------------------------------------------------------------------------------------------
+
+LATEST_NAME = "latest.pth"
+BEST_NAME = "best_model.pth"
+
+
+def _best_from_existing(checkpoint_dir: Path) -> float | None:
+    """The validation loss of an existing ``best_model.pth`` (for checkpoints that lack
+    ``'best_metric'``, such as the chapter's)."""
+    best_path = checkpoint_dir / BEST_NAME
+    if not best_path.exists():
+        return None
+    try:
+        best = safe_load(best_path, map_location="cpu")
+    except CheckpointError:
+        return None
+    value = best.get("best_metric", best.get("loss")) if isinstance(best, Mapping) else None
+    return _to_float(value)
+
+
+def _run_epoch(
+    model: nn.Module,
+    loader: Any,
+    criterion: Callable[..., torch.Tensor],
+    device: torch.device,
+    optimizer: torch.optim.Optimizer | None = None,
+    scaler: Any = None,
+) -> tuple[float, int]:
+    """One pass over ``loader``: train if an optimizer is given, else evaluate. Returns the mean
+    batch loss (as the chapter computes it) and the number of optimizer steps taken."""
+    training = optimizer is not None
+    model.train(training)
+    total, steps = 0.0, 0
+    with torch.set_grad_enabled(training):
+        for inputs, targets in loader:
+            inputs, targets = inputs.to(device), targets.to(device)
+            with torch.autocast(device.type, enabled=scaler is not None and scaler.is_enabled()):
+                loss = criterion(model(inputs), targets)
+            if training:
+                optimizer.zero_grad()
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                steps += 1
+            total += loss.item()
+    return total / max(len(loader), 1), steps
+
+
+def train_with_checkpoint(
+    model: nn.Module,
+    train_loader: Any,
+    val_loader: Any,
+    criterion: Callable[..., torch.Tensor],
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    num_epochs: int,
+    checkpoint_dir: PathLike = "checkpoints",
+    resume_from: PathLike | None = None,
+    *,
+    progress: bool = True,
+    verbose: bool = True,
+    save_every: int = 10,
+    scaler: Any = None,
+    restore_rng: bool = True,
+) -> dict[str, list[float]]:
+    """The chapter's training loop with checkpoints, fixed; returns the history.
+
+    Per epoch: train, validate, step the scheduler (``ReduceLROnPlateau`` gets the validation
+    loss), then write ``latest.pth`` (every epoch, to resume from), ``best_model.pth`` when the
+    validation loss improved, and ``checkpoint_epoch_{epoch}.pth`` every ``save_every`` epochs.
+    All writes are atomic.
+
+    Fixed against the chapter: on resume the best validation loss is restored (the chapter reset
+    it to infinity, so the first resumed epoch overwrote a better ``best_model.pth``); the RNGs
+    are restored, so a resumed run is the run that would have happened; the history of the
+    epochs before the interruption comes back too. ``resume_from`` that does not exist starts a
+    fresh run (the chapter's behaviour), so ``resume_from=checkpoint_dir / 'latest.pth'`` works
+    for the first and every later launch.
+
+    Returns ``{'epoch': [...], 'train_loss': [...], 'val_loss': [...]}`` for every epoch so far,
+    including those before a resume. A DataLoader with its own ``generator`` is not covered by
+    the global RNG state: give it none (the global torch RNG is then used) or save its state in
+    ``extra`` yourself.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": []}
+    start_epoch, step = 0, 0
+    best_val_loss = math.inf
+    if resume_from is not None and Path(resume_from).exists():
+        checkpoint = safe_load(resume_from, map_location=device)
+        apply_checkpoint(
+            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+        )
+        start_epoch = int(checkpoint["epoch"]) + 1
+        step = int(checkpoint.get("step") or 0)
+        saved = checkpoint.get("extra", {}).get("history")
+        if saved:
+            history = {k: [float(v) for v in saved[k]] for k in history}
+        best = checkpoint.get("best_metric")
+        if best is None:  # the chapter's checkpoint: fall back on the best file on disk
+            best = _best_from_existing(checkpoint_dir)
+        best_val_loss = math.inf if best is None else float(best)
+        if verbose:
+            print(
+                f"Resumed from {resume_from}: epoch {start_epoch - 1} done, "
+                f"best val loss so far {best_val_loss:.4f}"
+            )
+
+    epochs: Sequence[int] = range(start_epoch, num_epochs)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=num_epochs, initial=start_epoch, desc="epochs", unit="epoch")
+    for epoch in epochs:
+        train_loss, steps = _run_epoch(model, train_loader, criterion, device, optimizer, scaler)
+        step += steps
+        val_loss, _ = _run_epoch(model, val_loader, criterion, device)
+        if scheduler is not None:
+            if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                scheduler.step(val_loss)
+            else:
+                scheduler.step()
+        history["epoch"].append(float(epoch))
+        history["train_loss"].append(train_loss)
+        history["val_loss"].append(val_loss)
+        improved = val_loss < best_val_loss
+        if improved:
+            best_val_loss = val_loss
+
+        checkpoint = build_checkpoint(
+            model,
+            optimizer,
+            scheduler,
+            epoch=epoch,
+            step=step,
+            metrics={"train_loss": train_loss, "val_loss": val_loss},
+            best_metric=best_val_loss,
+            scaler=scaler,
+            extra={"history": history},
+        )
+        checkpoint["loss"] = val_loss  # the chapter's key
+        names = [BEST_NAME] if improved else []
+        if (epoch + 1) % save_every == 0:
+            names.append(f"checkpoint_epoch_{epoch}.pth")
+        names.append(LATEST_NAME)  # last, so that it is always the newest complete state
+        for name in names:
+            safe_save(checkpoint, checkpoint_dir / name)
+        if verbose:
+            line = f"Epoch {epoch}: Train Loss = {train_loss:.4f}, Val Loss = {val_loss:.4f}"
+            line += " (best)" if improved else ""
+            (bar.write if bar is not None else print)(line)
+        if bar is not None:
+            bar.set_postfix(train=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    return history
+
+
+# ----------------------------------------------------------------------------------------------
+# A small, complete training job to interrupt and resume (notebook 03 and the tests)
+# ----------------------------------------------------------------------------------------------
+
+
+def make_demo_model(dropout: float = 0.2) -> nn.Sequential:
+    """The chapter's 10 -> 20 -> 5 MLP with dropout, so that a resumed run depends on the RNG."""
+    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Dropout(dropout), nn.Linear(20, 5))
+
+
+def make_demo_job(seed: int = 0) -> dict[str, Any]:
+    """Model, loaders (the training one shuffles), loss, optimizer and scheduler, seeded.
+
+    Everything a run needs, built the same way in every process, as a real training script does
+    before it resumes.
+    """
+    from course_lib.data import make_loaders, make_regression_data
+    from course_lib.notebook import seed_everything
+
+    seed_everything(seed)
+    model = make_demo_model()
+    train_loader, val_loader = make_loaders(make_regression_data(512, seed=seed), batch_size=32)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
+    return {
+        "model": model,
+        "train_loader": train_loader,
+        "val_loader": val_loader,
+        "criterion": nn.MSELoss(),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+    }
+
+
+def demo_training(
+    checkpoint_dir: PathLike,
+    num_epochs: int = 12,
+    *,
+    resume: bool = False,
+    restore_rng: bool = True,
+    epoch_delay: float = 0.0,
+    seed: int = 0,
+    progress: bool = False,
+    verbose: bool = False,
+) -> tuple[nn.Module, dict[str, list[float]]]:
+    """Run (or, with ``resume=True``, continue from ``latest.pth``) the demo job; return the
+    model and the history. ``epoch_delay`` sleeps after each epoch so that another process can
+    interrupt it at a chosen point."""
+    job = make_demo_job(seed)
+    checkpoint_dir = Path(checkpoint_dir)
+    model = job.pop("model")
+    train = job.pop("train_loader")
+    if epoch_delay:
+        train = _SlowLoader(train, epoch_delay)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a model this small is fastest on one thread (no contention)
+    try:
+        history = train_with_checkpoint(
+            model,
+            train,
+            job["val_loader"],
+            job["criterion"],
+            job["optimizer"],
+            job["scheduler"],
+            num_epochs,
+            checkpoint_dir,
+            checkpoint_dir / LATEST_NAME if resume else None,
+            progress=progress,
+            verbose=verbose,
+            restore_rng=restore_rng,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return model, history
+
+
+class _SlowLoader:
+    """Wraps a DataLoader and pauses before each epoch after the first, to be interruptible."""
+
+    def __init__(self, loader: DataLoader, delay: float) -> None:
+        self.loader, self.delay, self.epochs = loader, delay, 0
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.epochs:
+            time.sleep(self.delay)
+        self.epochs += 1
+        return iter(self.loader)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: run or resume the demo job, print one JSON line with the history."""
+    parser = argparse.ArgumentParser(prog="python -m course_lib.checkpoint", description=__doc__)
+    parser.add_argument("checkpoint_dir", type=Path)
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--resume", action="store_true", help="continue from latest.pth")
+    parser.add_argument("--no-rng", action="store_true", help="resume without restoring RNGs")
+    parser.add_argument("--epoch-delay", type=float, default=0.0, help="seconds between epochs")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    _, history = demo_training(
+        args.checkpoint_dir,
+        args.epochs,
+        resume=args.resume,
+        restore_rng=not args.no_rng,
+        epoch_delay=args.epoch_delay,
+        seed=args.seed,
+        verbose=True,
+    )
+    print(json.dumps(history))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
