@@ -223,7 +223,10 @@ def load_partial_state_dict(
     try:
         model.load_state_dict(to_load, strict=False)
     except BaseException:
-        model.load_state_dict(backup, strict=False)
+        with torch.no_grad():  # copy back directly: the module's own loader just failed
+            for key, value in backup.items():
+                if isinstance(value, torch.Tensor):
+                    model_state[key].copy_(value)
         raise
     if not report.ok:
         logger.warning("load_partial_state_dict: %s", report.summary())
@@ -379,7 +382,10 @@ def remove_module_prefix(
     ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``, which works in place and
     strips from any key that has the prefix). Returns a new dict; the tensors are shared.
     """
-    prefix = detect_wrapper_prefix(state_dict.keys(), prefixes)
+    return _strip(state_dict, detect_wrapper_prefix(state_dict.keys(), prefixes))
+
+
+def _strip(state_dict: Mapping[str, Any], prefix: str) -> OrderedDict[str, Any]:
     new: OrderedDict[str, Any] = OrderedDict((k[len(prefix) :], v) for k, v in state_dict.items())
     metadata = getattr(state_dict, "_metadata", None)
     if metadata is not None:
@@ -437,10 +443,18 @@ def load_state_dict_any_prefix(
     """
     inner = unwrap_model(model)
     inner_keys = set(inner.state_dict().keys())
-    if set(state_dict.keys()) != inner_keys:
-        stripped = remove_module_prefix(state_dict)
-        if len(inner_keys & set(stripped)) >= len(inner_keys & set(state_dict)):
-            state_dict = stripped
+    # Candidates: the checkpoint as is, then with one more wrapper prefix stripped each time.
+    candidates = [(0, state_dict)]
+    full = detect_wrapper_prefix(state_dict.keys())
+    stripped = ""
+    for prefix in re.findall(r"module\.|_orig_mod\.", full):
+        stripped += prefix
+        candidates.append((len(candidates), _strip(state_dict, stripped)))
+    exact = [c for _, c in candidates if set(c.keys()) == inner_keys]
+    if exact:
+        state_dict = exact[0]
+    else:  # the most keys in common; on a tie, the most stripped
+        state_dict = max(candidates, key=lambda c: (len(inner_keys & set(c[1].keys())), c[0]))[1]
     return load_partial_state_dict(inner, state_dict, strict=strict)
 
 
