@@ -1,0 +1,278 @@
+# %% [markdown]
+# # 6.3.1 Saving and loading a `state_dict`
+#
+# ## What you will learn
+#
+# - what a `state_dict` is: an ordered dictionary from each layer's name to its tensors;
+# - the difference between *parameters* (learned by gradient descent) and *buffers* (state such as
+#   BatchNorm's running statistics), and the `_metadata` a `state_dict` carries;
+# - the recommended way to save and load a model: save only the `state_dict`, rebuild the model in
+#   code, `load_state_dict`, then `eval()`;
+# - how `map_location` moves a file's tensors to the CPU, to a chosen GPU, or to an auto-chosen
+#   device, and what a CPU-only machine does with a file saved on a GPU.
+#
+# ## Prerequisites
+#
+# `nn.Module`, `nn.Sequential`, tensors and devices. Run the cells from top to bottom.
+
+# %%
+from course_lib import notebook
+
+device, workdir = notebook.start("6.3.1")
+
+# %% [markdown]
+# ## What is a `state_dict`?
+#
+# A `state_dict` is a Python dictionary that maps each layer to its parameter tensors. The chapter's
+# code, as written:
+
+# %%
+import torch
+import torch.nn as nn
+
+# Create a simple model
+model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+
+# Look at the state_dict
+print("The model's state_dict:")
+for name, param in model.state_dict().items():
+    print(f"  {name}: {param.shape}")
+
+# %% [markdown]
+# The names are paths through the module tree: `0.weight` is the `weight` attribute of the module at
+# index `0` of the `Sequential`. The `ReLU` at index `1` has no tensors, so it has no entries.
+# A `Linear(10, 20)` stores its weight as `[out_features, in_features] = [20, 10]`.
+#
+# ## The passenger you do not see: `_metadata`
+#
+# `state_dict()` returns an `OrderedDict` with an extra attribute, `_metadata`: a version number
+# for each module. `load_state_dict` hands it to each module so that a newer PyTorch can upgrade a
+# file written by an older one (BatchNorm's `num_batches_tracked`, for example, arrived in its
+# version 2). Building a new plain `dict` from a `state_dict` silently drops it.
+
+# %%
+state = model.state_dict()
+print(type(state).__name__)
+print(dict(state._metadata))
+print("kept by a dict comprehension:", hasattr({k: v for k, v in state.items()}, "_metadata"))
+
+# %% [markdown]
+# ## Parameters and buffers
+#
+# Not everything in a `state_dict` is learned by gradient descent. A `BatchNorm1d` layer keeps
+# *buffers*: the running mean and variance of its inputs, and a counter. They are not in
+# `model.parameters()` (the optimizer never sees them) but they are in the `state_dict`, because
+# `eval()` mode uses them: a model saved without them would predict differently.
+
+# %%
+from course_lib.display import show_table
+from course_lib.explore import state_dict_rows
+
+torch.manual_seed(0)
+bn_model = nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.ReLU(), nn.Linear(20, 5))
+show_table(state_dict_rows(bn_model))
+print()
+print(f"parameters(): {len(list(bn_model.parameters()))} tensors")
+print(f"buffers():    {len(list(bn_model.buffers()))} tensors")
+print(f"state_dict(): {len(bn_model.state_dict())} entries")
+
+# %% [markdown]
+# A forward pass in training mode updates the buffers, without any optimizer step:
+
+# %%
+before = bn_model.state_dict()["1.running_mean"].clone()
+bn_model.train()
+bn_model(torch.randn(64, 10))
+print(
+    "running_mean unchanged after one training-mode forward:",
+    torch.equal(before, bn_model.state_dict()["1.running_mean"]),
+)
+print("num_batches_tracked:", bn_model.state_dict()["1.num_batches_tracked"].item())
+
+# %% [markdown]
+# ## A `state_dict` is a view, not a copy
+#
+# The tensors in a `state_dict` share memory with the model. A "snapshot" taken with
+# `state_dict()` changes when the model trains on. To keep a snapshot in memory (for example the
+# best weights so far), copy it: `copy.deepcopy(model.state_dict())`.
+
+# %%
+import copy
+
+view = model.state_dict()
+snapshot = copy.deepcopy(model.state_dict())
+with torch.no_grad():
+    model[0].weight.add_(1.0)  # stands for an optimizer step
+print("the view followed the model:    ", torch.equal(view["0.weight"], model[0].weight))
+print("the deep copy kept the old value:", not torch.equal(snapshot["0.weight"], model[0].weight))
+model.load_state_dict(snapshot)  # undo the change
+
+# %% [markdown]
+# ## Explore the layers
+#
+# Pick an entry of the BatchNorm model's `state_dict` below to see its shape, size and a
+# histogram of its values (the interactive panel needs a running kernel). For one entry, the same
+# summary in plain text:
+
+# %%
+from course_lib.explore import layer_explorer, layer_summary, plot_layer_histogram
+
+print(layer_summary(bn_model, "0.weight"))
+print(layer_summary(bn_model, "1.running_var"))
+
+# %% tags=["nbval-ignore-output"]
+layer_explorer(bn_model)
+
+# %% [markdown]
+# A freshly initialised `Linear` layer draws its weights uniformly from
+# $[-1/\sqrt{\text{in}}, 1/\sqrt{\text{in}}]$; the histogram shows it:
+
+# %%
+import matplotlib.pyplot as plt
+
+plot_layer_histogram(bn_model, "0.weight")
+plt.show()
+
+# %% [markdown]
+# ## The recommended way: save only the `state_dict`
+#
+# Save the weights, not the object. To load, build the model in code (the code is the architecture),
+# load the weights into it, and switch it to evaluation mode. The chapter's code, writing into this
+# notebook's folder:
+
+# %%
+# Save
+torch.save(model.state_dict(), workdir / "model_weights.pth")
+
+# Load
+model = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+print(model.load_state_dict(torch.load(workdir / "model_weights.pth")))
+model.eval()  # switch to evaluation mode
+
+# %% [markdown]
+# `load_state_dict` reports what it matched. The loaded model computes exactly what the saved one
+# did:
+
+# %%
+x = torch.randn(4, 10)
+reloaded = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Linear(20, 5))
+reloaded.load_state_dict(torch.load(workdir / "model_weights.pth"))
+print("same outputs:", torch.equal(model(x), reloaded(x)))
+
+# %% [markdown]
+# This still works with PyTorch 2.6 and later, where `torch.load` defaults to `weights_only=True`:
+# a `state_dict` holds only tensors in an ordered dictionary, which the safe loader accepts.
+# (Chapter 6.3.2 shows what it refuses, and why.)
+#
+# ### Why `eval()`?
+#
+# Dropout and BatchNorm behave differently in training and in evaluation. Forget `eval()` and
+# predictions become random (dropout) and depend on the batch (BatchNorm):
+
+# %%
+torch.manual_seed(0)
+net = nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Dropout(0.5), nn.Linear(20, 5))
+x = torch.randn(4, 10)
+net.train()
+print("training mode, two calls agree:  ", torch.equal(net(x), net(x)))
+net.eval()
+print("evaluation mode, two calls agree:", torch.equal(net(x), net(x)))
+
+# %% [markdown]
+# ## Loading onto another device: `map_location`
+#
+# A saved tensor remembers the device it lived on, and `torch.load` puts it back there. A file saved
+# on a GPU machine therefore asks for a GPU. Since you may not have one, `course_lib` can write a
+# file exactly as a GPU machine would (its tensors tagged `cuda:0`):
+
+# %%
+from course_lib.device import save_as_if_on_gpu
+
+gpu_file = workdir / "model_weights_from_gpu.pth"
+save_as_if_on_gpu(model.state_dict(), gpu_file)
+print("saved", gpu_file)
+
+# %% [markdown]
+# Without `map_location`, a CPU-only machine refuses such a file with a `RuntimeError` that names the
+# fix; a machine with CUDA loads it onto `cuda:0`. The output of this cell depends on your machine
+# (it is excluded from the notebook's output check):
+
+# %% tags=["nbval-ignore-output"]
+try:
+    state = torch.load(gpu_file)
+    print("loaded onto", {t.device for t in state.values()})
+except RuntimeError as error:
+    print("RuntimeError:", error)
+
+# %% [markdown]
+# The chapter's three ways, run here. Loading onto the CPU works everywhere:
+
+# %%
+# Load onto the CPU
+model.load_state_dict(torch.load(gpu_file, map_location="cpu"))
+print("devices:", {str(t.device) for t in torch.load(gpu_file, map_location="cpu").values()})
+
+# %% [markdown]
+# Loading onto a chosen GPU needs that GPU (on a CPU-only machine the same `RuntimeError` as above):
+
+# %% tags=["nbval-ignore-output"]
+# Load onto a chosen GPU
+if torch.cuda.is_available():
+    model.load_state_dict(torch.load(gpu_file, map_location="cuda:0"))
+    print("loaded onto cuda:0")
+else:
+    print("no CUDA device here: map_location='cuda:0' would raise")
+
+# %%
+# Choose the device automatically
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+model.load_state_dict(torch.load(gpu_file, map_location=device))
+model.to(device)
+print("model is on the chosen device:", next(model.parameters()).device.type == device.type)
+
+# %% [markdown]
+# Two more forms of `map_location`: a dictionary that renames devices (here: whatever was on
+# `cuda:0` goes to the CPU), and the fact that `load_state_dict` *copies* values into the model's
+# existing tensors, so the model keeps its device whatever device the loaded tensors were on:
+
+# %%
+state = torch.load(gpu_file, map_location={"cuda:0": "cpu"})
+print("renamed devices:", {str(t.device) for t in state.values()})
+model.load_state_dict(state)  # CPU tensors into a model on `device`
+print("model stayed on its device:", next(model.parameters()).device.type == device.type)
+
+# %% [markdown]
+# ## The course's loader: `safe_load`
+#
+# The rest of the course loads files through `course_lib.safe_io.safe_load`. It always uses
+# `weights_only=True`, maps to the course's device unless told otherwise, and turns every bad file
+# (missing, empty, truncated, not a PyTorch file, needing code to unpickle) into an error that names
+# the file and the fix:
+
+# %%
+from course_lib.safe_io import CheckpointError, safe_load
+
+state = safe_load(gpu_file)  # onto the course device
+print("on the course device:", all(t.device.type == device.type for t in state.values()))
+
+truncated = workdir / "truncated.pth"
+truncated.write_bytes(gpu_file.read_bytes()[:1000])  # what an interrupted copy leaves behind
+try:
+    safe_load(truncated)
+except CheckpointError as error:
+    print(error)
+
+# %% [markdown]
+# ## Exercises
+#
+# 1. Add a `BatchNorm1d` to the chapter's model, train it for a few steps, save its `state_dict`,
+#    load it into a fresh model and check that `eval()` predictions agree exactly.
+# 2. Delete the `running_var` entry from the saved dictionary and load it: what does
+#    `load_state_dict` say? What does `strict=False` change? (Chapter 6.3.4 returns to this.)
+#
+# ## Conclusion
+#
+# A `state_dict` is the model's state as plain tensors under stable names: parameters *and* buffers.
+# Save it with `torch.save(model.state_dict(), path)`; load it into a model you build in code, then
+# call `eval()`. Use `map_location` whenever the loading machine may differ from the saving one.
+# Next: `02_whole_model.ipynb`, the alternative the chapter advises against.
