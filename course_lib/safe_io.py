@@ -20,6 +20,29 @@ import torch
 from course_lib.device import try_device
 
 ZIP_MAGIC = b"PK\x03\x04"
+# Globals that no checkpoint needs and that execute code or commands when called by the unpickler.
+CODE_RUNNING_GLOBALS = frozenset(
+    {
+        "builtins.exec",
+        "builtins.eval",
+        "builtins.compile",
+        "builtins.__import__",
+        "builtins.getattr",
+        "builtins.open",
+        "os.system",
+        "posix.system",
+        "nt.system",
+        "os.popen",
+        "os.execv",
+        "subprocess.Popen",
+        "subprocess.call",
+        "subprocess.run",
+        "subprocess.check_call",
+        "subprocess.check_output",
+        "runpy._run_code",
+        "runpy.run_path",
+    }
+)
 MapLocation = str | torch.device | Callable[..., Any] | dict[str, str] | None
 
 
@@ -55,6 +78,17 @@ class UnsafeCheckpointError(CheckpointError):
     def __init__(self, path: str | os.PathLike[str], unsafe_globals: list[str]) -> None:
         self.unsafe_globals = unsafe_globals
         listed = ", ".join(unsafe_globals) if unsafe_globals else "(could not be listed)"
+        dangerous = [g for g in unsafe_globals if g in CODE_RUNNING_GLOBALS]
+        if dangerous:
+            super().__init__(
+                path,
+                f"refused by weights_only=True: the file would call {', '.join(dangerous)}, "
+                "which runs arbitrary code. No model checkpoint needs that: treat the file as "
+                "malicious.",
+                "do not load it (not even with weights_only=False); delete it and get the "
+                "weights as a state_dict from a source you trust.",
+            )
+            return
         super().__init__(
             path,
             f"refused by weights_only=True: the file needs these Python globals: {listed}. "
@@ -191,7 +225,7 @@ def safe_load(
         allowed = {
             f"{g.__module__}.{g.__qualname__}" for g in allowed_globals if hasattr(g, "__module__")
         }
-        unsafe = [g for g in needed if g not in allowed]
+        unsafe = sorted(g for g in needed if g not in allowed)
         if not unsafe:  # refused, yet it names no global: the pickled data itself is damaged
             raise _damaged(path, exc) from None
         raise UnsafeCheckpointError(path, unsafe) from None
