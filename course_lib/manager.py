@@ -30,6 +30,7 @@ This one keeps the same calls and fixes them:
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import math
@@ -86,6 +87,9 @@ class CheckpointWriteError(CheckpointError, OSError):
     ``errno`` is the underlying ``OSError``'s. The previous checkpoints and the manifest are
     unchanged, so training can resume from the newest committed checkpoint.
     """
+
+    def __str__(self) -> str:  # OSError's own would print only "[Errno 28] ..."
+        return f"{self.path}: {self.problem}\n  How to fix: {self.fix}"
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -292,8 +296,17 @@ def _torch_save(obj: Any, path: Path) -> None:
     Given a path, ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at
     inline_container.cc] unexpected pos ...``, which says nothing about the cause.
     """
-    with open(path, "wb") as handle:
-        torch.save(obj, handle)
+    try:
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except RuntimeError as exc:
+        # The zip writer's cleanup fails after the OSError and hides it: find it again.
+        cause = exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
 
 
 def _safetensors_save(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -327,6 +340,7 @@ def snapshot_to_cpu(obj: Any) -> Any:
     return obj
 
 
+@functools.cache
 def _course_version() -> str:
     try:
         from importlib.metadata import version
@@ -564,7 +578,7 @@ class CheckpointManager:
             manifest = None
         if manifest is None:
             manifest = self._adopt_folder()
-            changed = bool(manifest["checkpoints"] or manifest["best"])
+            changed = True  # a folder always has a manifest once a manager opened it
             if manifest["checkpoints"]:
                 warnings.warn(
                     f"{self.checkpoint_dir} held {len(manifest['checkpoints'])} checkpoint file(s) "
@@ -981,6 +995,11 @@ class CheckpointManager:
         """Point ``best_model.*`` at a committed checkpoint: a hard link (or a copy) renamed in."""
         for src, best in self._best_names(entry).items():
             source = self.checkpoint_dir / src
+            target = self.checkpoint_dir / best
+            if target.exists() and os.path.samefile(source, target):
+                # Already linked. (Renaming one hard link over another of the same file is a
+                # no-op that leaves the temp name behind, so never try.)
+                continue
 
             def link(temp: Path, source: Path = source) -> None:
                 temp.unlink()
@@ -989,7 +1008,7 @@ class CheckpointManager:
                 except OSError:  # no hard links here (some network and FAT file systems)
                     shutil.copyfile(source, temp)
 
-            atomic_write(self.checkpoint_dir / best, link)
+            atomic_write(target, link)
 
     # -- loading ------------------------------------------------------------------------------
 
