@@ -172,6 +172,9 @@ def launch_ranks(
         PYTHONPATH=_child_pythonpath(),
         PYTHONUNBUFFERED="1",
     )
+    # As torchrun does: one thread per rank, unless asked otherwise; N ranks with a thread per core
+    # each would fight over the cores.
+    env.setdefault("OMP_NUM_THREADS", "1")
     with tempfile.TemporaryDirectory(prefix="course_ranks_") as tmp:
         folder = Path(tmp)
         spec = {
