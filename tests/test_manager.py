@@ -1,0 +1,538 @@
+"""The checkpoint manager of chapter 6.3.8: the chapter's calls, ordering, manifest, retention, formats.
+
+Failures (kills, full disks, damaged files) are in test_manager_faults.py.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import random
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import course_lib.manager as manager_module
+from course_lib.manager import (
+    CheckpointManager,
+    checkpoint_filename,
+    format_table,
+    retention_reasons,
+    sha256_file,
+)
+from course_lib.models import make_mlp
+
+HELPERS = Path(__file__).resolve().parent / "manager_helpers"
+_spec = importlib.util.spec_from_file_location("chapter_manager", HELPERS / "chapter_manager.py")
+chapter_manager = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(chapter_manager)
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Linear(2, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def mark(model, value):
+    with torch.no_grad():
+        model.weight.fill_(float(value))
+
+
+def weight(model):
+    return float(model.weight.detach().flatten()[0])
+
+
+def manifest_of(directory):
+    return json.loads((Path(directory) / "manifest.json").read_text())
+
+
+def checkpoint_files(directory):
+    return {p.name for p in Path(directory).iterdir() if p.name.startswith("checkpoint_epoch_")}
+
+
+# ----------------------------------------------------------------------------------------------
+# The chapter's usage, as written
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_chapters_usage_loop_runs_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(0)
+    model = make_mlp()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=30)
+    x, y = torch.randn(64, 10), torch.randn(64, 5)
+    x_val, y_val = torch.randn(32, 10), torch.randn(32, 5)
+
+    def train_one_epoch():
+        optimizer.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        return loss.item()
+
+    def validate():
+        with torch.no_grad():
+            return nn.functional.mse_loss(model(x_val), y_val).item()
+
+    best_val_loss = float("inf")  # the chapter uses it without defining it first
+
+    # --- the chapter's code, as written ---
+    manager = CheckpointManager("checkpoints", max_to_keep=5)
+
+    for epoch in range(100):
+        train_loss = train_one_epoch()
+        val_loss = validate()
+
+        is_best = val_loss < best_val_loss
+        if is_best:
+            best_val_loss = val_loss
+
+        manager.save(
+            model,
+            optimizer,
+            scheduler,
+            epoch,
+            metrics={"train_loss": train_loss, "val_loss": val_loss},
+            is_best=is_best,
+        )
+
+    checkpoint = manager.load_latest(model, optimizer, scheduler)
+    start_epoch = checkpoint["epoch"] + 1
+    # --- end of the chapter's code ---
+
+    assert start_epoch == 100
+    assert scheduler.last_epoch == 100
+    latest = {f"checkpoint_epoch_{e:04d}.pth" for e in range(95, 100)}
+    assert latest <= checkpoint_files("checkpoints")
+    assert len(checkpoint_files("checkpoints")) <= 6  # 5 latest + the best by val_loss
+    best = manager.load_best(model)
+    assert best["metrics"]["val_loss"] == pytest.approx(best_val_loss)
+    assert checkpoint["best_metric"] == pytest.approx(best_val_loss)
+    rows = manager.list_checkpoints()
+    assert [r["epoch"] for r in rows] == sorted(r["epoch"] for r in rows)
+    assert manager.load(rows[-1]["file"], model)["epoch"] == 99  # a bare name works too
+
+
+def test_save_returns_the_path_and_load_restores_everything(tmp_path):
+    model, optimizer = tiny()
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    manager = CheckpointManager(tmp_path)
+    mark(model, 3)
+    optimizer.step()
+    scheduler.step()
+    path = manager.save(model, optimizer, scheduler, 7, {"val_loss": 0.25})
+    assert path == tmp_path / "checkpoint_epoch_0007.pth"
+    expected_rand = torch.rand(3)
+    model2, optimizer2 = tiny(seed=1)
+    scheduler2 = torch.optim.lr_scheduler.StepLR(optimizer2, step_size=1, gamma=0.5)
+    torch.manual_seed(123)
+    checkpoint = manager.load(path, model2, optimizer2, scheduler2)
+    assert checkpoint["epoch"] == 7 and checkpoint["metrics"] == {"val_loss": 0.25}
+    assert isinstance(checkpoint["timestamp"], str)
+    assert weight(model2) == 3.0
+    assert scheduler2.state_dict() == scheduler.state_dict()
+    assert torch.equal(torch.rand(3), expected_rand)  # the RNG is where it was at save time
+
+
+# ----------------------------------------------------------------------------------------------
+# Ordering by epoch, never by file times
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_chapters_manager_orders_by_ctime_and_gets_it_wrong(tmp_path, capsys):
+    """What notebook 08 shows live: one chmod and the chapter's manager loses track."""
+    model, optimizer = tiny()
+    old = chapter_manager.CheckpointManager(str(tmp_path), max_to_keep=3)
+    for epoch in range(3):
+        mark(model, epoch)
+        old.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+        time.sleep(0.03)  # file times tick coarsely (a few ms): keep the ctimes distinct
+    os.chmod(tmp_path / "checkpoint_epoch_0000.pth", 0o644)  # touches the ctime
+    assert old.load_latest(model)["epoch"] == 0
+    mark(model, 3)
+    old.save(model, optimizer, None, 3, {"val_loss": 1.0})
+    assert "checkpoint_epoch_0001.pth" not in checkpoint_files(tmp_path)  # epoch 1 deleted
+    assert "checkpoint_epoch_0000.pth" in checkpoint_files(tmp_path)  # the oldest survives
+
+
+def test_ours_orders_by_epoch_whatever_the_file_times(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=3, keep_best=0)
+    for epoch in range(3):
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+    oldest = tmp_path / "checkpoint_epoch_0000.pth"
+    os.chmod(oldest, 0o644)
+    future = time.time() + 3600
+    os.utime(oldest, (future, future))
+    assert manager.load_latest(model)["epoch"] == 2
+    assert weight(model) == 2.0
+    mark(model, 3)
+    manager.save(model, optimizer, None, 3, {"val_loss": 1.0})
+    assert checkpoint_files(tmp_path) == {f"checkpoint_epoch_{e:04d}.pth" for e in (1, 2, 3)}
+
+
+def test_steps_order_within_an_epoch(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=None)
+    for step in (900, 100, 500):
+        mark(model, step)
+        manager.save(model, optimizer, None, 2, {"val_loss": 1.0}, step=step)
+    assert checkpoint_filename(2, 500) == "checkpoint_epoch_0002_step_00000500.pth"
+    assert [r["step"] for r in manager.list_checkpoints()] == [100, 500, 900]
+    assert manager.load_latest(model)["step"] == 900 and weight(model) == 900.0
+
+
+def test_saving_an_epoch_again_replaces_it(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path)
+    for value in (1, 2):
+        mark(model, value)
+        manager.save(model, optimizer, None, 0, {"val_loss": float(value)})
+    rows = manager.list_checkpoints()
+    assert len(rows) == 1 and rows[0]["val_loss"] == 2.0
+    assert weight(model) == 2.0 and manager.load_latest(model)["metrics"]["val_loss"] == 2.0
+
+
+# ----------------------------------------------------------------------------------------------
+# The manifest
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_manifest_records_each_checkpoint(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path)
+    manager.save(model, optimizer, None, 4, {"val_loss": 0.5, "acc": 0.9})
+    (entry,) = manifest_of(tmp_path)["checkpoints"]
+    path = tmp_path / "checkpoint_epoch_0004.pth"
+    assert entry["file"] == path.name and entry["epoch"] == 4
+    assert entry["metrics"] == {"val_loss": 0.5, "acc": 0.9}
+    assert entry["size"] == path.stat().st_size
+    assert entry["sha256"] == sha256_file(path)
+    assert entry["torch_version"] == torch.__version__
+    assert entry["course_version"] and entry["time"].startswith("20")
+
+
+def test_list_checkpoints_never_opens_a_checkpoint(tmp_path, monkeypatch):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=3)
+    for epoch in range(4):
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0 / (epoch + 1)}, is_best=True)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("list_checkpoints unpickled a file")
+
+    monkeypatch.setattr(torch, "load", refuse)
+    monkeypatch.setattr(manager_module, "safe_load", refuse)
+    rows = manager.list_checkpoints()
+    assert [r["epoch"] for r in rows] == [1, 2, 3]
+    assert rows[-1]["best"] is True and "latest" in rows[-1]["kept_by"]
+    table = format_table(rows, ["file", "epoch", "val_loss", "kept_by"])
+    assert table.splitlines()[2].split() == ["checkpoint_epoch_0001.pth", "1", "0.5000", "latest"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Retention: randomized sequences against a from-scratch model of the policies
+# ----------------------------------------------------------------------------------------------
+
+
+def reference_kept(history, *, max_to_keep, keep_best, mode, keep_every):
+    """What the policies keep, computed from the whole history at once (not incrementally).
+
+    ``history``: (epoch, val_loss or None, protected, is_best) in save order, epochs increasing.
+    """
+    epochs = [h[0] for h in history]
+    kept = set(epochs if max_to_keep is None else epochs[-max_to_keep:])
+    ranked = sorted((h for h in history if h[1] is not None), key=lambda h: h[1])
+    if mode == "max":
+        ranked.reverse()
+    kept |= {h[0] for h in ranked[:keep_best]}
+    if keep_every:
+        kept |= {e for e in epochs if (e + 1) % keep_every == 0}
+    kept |= {h[0] for h in history if h[2]}
+    pointer = [h[0] for h in history if h[3]]
+    if pointer:
+        kept.add(pointer[-1])
+    return kept
+
+
+def random_policy(rng):
+    return {
+        "max_to_keep": rng.choice([None, 1, 2, 3, 5]),
+        "keep_best": rng.choice([0, 1, 2, 3]),
+        "mode": rng.choice(["min", "max"]),
+        "keep_every": rng.choice([None, None, 2, 3, 5]),
+    }
+
+
+def random_history(rng, length):
+    history = []
+    for epoch in sorted(rng.sample(range(3 * length), length)):
+        value = None if rng.random() < 0.1 else rng.random()
+        history.append((epoch, value, rng.random() < 0.05, rng.random() < 0.2))
+    return history
+
+
+def entry(epoch, value, protected):
+    return {
+        "file": checkpoint_filename(epoch),
+        "epoch": epoch,
+        "metrics": {} if value is None else {"val_loss": value},
+        "protected": protected,
+    }
+
+
+def test_retention_applied_save_by_save_equals_the_policies_on_the_whole_history():
+    """200 random sequences through retention_reasons, dropping what it drops, as save() does."""
+    rng = random.Random(2024)
+    for _ in range(200):
+        policy = random_policy(rng)
+        history = random_history(rng, rng.randint(1, 25))
+        alive: dict[str, dict] = {}
+        pointer = None
+        for i, (epoch, value, protected, is_best) in enumerate(history):
+            new = entry(epoch, value, protected)
+            alive[new["file"]] = new
+            if is_best:
+                pointer = new["file"]
+            reasons = retention_reasons(
+                alive.values(),
+                best_metric="val_loss",
+                keep=[new["file"]] + ([pointer] if pointer else []),
+                **policy,
+            )
+            alive = {name: e for name, e in alive.items() if reasons[name]}
+            expected = reference_kept(history[: i + 1], **policy)
+            assert {e["epoch"] for e in alive.values()} == expected, (policy, history[: i + 1])
+
+
+@pytest.mark.timeout(120)
+def test_retention_on_real_files_with_a_restart(tmp_path):
+    """Real saves; the manager is replaced by a fresh one (a restart) half-way through."""
+    rng = random.Random(7)
+    model, optimizer = tiny()
+    for run in range(24):
+        policy = random_policy(rng)
+        history = random_history(rng, rng.randint(2, 12))
+        directory = tmp_path / f"run{run}"
+        manager = CheckpointManager(directory, best_metric="val_loss", **policy)
+        restart_at = rng.randrange(len(history))
+        for i, (epoch, value, protected, is_best) in enumerate(history):
+            if i == restart_at:
+                manager = CheckpointManager(directory, best_metric="val_loss", **policy)
+            mark(model, epoch)
+            metrics = {"train_loss": 1.0} if value is None else {"val_loss": value}
+            manager.save(model, optimizer, None, epoch, metrics, is_best=is_best, protect=protected)
+            expected = {checkpoint_filename(e) for e in reference_kept(history[: i + 1], **policy)}
+            assert checkpoint_files(directory) == expected, (policy, history[: i + 1])
+            assert {c["file"] for c in manifest_of(directory)["checkpoints"]} == expected
+        assert manager.load_latest(model)["epoch"] == history[-1][0]
+        pointer = [h[0] for h in history if h[3]]
+        if pointer:
+            best = directory / "best_model.pth"
+            assert os.path.samefile(best, directory / checkpoint_filename(pointer[-1]))
+            assert manager.load_best(model)["epoch"] == pointer[-1]
+        assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_best_by_metric_without_is_best(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=2, best_metric="acc", mode="max")
+    for epoch, acc in enumerate([0.5, 0.9, 0.6, 0.7, 0.8]):
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"acc": acc})
+    assert [r["epoch"] for r in manager.list_checkpoints()] == [1, 3, 4]
+    assert manager.load_best(model)["epoch"] == 1 and weight(model) == 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Reconciling the folder on start
+# ----------------------------------------------------------------------------------------------
+
+
+def test_start_removes_temp_files_and_tolerates_files_deleted_by_hand(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=None)
+    for epoch in range(3):
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+    leftover = tmp_path / ".checkpoint_epoch_0003.pth.k2j4h5_x.tmp"
+    leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("mine")
+    (tmp_path / "checkpoint_epoch_0002.pth").unlink()
+    with pytest.warns(UserWarning, match="checkpoint_epoch_0002.pth is listed .* but missing"):
+        fresh = CheckpointManager(tmp_path, max_to_keep=None)
+    assert not leftover.exists() and unrelated.exists()
+    assert [r["epoch"] for r in fresh.list_checkpoints()] == [0, 1]
+    assert fresh.load_latest(model)["epoch"] == 1
+
+
+def test_untracked_checkpoint_files_are_reported_not_used_and_can_be_adopted(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path)
+    manager.save(model, optimizer, None, 0, {"val_loss": 1.0})
+    other = CheckpointManager(tmp_path / "elsewhere")
+    mark(model, 5)
+    other.save(model, optimizer, None, 5, {"val_loss": 0.5})
+    os.replace(
+        tmp_path / "elsewhere" / "checkpoint_epoch_0005.pth", tmp_path / "checkpoint_epoch_0005.pth"
+    )
+    with pytest.warns(UserWarning, match=r"checkpoint_epoch_0005.pth not in manifest.json"):
+        fresh = CheckpointManager(tmp_path)
+    assert fresh.load_latest(model)["epoch"] == 0
+    fresh.adopt("checkpoint_epoch_0005.pth")
+    assert fresh.load_latest(model)["epoch"] == 5 and weight(model) == 5.0
+    assert fresh.list_checkpoints()[-1]["val_loss"] == 0.5
+
+
+def test_a_folder_written_by_the_chapters_manager_is_adopted(tmp_path, capsys):
+    model, optimizer = tiny()
+    old = chapter_manager.CheckpointManager(str(tmp_path), max_to_keep=3)
+    for epoch, val_loss in enumerate([0.9, 0.3, 0.5, 0.4]):
+        mark(model, epoch)
+        old.save(model, optimizer, None, epoch, {"val_loss": val_loss}, is_best=val_loss < 0.35)
+    with pytest.warns(UserWarning, match="adopted"):
+        manager = CheckpointManager(tmp_path, max_to_keep=3)
+    assert [r["epoch"] for r in manager.list_checkpoints()] == [1, 2, 3]
+    assert manager.load_best(model)["epoch"] == 1 and weight(model) == 1.0
+    mark(model, 4)
+    manager.save(model, optimizer, None, 4, {"val_loss": 0.8})
+    assert manager.load_latest(model)["epoch"] == 4
+
+
+def test_two_managers_on_one_folder_take_turns(tmp_path):
+    """Without the lock and the re-read of the manifest, one writer drops the other's entries."""
+    errors = []
+
+    def writer(parity):
+        try:
+            model, optimizer = tiny(seed=parity)
+            manager = CheckpointManager(tmp_path, max_to_keep=None)
+            for epoch in range(parity, 30, 2):
+                mark(model, epoch)
+                manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in (0, 1)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    manager = CheckpointManager(tmp_path, max_to_keep=None)
+    assert [r["epoch"] for r in manager.list_checkpoints()] == list(range(30))
+    model, _ = tiny()
+    for row in manager.list_checkpoints():
+        assert manager.load(row["file"], model, restore_rng=False)["epoch"] == row["epoch"]
+        assert weight(model) == row["epoch"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Formats and asynchronous saving
+# ----------------------------------------------------------------------------------------------
+
+
+class Tied(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(5, 3)
+        self.out = nn.Linear(3, 5, bias=False)
+        self.out.weight = self.embed.weight
+
+
+def test_safetensors_format(tmp_path):
+    torch.manual_seed(0)
+    model = Tied()
+    optimizer = torch.optim.Adam(model.parameters())
+    model.out(torch.randn(2, 3)).sum().backward()
+    optimizer.step()
+    manager = CheckpointManager(tmp_path, format="safetensors")
+    path = manager.save(model, optimizer, None, 0, {"val_loss": 1.0}, is_best=True)
+    assert path.name == "checkpoint_epoch_0000.safetensors"
+    assert (tmp_path / "checkpoint_epoch_0000.train_state.pth").exists()
+    from safetensors.torch import load_file
+
+    assert set(load_file(path)) == {"embed.weight", "out.weight"}
+    torch.manual_seed(1)
+    model2 = Tied()
+    optimizer2 = torch.optim.Adam(model2.parameters())
+    checkpoint = manager.load_latest(model2, optimizer2)
+    assert checkpoint["epoch"] == 0
+    assert torch.equal(model2.embed.weight, model.embed.weight)
+    assert model2.out.weight is model2.embed.weight  # still tied
+    assert optimizer2.state_dict()["state"][0]["step"] == 1
+    assert manager.load_best(model2)["epoch"] == 0
+    (row,) = manager.list_checkpoints()
+    assert (
+        row["size"]
+        == path.stat().st_size + (tmp_path / "checkpoint_epoch_0000.train_state.pth").stat().st_size
+    )
+
+
+def test_async_save_writes_a_snapshot(tmp_path):
+    model, optimizer = tiny()
+    with CheckpointManager(tmp_path, async_save=True) as manager:
+        mark(model, 1)
+        manager.save(model, optimizer, None, 0, {"val_loss": 1.0})
+        mark(model, 99)  # the training loop goes on while the thread writes
+    assert manager.load_latest(model)["epoch"] == 0
+    assert weight(model) == 1.0
+
+
+def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, async_save=True)
+    release = threading.Event()
+    real = manager_module._torch_save
+
+    def slow(obj, path):
+        release.wait(timeout=30)
+        real(obj, path)
+
+    monkeypatch.setattr(manager_module, "_torch_save", slow)
+    manager.save(model, optimizer, None, 0, {"val_loss": 1.0})  # returns at once
+    second = threading.Thread(
+        target=manager.save, args=(model, optimizer, None, 1, {"val_loss": 1.0})
+    )
+    second.start()
+    second.join(timeout=0.5)
+    assert second.is_alive(), "a second save started while the first was still writing"
+    assert not (tmp_path / "checkpoint_epoch_0000.pth").exists()
+    release.set()
+    second.join(timeout=30)
+    manager.wait()
+    assert [r["epoch"] for r in manager.list_checkpoints()] == [0, 1]
+
+
+def test_policy_arguments_are_checked():
+    with pytest.raises(ValueError, match="max_to_keep"):
+        CheckpointManager("unused", max_to_keep=0)
+    with pytest.raises(ValueError, match="mode"):
+        CheckpointManager("unused", mode="lowest")
+    with pytest.raises(ValueError, match="format"):
+        CheckpointManager("unused", format="pickle")
+
+
+def test_format_table_handles_missing_values():
+    table = format_table([{"a": 1, "b": 0.5}, {"a": 2}])
+    assert table.splitlines() == ["a  b", "-  ------", "1  0.5000", "2  -"]
+
+
+def test_no_warnings_on_a_clean_folder(tmp_path):
+    model, optimizer = tiny()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        manager = CheckpointManager(tmp_path)
+        manager.save(model, optimizer, None, 0, {"val_loss": 1.0}, is_best=True)
+        CheckpointManager(tmp_path).load_latest(model)
