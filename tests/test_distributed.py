@@ -95,6 +95,7 @@ def test_dcp_checkpoint_is_written_by_both_ranks_and_sharded(trained):
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_dcp_checkpoint_of_two_ranks_loads_in_one_process(trained):
     workdir, results = trained
     assert not dist.is_initialized()
