@@ -201,7 +201,8 @@ def load_partial_state_dict(
     ``LoadReport`` (loaded, missing, unexpected, shape-mismatched with both shapes), logs a warning
     when anything was skipped, and with ``strict=True`` raises ``StateDictMismatchError`` (carrying
     the same report) *before* touching the model. If copying fails midway (say, out of memory),
-    the tensors already copied are restored, so the model is never left half-loaded.
+    the tensors already copied are restored, so the model is never left half-loaded (this keeps a
+    copy of the tensors about to be overwritten for the duration of the call).
     ``state_dict._metadata`` (per-module version numbers that e.g. BatchNorm's loader reads) is
     passed through to ``load_state_dict``.
     """
