@@ -1,0 +1,322 @@
+# %% [markdown]
+# # 6.3.9 Safe saving
+#
+# `torch.save(obj, "model.pth")` first empties `model.pth`, then writes the new bytes into it.
+# If the process dies in between (a job's time limit, the out-of-memory killer, Ctrl-C at the
+# wrong moment, a full disk), the good checkpoint you had is gone and a broken one is in its place.
+# The chapter's fix is to write to a temporary file and move it over the target. This notebook
+# shows the failure for real, the chapter's fix and its remaining holes, and the course's version.
+#
+# ## What you will learn
+#
+# - what a save killed half-way leaves behind, and the error you meet when loading it;
+# - why "write a temp file, then rename it" works, and what else it needs: a unique name,
+#   `fsync`, clean-up on failure;
+# - `safe_save` and `save_with_backup` from `course_lib.safe_io`;
+# - what durability costs, measured on your machine.
+#
+# ## Prerequisites
+#
+# Saving and loading a `state_dict` (6.3.1) and checkpoints (6.3.3).
+
+# %%
+from course_lib import notebook
+
+device, workdir = notebook.start("6.3.9")
+
+# %%
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from course_lib.safe_io import safe_load, safe_save, save_with_backup
+
+# %% [markdown]
+# ## Step 1: kill a save half-way
+#
+# A small script saves a 64 MB state to a path again and again, with either plain `torch.save` or
+# `safe_save`. We start it in another process, watch the file grow, and kill it with `SIGKILL`
+# (`kill -9`: no clean-up code runs, as in a crash) while a write is in progress.
+
+# %%
+SAVER = """
+import sys, torch
+from course_lib.safe_io import safe_save
+path, how = sys.argv[1], sys.argv[2]
+state = {"generation": 1, "weights": torch.full((16_000_000,), 1.0)}  # 64 MB
+save = torch.save if how == "plain" else safe_save
+while True:
+    save(state, path)
+"""
+
+
+def kill_while_saving(how, path):
+    """Run SAVER with `how` ('plain' or 'safe') and kill -9 it while a file is half written."""
+    full = path.stat().st_size
+    watched = f"{path.name}" if how == "plain" else f".{path.name}.*.tmp"
+    proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), how])
+    while proc.poll() is None:
+        for f in path.parent.glob(watched):
+            try:
+                size = f.stat().st_size
+            except FileNotFoundError:  # renamed away between glob and stat
+                continue
+            if 4_000_000 < size < full - 1_000_000:
+                proc.kill()
+                break
+        time.sleep(0.0005)
+    proc.wait()
+    return proc.returncode
+
+
+def describe(path):
+    """Load the checkpoint and say whether it is one complete save (never a mixture)."""
+    state = safe_load(path, map_location="cpu")
+    complete = bool((state["weights"] == state["generation"]).all())
+    print(f"{path.name} loads, and holds one complete save: {complete}")
+
+
+# %% [markdown]
+# First, a good checkpoint (generation 0), then the plain `torch.save` loop, killed:
+
+# %%
+plain_dir = workdir / "plain"
+plain_dir.mkdir()
+path = plain_dir / "model.pth"
+torch.save({"generation": 0, "weights": torch.zeros(16_000_000)}, path)
+describe(path)
+full_size = path.stat().st_size
+
+returncode = kill_while_saving("plain", path)
+print("killed:", returncode != 0)
+print("files left:", sorted(p.name for p in plain_dir.iterdir()))
+print("model.pth is shorter than a complete save:", path.stat().st_size < full_size)
+
+# %% [markdown]
+# The good file is gone. This is the error the next `torch.load` gives (**this cell fails on
+# purpose**):
+
+# %% tags=["raises-exception"]
+torch.load(path)
+
+# %% [markdown]
+# An "internal miniz error". The course's `safe_load` looks at the file first and says what
+# happened and what to do (**this cell fails on purpose** too):
+
+# %% tags=["raises-exception"]
+safe_load(path)
+
+# %% [markdown]
+# The same experiment with `safe_save`:
+
+# %%
+safe_dir = workdir / "safe"
+safe_dir.mkdir()
+path = safe_dir / "model.pth"
+safe_save({"generation": 0, "weights": torch.zeros(16_000_000)}, path)
+
+returncode = kill_while_saving("safe", path)
+print("killed:", returncode != 0)
+describe(path)
+leftovers = sorted(safe_dir.glob(".model.pth.*.tmp"))
+print("model.pth and", len(leftovers), "hidden temporary file left by the killed process")
+
+# %% [markdown]
+# `model.pth` holds a complete save, the old one or a newer one, never a mixture. The half-written
+# data is in a hidden temporary file (`.model.pth.<random>.tmp`): `SIGKILL` gives a process no
+# chance to clean up. It is harmless, since nothing reads it; the checkpoint manager of 6.3.8
+# removes such leftovers when it opens the folder. Here we delete it:
+
+# %%
+for leftover in leftovers:
+    leftover.unlink()
+print(sorted(p.name for p in safe_dir.iterdir()))
+
+# %% [markdown]
+# ## Step 2: the chapter's `safe_save`, as written
+#
+# (`os` and `shutil` were imported above.)
+
+
+# %%
+def safe_save_chapter(obj, path):
+    """
+    Safe save: prevents a corrupted file if the save is interrupted
+    """
+    temp_path = path + ".tmp"
+
+    # save to a temporary file first
+    torch.save(obj, temp_path)
+
+    # if that worked, replace the original file
+    shutil.move(temp_path, path)
+
+
+def save_with_backup_chapter(obj, path):
+    """
+    Save and keep a backup
+    """
+    if os.path.exists(path):
+        backup_path = path + ".backup"
+        shutil.copy(path, backup_path)
+
+    safe_save_chapter(obj, path)
+
+
+# %% [markdown]
+# The idea is right: the target is only ever replaced by a *complete* file. Three holes remain.
+#
+# **1. The temporary file stays behind when the save fails.** Here the checkpoint dict holds
+# something `torch.save` cannot pickle (a lambda: a learning-rate rule, say); the save fails
+# after it has started writing:
+
+# %% tags=["raises-exception"]
+chapter_dir = workdir / "chapter"
+chapter_dir.mkdir()
+target = str(chapter_dir / "model.pth")
+safe_save_chapter({"weights": torch.ones(3)}, target)
+try:
+    safe_save_chapter({"weights": torch.ones(3), "lr_rule": lambda epoch: 0.1**epoch}, target)
+finally:
+    print("files:", sorted(p.name for p in chapter_dir.iterdir()))
+
+# %% [markdown]
+# `safe_save` fails the same way (this cell fails on purpose too), but it removes its temporary
+# file: the folder holds the previous, complete `model.pth` and nothing else.
+
+# %% tags=["raises-exception"]
+ours_dir = workdir / "ours"
+ours_dir.mkdir()
+target = ours_dir / "model.pth"
+safe_save({"weights": torch.ones(3)}, target)
+try:
+    safe_save({"weights": torch.ones(3), "lr_rule": lambda epoch: 0.1**epoch}, target)
+finally:
+    print("files:", sorted(p.name for p in ours_dir.iterdir()))
+
+# %% [markdown]
+# **2. One fixed temporary name.** Two processes saving to the same path (two jobs sharing a
+# folder, a training loop and an evaluation script) write the *same* `model.pth.tmp`: one moves the
+# other's half-written file into place. `safe_save` uses a fresh, unique name for every save
+# (`tempfile.mkstemp` in the target's folder).
+#
+# **3. No `fsync`.** `torch.save` returns when the bytes are in the operating system's page
+# cache, not on the disk. After a power cut or a kernel crash, the renamed file can exist with
+# its data missing: an empty or truncated `model.pth`, the very thing the rename was meant to
+# prevent. `safe_save` calls `os.fsync` on the file before the rename, and on the folder after
+# it, so that the rename itself is on disk. (And `shutil.move` is only a rename on the same file
+# system; across file systems it copies, which is not atomic. `os.replace` in the same folder is.)
+#
+# `safe_save` in five steps: a unique temporary file in the same folder; `torch.save` into it;
+# `fsync`; `os.replace` over the target (atomic on Linux, macOS and Windows); `fsync` of the
+# folder. On any error the temporary file is removed and the error re-raised. The new file gets
+# the permissions a plain `torch.save` would have given it.
+
+# %% [markdown]
+# ## Step 3: keeping a backup
+#
+# The chapter's `save_with_backup` copies the old file to `.backup` with `shutil.copy`, which is
+# not atomic either: a kill during the copy leaves a truncated backup. `course_lib`'s version
+# makes the backup atomically too (a hard link, or a copy written through `safe_save`'s steps),
+# so both names always hold a complete file:
+
+# %%
+chapter_target = str(chapter_dir / "with_backup.pth")
+for generation in range(1, 3):
+    save_with_backup_chapter({"generation": generation}, chapter_target)
+print("the chapter's version:", sorted(p.name for p in chapter_dir.iterdir() if "backup" in p.name))
+
+# %%
+backup_dir = workdir / "backup"
+backup_dir.mkdir()
+target = backup_dir / "model.pth"
+for generation in range(1, 4):
+    save_with_backup({"generation": generation, "weights": torch.full((4,), generation)}, target)
+    held = {
+        p.name: safe_load(p, map_location="cpu")["generation"] for p in sorted(backup_dir.iterdir())
+    }
+    print(f"after saving generation {generation}:", held)
+
+# %% [markdown]
+# ## Step 4: what durability costs
+#
+# `fsync` waits for the disk. How long depends on your disk and file system, so we measure it
+# here: plain `torch.save` (page cache only), `torch.save` followed by `fsync`, and `safe_save`,
+# on a 32 MB state and on a small checkpoint like the chapter's MLP. Medians of a few runs:
+
+
+# %% tags=["nbval-ignore-output"]
+def torch_save_fsync(obj, path):
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def median_ms(save, obj, path, repeat=5):
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        save(obj, path)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+bench_dir = workdir / "bench"
+bench_dir.mkdir()
+states = {
+    "32 MB state": {"weights": torch.randn(8_000_000)},
+    "small MLP checkpoint": torch.nn.Sequential(
+        torch.nn.Linear(10, 20), torch.nn.ReLU(), torch.nn.Linear(20, 5)
+    ).state_dict(),
+}
+methods = {"torch.save": torch.save, "torch.save + fsync": torch_save_fsync, "safe_save": safe_save}
+results = {
+    state_name: {name: median_ms(save, obj, bench_dir / "m.pth") for name, save in methods.items()}
+    for state_name, obj in states.items()
+}
+for state_name, row in results.items():
+    base = row["torch.save"]
+    print(state_name)
+    for name, ms in row.items():
+        print(f"  {name:20} {ms:8.2f} ms  ({ms / base:4.1f}x)")
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 3))
+for ax, (state_name, row) in zip(axes, results.items(), strict=True):
+    ax.bar(list(row), list(row.values()), color=["tab:gray", "tab:orange", "tab:green"])
+    ax.set(title=state_name, ylabel="median time (ms)")
+    ax.tick_params(axis="x", labelsize=8)
+fig.suptitle("The cost of durability on this machine")
+fig.tight_layout()
+plt.show()
+
+# %% [markdown]
+# On a big checkpoint, the price is mostly the `fsync` (the disk writing the bytes for real);
+# the rename and the folder `fsync` add little. On a small one, it is a few milliseconds. Against
+# a training epoch of minutes, either is nothing, and it buys a checkpoint that survives a crash.
+# If your saves are big and frequent, 6.3.8's manager can write them in a background thread.
+#
+# ## Exercises
+#
+# 1. Run `kill_while_saving("plain", ...)` a few times and load the result each time: is the
+#    error always the same? (The kill lands at a different byte each run.)
+# 2. Make `safe_save` fail on purpose in other ways (a folder that does not exist, a read-only
+#    folder) and check that the target is never touched.
+# 3. Replace `torch.save` with `safe_save` in your own training script.
+#
+# ## Conclusion
+#
+# - A plain `torch.save` over a good checkpoint is a window in which a crash loses it.
+# - Write to a unique temporary file in the same folder, `fsync` it, `os.replace` it over the
+#   target, `fsync` the folder, and remove the temporary file on failure: `safe_save` does this.
+# - Keep a backup atomically too (`save_with_backup`), and load with `safe_load`, which tells a
+#   truncated file from a foreign or unsafe one.
+# - Next: the summary, a physicist's view of checkpoints.
