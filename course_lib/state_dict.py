@@ -89,6 +89,8 @@ class LoadReport:
         default_factory=list
     )
     applied: bool = True
+    #: The wrapper prefix removed from the checkpoint's keys first (``load_state_dict_any_prefix``).
+    stripped_prefix: str = ""
 
     @property
     def ok(self) -> bool:
@@ -130,6 +132,8 @@ class LoadReport:
         total = len(self.loaded) + len(self.unexpected) + len(self.shape_mismatched)
         verb = "loaded" if self.applied else "would load (nothing was loaded)"
         parts = [f"{verb} {len(self.loaded)}/{total} checkpoint tensors"]
+        if self.stripped_prefix:
+            parts[0] += f" (after stripping the checkpoint's {self.stripped_prefix!r} prefix)"
         if self.shape_mismatched:
             parts.append(
                 f"{len(self.shape_mismatched)} shape-mismatched: "
@@ -445,18 +449,24 @@ def load_state_dict_any_prefix(
     inner = unwrap_model(model)
     inner_keys = set(inner.state_dict().keys())
     # Candidates: the checkpoint as is, then with one more wrapper prefix stripped each time.
-    candidates = [(0, state_dict)]
-    full = detect_wrapper_prefix(state_dict.keys())
-    stripped = ""
-    for prefix in re.findall(r"module\.|_orig_mod\.", full):
-        stripped += prefix
-        candidates.append((len(candidates), _strip(state_dict, stripped)))
-    exact = [c for _, c in candidates if set(c.keys()) == inner_keys]
+    candidates = [("", state_dict)]
+    for prefix in re.findall(r"module\.|_orig_mod\.", detect_wrapper_prefix(state_dict.keys())):
+        stripped = candidates[-1][0] + prefix
+        candidates.append((stripped, _strip(state_dict, stripped)))
+    exact = [c for c in candidates if set(c[1].keys()) == inner_keys]
     if exact:
-        state_dict = exact[0]
+        prefix, state_dict = exact[0]
     else:  # the most keys in common; on a tie, the most stripped
-        state_dict = max(candidates, key=lambda c: (len(inner_keys & set(c[1].keys())), c[0]))[1]
-    return load_partial_state_dict(inner, state_dict, strict=strict)
+        prefix, state_dict = max(
+            candidates, key=lambda c: (len(inner_keys & set(c[1].keys())), len(c[0]))
+        )
+    try:
+        report = load_partial_state_dict(inner, state_dict, strict=strict)
+    except StateDictMismatchError as error:
+        error.report.stripped_prefix = prefix
+        raise
+    report.stripped_prefix = prefix
+    return report
 
 
 # --------------------------------------------------------------------------------------------

@@ -320,6 +320,7 @@ def test_one_helper_loads_every_combination():
             target = make_mlp()
             report = load_state_dict_any_prefix(wrap(target), state)
             assert report.ok
+            assert report.stripped_prefix == ("module." if state is prefixed else "")
             assert _equal(_snapshot(target), _snapshot(source))
 
 
