@@ -1,0 +1,417 @@
+"""ONNX export on today's exporter, and verification against the PyTorch model with onnxruntime.
+
+``export_onnx`` uses the dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``, opset 18
+or newer), makes the batch dimension dynamic, and writes ONE self-contained file (the exporter's
+default would put the weights in a silent ``model.onnx.data`` sidecar that is easy to forget when
+copying the model). The exporter's console chatter is captured, not printed. The deprecated
+TorchScript-based exporter is used only when asked for (``legacy=True``).
+
+``verify_onnx`` runs ``onnx.checker`` (full check) and onnxruntime on the CPU at several batch
+sizes, and compares every output with the PyTorch model in eval mode; a mismatch raises with the
+figures. ``OnnxModel`` runs a file with session settings that keep onnxruntime fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import importlib
+import io
+import logging
+import os
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from course_lib.export import (
+    Inputs,
+    _double_size_one_batches,
+    as_tuple,
+    batch_dynamic_shapes,
+    check_input_shapes,
+    exporting_in_eval_mode,
+)
+
+MIN_OPSET = 18
+DEFAULT_BATCH_SIZES = (1, 2, 13)
+
+
+class MissingDependencyError(ImportError):
+    """A package the ONNX path needs is not installed; the message says what to install."""
+
+
+class UnsupportedOperatorError(RuntimeError):
+    """The ONNX exporter has no translation for an operator the model uses."""
+
+    def __init__(self, model_name: str, operator: str, node: str | None) -> None:
+        self.operator = operator
+        where = f" (graph node {node!r})" if node else ""
+        super().__init__(
+            f"export_onnx({model_name}): the ONNX exporter has no translation for the operator "
+            f"{operator}{where}.\n  How to fix: rewrite that part of forward() with operations "
+            "ONNX supports, or pass a translation written with onnxscript "
+            "(torch.onnx.export(..., custom_translation_table={torch.ops...: fn})); or deploy this "
+            "model with torch.export (.pt2) instead, which supports every PyTorch operator."
+        )
+
+
+class OnnxMismatchError(AssertionError):
+    """onnxruntime's outputs differ from the PyTorch model's beyond the tolerances."""
+
+    def __init__(self, report: VerificationReport) -> None:
+        self.report = report
+        super().__init__(
+            f"{report.path}: onnxruntime differs from the PyTorch model (eval mode) beyond "
+            f"atol={report.atol:g}, rtol={report.rtol:g}:\n{report.table()}\n"
+            "  How to fix: export again from the model as it is now (after model.eval()); a file "
+            "exported before the weights changed, or in training mode, gives other answers."
+        )
+
+
+def _require(module: str, purpose: str) -> Any:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingDependencyError(
+            f"{purpose} needs the package {module!r}, which cannot be imported ({exc}).\n"
+            f"  How to fix: pip install {module}"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class OnnxFile:
+    """What ``export_onnx`` wrote: one file, its opset, its size, and the exporter's captured log."""
+
+    path: Path
+    opset: int
+    num_bytes: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    input_shapes: dict[str, tuple[int | str | None, ...]]
+    exporter: str
+    log: str
+
+    def __str__(self) -> str:
+        shapes = ", ".join(f"{n}{list(s)}" for n, s in self.input_shapes.items())
+        return (
+            f"{self.path}: ONNX opset {self.opset}, {self.num_bytes / 1024:.1f} KiB in one file "
+            f"({self.exporter} exporter); inputs {shapes}; outputs {list(self.output_names)}"
+        )
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[io.StringIO]:
+    """Capture what the exporter prints, warns and logs (progress lines, timestamps, PIDs)."""
+    captured = io.StringIO()
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with (
+            warnings.catch_warnings(record=True) as caught,
+            contextlib.redirect_stdout(captured),
+            contextlib.redirect_stderr(captured),
+        ):
+            warnings.simplefilter("always")
+            yield captured
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+    for w in caught:
+        captured.write(f"{w.category.__name__}: {w.message}\n")
+
+
+def onnx_input_shapes(model_proto: Any) -> dict[str, tuple[int | str | None, ...]]:
+    """Each graph input's shape: an int for a fixed size, the symbol's name for a dynamic one."""
+    shapes = {}
+    for value in model_proto.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        shapes[value.name] = tuple(
+            d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in dims
+        )
+    return shapes
+
+
+def _describe(path: Path, exporter: str, log: str) -> OnnxFile:
+    onnx = _require("onnx", "reading an ONNX file")
+    proto = onnx.load(str(path), load_external_data=False)
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxFile(
+        path=path,
+        opset=opset,
+        num_bytes=path.stat().st_size,
+        input_names=tuple(i.name for i in proto.graph.input),
+        output_names=tuple(o.name for o in proto.graph.output),
+        input_shapes=onnx_input_shapes(proto),
+        exporter=exporter,
+        log=log,
+    )
+
+
+_OP_PATTERN = re.compile(r"OpOverload\(op='(?P<op>[\w.]+)', overload='(?P<overload>\w+)'\)")
+_NODE_PATTERN = re.compile(r"translating node %(?P<node>\w+)")
+
+
+def _unsupported_operator(exc: BaseException) -> tuple[str, str | None] | None:
+    """The operator (``aten::median.dim``) and graph node named in an exporter error, if any."""
+    text = str(exc)
+    match = _OP_PATTERN.search(text)
+    if match is None:
+        return None
+    namespace, _, name = match["op"].partition(".")
+    overload = "" if match["overload"] == "default" else f".{match['overload']}"
+    node = _NODE_PATTERN.search(text)
+    return f"{namespace}::{name}{overload}", node["node"] if node else None
+
+
+def export_onnx(
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: str | os.PathLike[str],
+    *,
+    dynamic_batch: bool = True,
+    opset_version: int | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    external_data: bool = False,
+    legacy: bool = False,
+) -> OnnxFile:
+    """Export ``model`` to ONE ONNX file at ``path`` with a dynamic batch dimension.
+
+    Current exporter (``dynamo=True``): opset ``opset_version`` (default: the exporter's, 18 or
+    newer; older opsets raise ``ValueError``), graph optimisation and constant folding on. An
+    example batch of 1 is repeated to 2 (size-1 dimensions cannot be dynamic). ``legacy=True``
+    uses the deprecated TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``), for old
+    runtimes only. A model in training mode is exported in eval mode, with a warning.
+    The exporter's output is captured into ``OnnxFile.log`` instead of being printed.
+    """
+    path = Path(path)
+    args = as_tuple(example_inputs)
+    if opset_version is not None and opset_version < MIN_OPSET and not legacy:
+        raise ValueError(
+            f"export_onnx({path}): opset_version={opset_version} is older than the dynamo "
+            f"exporter supports (>= {MIN_OPSET}). Use the default, or legacy=True for a runtime "
+            "that cannot read newer opsets."
+        )
+    if not legacy:
+        _require("onnxscript", "ONNX export with the current (dynamo) exporter")
+    _require("onnx", "ONNX export")
+    exporter = "legacy TorchScript-based" if legacy else "dynamo"
+    with exporting_in_eval_mode(model, "ONNX export"), _quiet_exporter() as log:
+        try:
+            if legacy:
+                names = list(input_names or [f"input_{i}" for i in range(len(args))])
+                torch.onnx.export(
+                    model,
+                    args,
+                    str(path),
+                    dynamo=False,
+                    opset_version=opset_version or 17,
+                    input_names=names,
+                    output_names=list(output_names) if output_names else None,
+                    dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
+                    verbose=False,
+                )
+            else:
+                if dynamic_batch:
+                    args = _double_size_one_batches(args)
+                program = torch.onnx.export(
+                    model,
+                    args,
+                    dynamo=True,
+                    opset_version=opset_version,
+                    input_names=list(input_names) if input_names else None,
+                    output_names=list(output_names) if output_names else None,
+                    dynamic_shapes=batch_dynamic_shapes(model, args) if dynamic_batch else None,
+                    optimize=True,
+                    verbose=False,
+                )
+                program.save(str(path), external_data=external_data)
+        except torch.onnx.OnnxExporterError as exc:
+            found = _unsupported_operator(exc)
+            if found is None:
+                raise
+            raise UnsupportedOperatorError(type(model).__name__, *found) from exc
+    sidecar = path.with_name(path.name + ".data")
+    if not external_data and sidecar.exists():
+        sidecar.unlink()  # a stale sidecar from an earlier export would only mislead
+    return _describe(path, exporter, log.getvalue())
+
+
+def make_session(
+    path: str | os.PathLike[str], *, intra_op_threads: int | None = None
+) -> Any:  # onnxruntime.InferenceSession
+    """An onnxruntime CPU session with settings that keep it fast.
+
+    All graph optimisations on (operator fusion, constant folding); ``intra_op_threads`` defaults
+    to ``torch.get_num_threads()``, so onnxruntime and PyTorch are compared on equal terms.
+    """
+    ort = _require("onnxruntime", "running an ONNX file")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = intra_op_threads or torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: warnings would land in notebook output
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxModel:
+    """An ONNX file run by onnxruntime, called like a PyTorch model (tensors in, tensors out).
+
+    Checks input shapes first, so a file exported with a fixed batch says so, rather than
+    onnxruntime's ``INVALID_ARGUMENT : Got invalid dimensions``.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, intra_op_threads: int | None = None):
+        self.path = Path(path)
+        self.session = make_session(self.path, intra_op_threads=intra_op_threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.fixed_shapes = {
+            i.name: tuple(d if isinstance(d, int) else None for d in i.shape)
+            for i in self.session.get_inputs()
+        }
+
+    def run_numpy(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Run on NumPy arrays (the cheapest call, used for timing)."""
+        check_input_shapes(str(self.path), self.fixed_shapes, inputs)
+        return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        arrays = [x.detach().cpu().numpy() for x in inputs]
+        outputs = tuple(torch.from_numpy(o) for o in self.run_numpy(*arrays))
+        return outputs[0] if len(outputs) == 1 else outputs
+
+
+@dataclass(frozen=True)
+class OutputCheck:
+    """One output at one batch size: the worst absolute and relative error against PyTorch."""
+
+    batch: int
+    output: str
+    shape: tuple[int, ...]
+    max_abs: float
+    max_rel: float
+    ok: bool
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """``verify_onnx``'s result: every output at every batch size, and the tolerances used.
+
+    An element passes when ``|onnx - torch| <= atol + rtol * |torch|`` (``numpy.allclose``).
+    ``max_rel`` is taken over elements with ``|torch| > atol`` (relative error near 0 means nothing).
+    """
+
+    path: Path
+    checks: tuple[OutputCheck, ...]
+    atol: float
+    rtol: float
+
+    @property
+    def passed(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def table(self) -> str:
+        """A fixed-width table, one row per batch size and output."""
+        lines = [f"  {'batch':>5}  {'output':<10} {'shape':<18} {'max_abs':<16} {'max_rel':<16} ok"]
+        for c in self.checks:
+            lines.append(
+                f"  {c.batch:>5}  {c.output:<10} {str(c.shape):<18} "
+                f"{f'max_abs={c.max_abs:.1e}':<16} {f'max_rel={c.max_rel:.1e}':<16} "
+                f"{'yes' if c.ok else 'NO'}"
+            )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        verdict = "PASSED" if self.passed else "FAILED"
+        return (
+            f"{self.path}: {verdict} (onnx.checker full check; onnxruntime CPU vs PyTorch eval, "
+            f"atol={self.atol:g}, rtol={self.rtol:g})\n{self.table()}"
+        )
+
+
+def _batch_of(example: tuple[Any, ...], batch: int, seed: int) -> tuple[Any, ...]:
+    """Random inputs shaped like ``example`` but with ``batch`` rows (same dtype)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for x in example:
+        if isinstance(x, torch.Tensor) and x.dim() > 0:
+            shape = (batch, *x.shape[1:])
+            if x.is_floating_point():
+                out.append(torch.randn(shape, generator=gen, dtype=x.dtype))
+            else:
+                low, high = int(x.min()), int(x.max()) + 1
+                out.append(torch.randint(low, high, shape, generator=gen, dtype=x.dtype))
+        else:
+            out.append(x)
+    return tuple(out)
+
+
+def verify_onnx(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    example_inputs: Inputs,
+    *,
+    batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES,
+    atol: float = 1e-4,
+    rtol: float = 1e-3,
+    seed: int = 0,
+    raise_on_mismatch: bool = True,
+) -> VerificationReport:
+    """Check ``path`` structurally and numerically against ``model``; raise on a mismatch.
+
+    1. ``onnx.checker.check_model(full_check=True)`` (types and shapes, not only the structure);
+    2. for each batch size, random inputs shaped like ``example_inputs`` through onnxruntime (CPU)
+       and through a CPU copy of ``model`` in eval mode (the caller's model is not changed);
+    3. per output, the worst absolute and relative error against ``atol`` / ``rtol``.
+    The default batch sizes 1, 2 and 13 catch a batch fixed at export time and odd-size bugs.
+    Raises ``OnnxMismatchError`` (with the report) if any output is out of tolerance, or
+    ``StaticShapeError`` if the file was exported with a fixed batch.
+    """
+    path = Path(path)
+    onnx = _require("onnx", "verifying an ONNX file")
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    runner = OnnxModel(path)
+    reference = copy.deepcopy(model).cpu().eval()
+    example = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in as_tuple(example_inputs))
+    checks = []
+    for i, batch in enumerate(batch_sizes):
+        inputs = _batch_of(example, batch, seed + i)
+        got = runner(*[x for x in inputs if isinstance(x, torch.Tensor)])
+        with torch.inference_mode():
+            expected = reference(*inputs)
+        got = as_tuple(got)
+        expected = as_tuple(expected)
+        if len(got) != len(expected):
+            raise RuntimeError(
+                f"{path}: the file has {len(got)} outputs, the model returns {len(expected)}: "
+                "is this the file exported from this model?"
+            )
+        for name, g, e in zip(runner.output_names, got, expected, strict=True):
+            g, e = g.double(), e.double()
+            if g.shape != e.shape:
+                checks.append(
+                    OutputCheck(batch, name, tuple(g.shape), float("inf"), float("inf"), False)
+                )
+                continue
+            diff = (g - e).abs()
+            significant = e.abs() > atol
+            max_rel = (
+                float((diff[significant] / e.abs()[significant]).max())
+                if significant.any()
+                else 0.0
+            )
+            ok = bool((diff <= atol + rtol * e.abs()).all())
+            checks.append(OutputCheck(batch, name, tuple(g.shape), float(diff.max()), max_rel, ok))
+    report = VerificationReport(path, tuple(checks), atol, rtol)
+    if raise_on_mismatch and not report.passed:
+        raise OnnxMismatchError(report)
+    return report
