@@ -96,17 +96,25 @@ def _ignore_jit_deprecation() -> Iterator[None]:
 
 
 def trace_model(
-    model: nn.Module, example_inputs: Inputs, path: str | os.PathLike[str] | None = None
+    model: nn.Module,
+    example_inputs: Inputs,
+    path: str | os.PathLike[str] | None = None,
+    *,
+    freeze: bool = False,
 ) -> torch.jit.ScriptModule:
     """The chapter's ``torch.jit.trace``: record the operations one example input runs through.
 
     Tracing keeps no Python control flow: an ``if`` on the data is evaluated once, for the example,
     and baked in (PyTorch emits a ``TracerWarning``, which is left visible). Use ``script_model`` or
     ``export_program`` with ``torch.cond`` for such models. Saved with ``torch.jit.save`` if ``path``.
+    ``freeze=True`` inlines the weights as constants (``torch.jit.freeze``), which lets the JIT
+    fold BatchNorm into the convolutions: faster inference, and the result can no longer train.
     TorchScript is deprecated: its DeprecationWarning is silenced here (see notebook 6.3.6).
     """
     with exporting_in_eval_mode(model, "trace"), _ignore_jit_deprecation():
         traced = torch.jit.trace(model, as_tuple(example_inputs))
+        if freeze:
+            traced = torch.jit.freeze(traced)
         if path is not None:
             torch.jit.save(traced, str(path))
     return traced
@@ -246,47 +254,49 @@ def exported_module(
     return ExportedModule(program)
 
 
-# Runs in the fresh process. It blocks imports of the course's packages, so the file can only work
+# Runs in the fresh process. It blocks imports of the course's package, so a file can only work
 # if it holds the whole program: there is no class to fall back on.
 _CHILD_CODE = r"""
 import sys, time
-for blocked in ("course_lib", "__mp_main__"):
-    sys.modules[blocked] = None
-kind, artifact, inputs_path, outputs_path = sys.argv[1:5]
+sys.modules["course_lib"] = None
+jobs_path, results_path = sys.argv[1:3]
 import torch
-started = time.perf_counter()
-inputs = torch.load(inputs_path, weights_only=True)
-if kind == "torchscript":
-    import warnings
-    warnings.simplefilter("ignore", DeprecationWarning)
-    model = torch.jit.load(artifact, map_location="cpu")
-    with torch.inference_mode():
-        outputs = model(*inputs)
-elif kind == "torch.export":
-    model = torch.export.load(artifact).module()
-    with torch.inference_mode():
-        outputs = model(*inputs)
-elif kind == "onnx":
-    import onnxruntime
-    session = onnxruntime.InferenceSession(artifact, providers=["CPUExecutionProvider"])
-    feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
-    outputs = tuple(torch.from_numpy(o) for o in session.run(None, feeds))
-else:
-    raise SystemExit(f"unknown kind {kind!r}")
-if isinstance(outputs, torch.Tensor):
-    outputs = (outputs,)
-loaded_course = sorted(m for m in sys.modules if m.startswith("course_lib") and sys.modules[m])
-torch.save({"outputs": tuple(outputs), "seconds": time.perf_counter() - started,
-            "course_modules": loaded_course}, outputs_path)
+jobs = torch.load(jobs_path, weights_only=True)
+results = []
+for kind, artifact, inputs in jobs:
+    started = time.perf_counter()
+    if kind == "torchscript":
+        import warnings
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = torch.jit.load(artifact, map_location="cpu")
+        with torch.inference_mode():
+            outputs = model(*inputs)
+    elif kind == "torch.export":
+        model = torch.export.load(artifact).module()
+        with torch.inference_mode():
+            outputs = model(*inputs)
+    elif kind == "onnx":
+        import onnxruntime
+        session = onnxruntime.InferenceSession(artifact, providers=["CPUExecutionProvider"])
+        feeds = {i.name: x.numpy() for i, x in zip(session.get_inputs(), inputs)}
+        outputs = tuple(torch.from_numpy(o) for o in session.run(None, feeds))
+    else:
+        raise SystemExit(f"unknown kind {kind!r}")
+    if isinstance(outputs, torch.Tensor):
+        outputs = (outputs,)
+    results.append((tuple(outputs), time.perf_counter() - started))
+course = sorted(m for m in sys.modules if m.startswith("course_lib") and sys.modules[m])
+torch.save({"results": results, "course_modules": course}, results_path)
 """
 
 
 @dataclass(frozen=True)
 class FreshRun:
-    """What a fresh process computed: its outputs, how it loaded the file, and how long it took."""
+    """What a fresh process computed from one file: its outputs, the loader used, the seconds."""
 
-    outputs: tuple[torch.Tensor, ...]
+    path: Path
     kind: str
+    outputs: tuple[torch.Tensor, ...]
     seconds: float
     course_modules_imported: tuple[str, ...]
 
@@ -306,46 +316,49 @@ def artifact_kind(path: str | os.PathLike[str]) -> str:
     return "torch.export"
 
 
-def run_in_fresh_process(
-    path: str | os.PathLike[str], inputs: Inputs, *, timeout: float = 180
-) -> FreshRun:
-    """Load ``path`` in a new Python process that cannot import ``course_lib``, run ``inputs``.
+def run_all_in_fresh_process(
+    jobs: Sequence[tuple[str | os.PathLike[str], Inputs]], *, timeout: float = 180
+) -> list[FreshRun]:
+    """Load each ``(path, inputs)`` in ONE new Python process that cannot import ``course_lib``.
 
-    This is the test of "needs no model source": the new process has never seen the class, and
-    importing the course's package is blocked there. Inputs and outputs travel as ``torch.save``
-    files (read back with ``weights_only=True``); outputs come back on the CPU.
+    This is the test of "needs no model source": the new process has never seen the classes, and
+    importing the course's package is blocked there. TorchScript files load with ``torch.jit.load``,
+    ``.pt2`` with ``torch.export.load``, ``.onnx`` with onnxruntime. Inputs and outputs travel as
+    ``torch.save`` files (read back with ``weights_only=True``); outputs come back on the CPU.
+    One process for several files saves the second or two each Python start costs.
     """
-    path = Path(path).resolve()
-    kind = artifact_kind(path)
-    cpu_inputs = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in as_tuple(inputs))
+    prepared = []
+    for path, inputs in jobs:
+        path = Path(path).resolve()
+        cpu = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in as_tuple(inputs))
+        prepared.append((artifact_kind(path), str(path), cpu))
     with tempfile.TemporaryDirectory(prefix="fresh-process-") as tmp:
-        inputs_path, outputs_path = Path(tmp) / "inputs.pt", Path(tmp) / "outputs.pt"
-        torch.save(cpu_inputs, inputs_path)
+        jobs_path, results_path = Path(tmp) / "jobs.pt", Path(tmp) / "results.pt"
+        torch.save(prepared, jobs_path)
         done = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _CHILD_CODE,
-                kind,
-                str(path),
-                str(inputs_path),
-                str(outputs_path),
-            ],
+            [sys.executable, "-c", _CHILD_CODE, str(jobs_path), str(results_path)],
             cwd=tmp,
             capture_output=True,
             text=True,
             timeout=timeout,
         )
         if done.returncode != 0:
-            tail = "\n".join(done.stderr.strip().splitlines()[-8:])
+            tail = "\n".join(done.stderr.strip().splitlines()[-6:])
+            names = ", ".join(Path(p).name for _, p, _ in prepared)
             raise RuntimeError(
-                f"{path}: running the {kind} file in a fresh Python process failed "
-                f"(exit {done.returncode}):\n{tail}"
+                f"{names}: running in a fresh Python process failed (exit {done.returncode}):\n"
+                f"{tail}"
             )
-        result = torch.load(outputs_path, weights_only=True)
-    return FreshRun(
-        outputs=tuple(result["outputs"]),
-        kind=kind,
-        seconds=float(result["seconds"]),
-        course_modules_imported=tuple(result["course_modules"]),
-    )
+        result = torch.load(results_path, weights_only=True)
+    imported = tuple(result["course_modules"])
+    return [
+        FreshRun(Path(path), kind, tuple(outputs), float(seconds), imported)
+        for (kind, path, _), (outputs, seconds) in zip(prepared, result["results"], strict=True)
+    ]
+
+
+def run_in_fresh_process(
+    path: str | os.PathLike[str], inputs: Inputs, *, timeout: float = 180
+) -> FreshRun:
+    """Load ``path`` in a new Python process without ``course_lib`` and run ``inputs`` through it."""
+    return run_all_in_fresh_process([(path, inputs)], timeout=timeout)[0]

@@ -48,10 +48,11 @@ def _assert_parity(model, run, shape, batch_sizes=BATCH_SIZES, **kwargs):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-def test_trace_parity_after_save_and_load(model_and_shape, tmp_path):
+@pytest.mark.parametrize("freeze", [False, True], ids=["plain", "frozen"])
+def test_trace_parity_after_save_and_load(model_and_shape, tmp_path, freeze):
     model, shape = model_and_shape
     path = tmp_path / "traced.pt"
-    export.trace_model(model, torch.randn(2, *shape), path)
+    export.trace_model(model, torch.randn(2, *shape), path, freeze=freeze)
     _assert_parity(model, export.load_torchscript(path), shape)
 
 
@@ -185,9 +186,11 @@ def test_each_artifact_runs_in_a_fresh_process_without_the_class(tmp_path):
         expected = model(x)
     export.trace_model(model, x, tmp_path / "cnn_traced.pt")
     export.export_program(model, x, tmp_path / "cnn.pt2")
-    for name, kind in (("cnn_traced.pt", "torchscript"), ("cnn.pt2", "torch.export")):
-        run = export.run_in_fresh_process(tmp_path / name, x)
-        assert run.kind == kind
+    runs = export.run_all_in_fresh_process(
+        [(tmp_path / "cnn_traced.pt", x), (tmp_path / "cnn.pt2", x)]
+    )
+    assert [run.kind for run in runs] == ["torchscript", "torch.export"]
+    for run in runs:
         assert run.course_modules_imported == ()
         torch.testing.assert_close(run.outputs[0], expected, atol=1e-5, rtol=1e-4)
 
