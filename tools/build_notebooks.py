@@ -120,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     for source in [s.resolve() for s in args.sources] or all_sources():
         for target, cells, run in targets_for(source):
             nb = make_notebook(cells)
+            if source.parent.name == "exercises":
+                # The grader finds the hidden checks by this name, even if a student renames the file.
+                nb.metadata["course"] = {"exercise": source.stem}
             started = time.perf_counter()
             if run and not args.no_execute:
                 execute(nb, target.parent)
