@@ -118,7 +118,7 @@ ax.plot(
     label="restarted without RNG state",
 )
 ax.axvline(300, color="black", lw=0.8)
-ax.text(305, max(energy_full) * 0.95, "snapshot", fontsize=9)
+ax.text(305, min(energy_full), "snapshot", fontsize=9)
 ax.set_xlabel("step")
 ax.set_ylabel("mean energy per particle")
 ax.legend(fontsize=8)
