@@ -14,6 +14,7 @@ resumes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -84,13 +85,15 @@ def capture_rng_state() -> dict[str, Any]:
 
     Keys: ``'python'`` (``random``), ``'numpy'`` (``np.random``'s global generator), ``'torch'``
     (the CPU generator: a uint8 tensor) and ``'cuda'`` (a list with one state per CUDA device;
-    empty without CUDA). ``np.random.get_state()`` itself returns a tuple holding a NumPy array,
+    empty without CUDA or when this process never used it). ``np.random.get_state()`` itself returns a tuple holding a NumPy array,
     which ``weights_only=True`` refuses: hence the conversion.
     """
     version, internal, gauss_next = random.getstate()
     np_state = np.random.get_state(legacy=False)
     cuda_states: list[torch.Tensor] = []
-    if torch.cuda.is_available():
+    # Only a process that has used CUDA has CUDA RNG state worth keeping; asking an unused CUDA
+    # for it would create a context on every GPU.
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         cuda_states = [state.cpu() for state in torch.cuda.get_rng_state_all()]
     return {
         "python": {
@@ -224,9 +227,10 @@ def apply_checkpoint(
     """Restore model, optimizer, scheduler, scaler and RNGs from ``checkpoint``; return it.
 
     Reads our checkpoints and the chapter's (``'rng_state'``/``'cuda_rng_state'`` keys). Pass
-    ``optimizer=None`` to load the weights only (for evaluation). Asking for a part the
-    checkpoint does not hold raises a ``KeyError`` that says so, rather than silently resuming
-    with a fresh optimizer, which would change the run.
+    ``optimizer=None`` to load the weights only (for evaluation). An optimizer passed for a
+    checkpoint without optimizer state raises a ``KeyError`` (resuming with fresh moments would
+    silently change the run); a missing scheduler or scaler state gives a warning and leaves
+    that object as it is, as the chapter's loader did.
     """
     if "model_state_dict" not in checkpoint:
         raise KeyError(
@@ -243,10 +247,17 @@ def apply_checkpoint(
         if obj is None:
             continue
         if checkpoint.get(key) is None:
-            raise KeyError(
-                f"a {name} was passed but the checkpoint holds no {key!r}: pass {name}=None to "
-                f"start it fresh on purpose."
+            if name == "optimizer":
+                raise KeyError(
+                    f"an optimizer was passed but the checkpoint holds no {key!r}: pass "
+                    "optimizer=None to load the weights only, or start a fresh optimizer on purpose."
+                )
+            warnings.warn(
+                f"the checkpoint holds no {key!r}: the {name} passed in starts fresh "
+                "(the chapter's checkpoints saved without a scheduler look like this).",
+                stacklevel=2,
             )
+            continue
         obj.load_state_dict(checkpoint[key])
     if restore_rng:
         if checkpoint.get("rng") is not None:
@@ -328,10 +339,15 @@ def load_checkpoint(
     returned epoch is the last *completed* one: resume at ``epoch + 1``.
     """
     checkpoint = safe_load(path, map_location=device)
-    if not isinstance(checkpoint, Mapping):
+    if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
+        what = (
+            f"keys {sorted(checkpoint)[:4]}..."
+            if isinstance(checkpoint, Mapping)
+            else type(checkpoint).__name__
+        )
         raise CheckpointError(
             path,
-            f"holds a {type(checkpoint).__name__}, not a checkpoint dict.",
+            f"is not a training checkpoint (no 'model_state_dict'; it holds {what}).",
             "a bare state_dict loads with model.load_state_dict(safe_load(path)).",
         )
     try:
@@ -344,7 +360,7 @@ def load_checkpoint(
             f"does not fit what was passed in: {exc}",
             "build the same model/optimizer/scheduler as the run that saved it.",
         ) from exc
-    epoch = int(checkpoint["epoch"])
+    epoch = int(checkpoint.get("epoch", -1))  # -1: nothing completed, resume at epoch 0
     loss = checkpoint.get("loss")
     if loss is None and checkpoint.get("metrics"):
         loss = checkpoint["metrics"].get("loss", checkpoint["metrics"].get("val_loss"))
@@ -393,7 +409,8 @@ def _run_epoch(
     with torch.set_grad_enabled(training):
         for inputs, targets in loader:
             inputs, targets = inputs.to(device), targets.to(device)
-            with torch.autocast(device.type, enabled=scaler is not None and scaler.is_enabled()):
+            amp = scaler is not None and scaler.is_enabled()
+            with torch.autocast(device.type) if amp else contextlib.nullcontext():
                 loss = criterion(model(inputs), targets)
             if training:
                 optimizer.zero_grad()
@@ -425,7 +442,7 @@ def train_with_checkpoint(
     save_every: int = 10,
     scaler: Any = None,
     restore_rng: bool = True,
-) -> dict[str, list[float]]:
+) -> dict[str, list[Any]]:
     """The chapter's training loop with checkpoints, fixed; returns the history.
 
     Per epoch: train, validate, step the scheduler (``ReduceLROnPlateau`` gets the validation
@@ -448,7 +465,7 @@ def train_with_checkpoint(
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
-    history: dict[str, list[float]] = {"epoch": [], "train_loss": [], "val_loss": []}
+    history: dict[str, list[Any]] = {"epoch": [], "train_loss": [], "val_loss": []}
     start_epoch, step = 0, 0
     best_val_loss = math.inf
     if resume_from is not None and Path(resume_from).exists():
@@ -460,7 +477,7 @@ def train_with_checkpoint(
         step = int(checkpoint.get("step") or 0)
         saved = checkpoint.get("extra", {}).get("history")
         if saved:
-            history = {k: [float(v) for v in saved[k]] for k in history}
+            history = {k: [(int if k == "epoch" else float)(v) for v in saved[k]] for k in history}
         best = checkpoint.get("best_metric")
         if best is None:  # the chapter's checkpoint: fall back on the best file on disk
             best = _best_from_existing(checkpoint_dir)
@@ -486,7 +503,7 @@ def train_with_checkpoint(
                 scheduler.step(val_loss)
             else:
                 scheduler.step()
-        history["epoch"].append(float(epoch))
+        history["epoch"].append(epoch)
         history["train_loss"].append(train_loss)
         history["val_loss"].append(val_loss)
         improved = val_loss < best_val_loss
@@ -567,7 +584,7 @@ def demo_training(
     seed: int = 0,
     progress: bool = False,
     verbose: bool = False,
-) -> tuple[nn.Module, dict[str, list[float]]]:
+) -> tuple[nn.Module, dict[str, list[Any]]]:
     """Run (or, with ``resume=True``, continue from ``latest.pth``) the demo job; return the
     model and the history. ``epoch_delay`` sleeps after each epoch so that another process can
     interrupt it at a chosen point."""

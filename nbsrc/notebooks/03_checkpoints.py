@@ -178,27 +178,30 @@ print("RNG state saved for:", list(saved["rng"]))
 straight_model, straight = checkpoint.demo_training(workdir / "straight", 12, progress=True)
 
 # %% [markdown]
-# Now we start the job in **another process**, wait for its 5th checkpoint to appear, and kill
-# it with `SIGKILL` (`kill -9`: no clean-up, no `finally`, like a power cut or the out-of-memory
+# Now we start the job in **another process**, wait until it reports its 5th epoch (it prints
+# that line once the epoch's checkpoint is on disk), and kill it with `SIGKILL` (`kill -9`: no clean-up, no `finally`, like a power cut or the out-of-memory
 # killer). The job pauses 0.4 s between epochs, so we hit the same point every time.
 
 # %%
 run_dir = workdir / "interrupted"
 KILL_AFTER = 5  # epochs done
+
+
+def reported(epoch):
+    """Has the job printed the (whole) line for `epoch`?"""
+    whole_lines = (workdir / "interrupted.log").read_text().split("\n")[:-1]
+    return any(line.startswith(f"Epoch {epoch}:") for line in whole_lines)
+
+
 with open(workdir / "interrupted.log", "w") as log:
     proc = subprocess.Popen(
         [sys.executable, "-u", "-m", "course_lib.checkpoint", run_dir, "--epoch-delay", "0.4"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    while True:
-        latest = run_dir / "latest.pth"
-        if latest.exists() and safe_load(latest, map_location="cpu")["epoch"] >= KILL_AFTER - 1:
-            break
+    while not reported(KILL_AFTER - 1):
         if proc.poll() is not None:
-            raise RuntimeError(
-                f"the job ended by itself: {(workdir / 'interrupted.log').read_text()}"
-            )
+            raise RuntimeError("the job ended by itself: see interrupted.log")
         time.sleep(0.02)
     proc.kill()  # SIGKILL on Linux and macOS
     proc.wait()

@@ -60,7 +60,11 @@ def kill_while_saving(how, path):
     full = path.stat().st_size
     watched = f"{path.name}" if how == "plain" else f".{path.name}.*.tmp"
     proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path), how])
+    deadline = time.monotonic() + 60
     while proc.poll() is None:
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("never saw a half-written file: is the disk very fast?")
         for f in path.parent.glob(watched):
             try:
                 size = f.stat().st_size
