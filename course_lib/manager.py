@@ -35,8 +35,10 @@ import hashlib
 import json
 import math
 import os
+import queue
 import re
 import shutil
+import struct
 import threading
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -78,7 +80,6 @@ _PRIMARY = re.compile(
 _SIDECAR = re.compile(r"^checkpoint_epoch_\d+(?:_step_\d+)?\.train_state\.pth$")
 _TEMP = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")  # what atomic_write leaves behind
 _HASH_INLINE_BYTES = 1 << 20  # below this, hashing in a thread costs more than it saves
-_CHUNK = 8 << 20
 
 
 class CheckpointWriteError(CheckpointError, OSError):
@@ -126,14 +127,7 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 
 def _sha256_stream(handle: Any) -> str:
-    digest = hashlib.sha256()
-    buffer = bytearray(_CHUNK)
-    view = memoryview(buffer)
-    while True:
-        n = handle.readinto(buffer)
-        if not n:
-            return digest.hexdigest()
-        digest.update(view[:n])
+    return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _order_key(entry: Mapping[str, Any]) -> tuple[int, int, str]:
@@ -270,6 +264,88 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
     if "error" in state:
         raise state["error"]
     return {"size": state["size"], "sha256": state["sha256"]}
+
+
+def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
+    """Write ``chunks`` (bytes-like) to ``path`` through ``atomic_write``, hashing as they go.
+
+    A thread hashes each chunk while this one hands it to the OS, and goes on hashing while
+    ``atomic_write`` fsyncs: the SHA-256 costs no time as long as hashing is faster than the
+    disk. The chunks must not change until this returns (the manager's own, or a snapshot).
+    """
+    digest = hashlib.sha256()
+    size = sum(memoryview(c).nbytes for c in chunks)
+    todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while (chunk := todo.get()) is not None:
+            try:
+                digest.update(chunk)
+            except BaseException as exc:  # reported below
+                failed.append(exc)
+
+    thread = threading.Thread(target=work, name="checkpoint-sha256")
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            for chunk in chunks:
+                todo.put(chunk)
+                handle.write(chunk)
+
+    thread.start()
+    try:
+        atomic_write(path, write)
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _safetensors_chunks(tensors: Mapping[str, torch.Tensor]) -> list[Any] | None:
+    """The bytes of a ``.safetensors`` file as a header plus one zero-copy view per tensor.
+
+    The format (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length,
+    a JSON header (name -> dtype, shape, byte offsets), padded with spaces to 8 bytes, then the
+    raw tensor bytes. Tensors are laid out by element size, largest first, so that each one is
+    aligned when the file is memory-mapped. ``None`` for a dtype this writer does not know
+    (then ``safetensors.torch.save_file`` writes the file).
+    """
+    if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
+        return None
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    views = []
+    offset = 0
+    for name in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
+        tensor = tensors[name]
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+        if nbytes:
+            views.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [struct.pack("<Q", len(text)) + text, *views]
 
 
 def _unshared_cpu_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -548,7 +624,14 @@ class CheckpointManager:
             "best": manifest.get("best"),
             "pending_delete": list(manifest.get("pending_delete", [])),
         }
-        text = json.dumps(document, indent=1) + "\n"
+        # One checkpoint per line: readable, and json's fast C encoder (indent= disables it).
+        rows = ",\n  ".join(json.dumps(entry) for entry in ordered)
+        text = (
+            f'{{"version": {MANIFEST_VERSION}, "writer": {json.dumps(document["writer"])},\n'
+            f' "checkpoints": [\n  {rows}\n ],\n'
+            f' "best": {json.dumps(document["best"])},\n'
+            f' "pending_delete": {json.dumps(document["pending_delete"])}}}\n'
+        )
         atomic_write(self.manifest_path, lambda temp: temp.write_text(text))
 
     @staticmethod
@@ -879,7 +962,13 @@ class CheckpointManager:
                 rest["model_state_dict"] = None
                 rest["weights_file"] = name
                 primary = self.checkpoint_dir / name
-                files[name] = _durable_write(primary, lambda temp: _safetensors_save(weights, temp))
+                chunks = _safetensors_chunks(weights)
+                if chunks is not None:
+                    files[name] = _durable_write_chunks(primary, chunks)
+                else:
+                    files[name] = _durable_write(
+                        primary, lambda temp: _safetensors_save(weights, temp)
+                    )
                 written.append(primary)
                 sidecar = self.checkpoint_dir / sidecar_name(name)
                 files[sidecar.name] = _durable_write(sidecar, lambda temp: _torch_save(rest, temp))
