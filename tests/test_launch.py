@@ -4,42 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import secrets
-import signal
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
+from lab_server import running_lab
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, port: int, token: str):
-        self.base = f"http://127.0.0.1:{port}"
-        self.token = token
-
-    def call(self, method: str, path: str, body: dict | None = None):
-        request = urllib.request.Request(
-            f"{self.base}{path}",
-            method=method,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Authorization": f"token {self.token}", "Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            text = response.read()
-            return response.status, (json.loads(text) if text else None)
 
 
 async def _execute(port: int, token: str, kernel_id: str, code: str) -> str:
@@ -92,35 +63,7 @@ async def _execute(port: int, token: str, kernel_id: str, code: str) -> str:
 
 @pytest.mark.timeout(150)
 def test_course_lab_serves_the_notebooks_and_starts_a_kernel(tmp_path):
-    port, token = _free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
-    log = (tmp_path / "lab.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(ROOT / "course"),
-            "lab",
-            "--no-browser",
-            f"--port={port}",
-            "--ServerApp.ip=127.0.0.1",
-            f"--IdentityProvider.token={token}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env=env,
-        start_new_session=True,
-    )
-    server = Server(port, token)
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert process.poll() is None, (tmp_path / "lab.log").read_text()
-            try:
-                status, _ = server.call("GET", "/api/status")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "JupyterLab did not answer within 90 s"
-                time.sleep(0.5)
-
+    with running_lab(tmp_path) as server:
         status, listing = server.call("GET", "/api/contents/notebooks")
         names = {item["name"] for item in listing["content"]}
         assert "00_introduction.ipynb" in names
@@ -129,16 +72,8 @@ def test_course_lab_serves_the_notebooks_and_starts_a_kernel(tmp_path):
 
         status, kernel = server.call("POST", "/api/kernels", {"name": "python3"})
         assert status == 201
-        result = asyncio.run(_execute(port, token, kernel["id"], "import course_lib; 6 * 7"))
-        assert result == "42"
+        code = "import course_lib; 6 * 7"
+        assert asyncio.run(_execute(server.port, server.token, kernel["id"], code)) == "42"
         status, _ = server.call("DELETE", f"/api/kernels/{kernel['id']}")
         assert status == 204
-
-        status, _ = server.call("POST", "/api/shutdown")
-        assert status == 200
-        assert process.wait(timeout=30) == 0
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
+        assert server.shutdown() == 0

@@ -1,0 +1,109 @@
+"""A learner's view, in a real browser: JupyterLab runs a chapter notebook and its widget responds.
+
+Drives Debian's Chromium with Playwright against the course's own ``./course lab``. The notebooks are
+copied to a temporary folder first, so the run cannot change the committed ones.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from lab_server import running_lab
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LAB_SETTINGS = {
+    # Render every cell, so that selectors find outputs far down the notebook.
+    "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false"},
+    "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+}
+
+if CHROMIUM is None:
+    reason = "needs Chromium (Debian: apt-get install chromium); .ci/run installs it"
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+@pytest.fixture
+def lab(tmp_path):
+    course = tmp_path / "course"
+    shutil.copytree(
+        ROOT / "notebooks", course / "notebooks", ignore=shutil.ignore_patterns("scratch")
+    )
+    settings = tmp_path / "settings"
+    for name, values in LAB_SETTINGS.items():
+        path = settings / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+    env = {
+        "JUPYTERLAB_SETTINGS_DIR": str(settings),
+        "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path / "ws"),
+    }
+    with running_lab(tmp_path, f"--notebook-dir={course}", env=env) as server:
+        yield server, course
+        assert server.shutdown() == 0
+
+
+@pytest.mark.timeout(240)
+def test_learner_runs_the_state_dict_chapter_and_uses_the_layer_explorer(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    server, course = lab
+    expect.set_options(timeout=90_000)
+    url = f"{server.base}/lab/tree/notebooks/01_state_dict.ipynb?token={server.token}&reset"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(url)
+            expect(page.locator(".jp-Notebook")).to_be_visible()
+            expect(page.locator(".jp-StatusBar-TextItem", has_text="| Idle")).to_be_visible()
+
+            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+
+            # The chapter ran: the device line, the state_dict table and the plots are there.
+            outputs = page.locator(".jp-OutputArea-output")
+            expect(outputs.filter(has_text="Running on device:").first).to_be_visible()
+            expect(outputs.filter(has_text="1.num_batches_tracked").first).to_be_visible()
+            expect(page.locator(".jp-RenderedImage img").first).to_be_visible()
+
+            # The widget rendered; picking another entry updates its summary.
+            picker = page.locator(".widget-dropdown select")
+            expect(picker).to_be_visible()
+            explorer = page.locator(".widget-vbox")
+            expect(explorer.filter(has_text="0.weight: shape (20, 10)")).to_be_visible()
+            picker.select_option("1.running_var")
+            expect(
+                explorer.filter(has_text="1.running_var: shape (20,), 20 values")
+            ).to_be_visible()
+            expect(explorer.locator("img")).to_have_count(1)
+
+            # Every cell ran (the last code cell shows its output) and none failed.
+            expect(outputs.filter(has_text="on the course device: True")).to_be_visible()
+            expect(
+                page.locator(
+                    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]'
+                )
+            ).to_have_count(0)
+            page.screenshot(path=str(course.parent / "state_dict_chapter.png"), full_page=False)
+        finally:
+            browser.close()
+    # The copy in the temporary folder ran; the committed notebook was never opened for writing.
+    assert (course / "notebooks" / "scratch" / "6.3.1" / "model_weights.pth").exists()
