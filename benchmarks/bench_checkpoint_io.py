@@ -114,12 +114,21 @@ def run(args: argparse.Namespace, root: Path) -> int:
         fsync_path(path)
 
     def durable(fmt: str, async_save: bool = False) -> Callable[[], None]:
+        # A synchronous save gets a fresh folder each time (no deletion in the timing); an
+        # asynchronous one keeps its manager, as a training loop does, and so reuses its
+        # CPU staging buffers after the first save (whose cost is reported separately).
+        steady = CheckpointManager(
+            root / f"async_{fmt}", max_to_keep=1, format=fmt, async_save=True
+        )
+        epochs = iter(range(10**9))
+
         def save() -> None:
-            manager = CheckpointManager(
-                fresh(), max_to_keep=None, format=fmt, async_save=async_save
-            )
+            if async_save:
+                manager = steady
+            else:
+                manager = CheckpointManager(fresh(), max_to_keep=None, format=fmt)
             start = time.perf_counter()
-            manager.save(model, None, None, 0, {"val_loss": 1.0})
+            manager.save(model, None, None, next(epochs), {"val_loss": 1.0})
             timings.append(time.perf_counter() - start)
             manager.wait()
 
@@ -172,7 +181,12 @@ def run(args: argparse.Namespace, root: Path) -> int:
             times[name].append(timed_inside.pop() if timed_inside else elapsed)
             shutil.rmtree(scratch)
             scratch.mkdir()
-    results: dict[str, float] = {name: statistics.median(t) for name, t in times.items()}
+    results: dict[str, float] = {}
+    for name, values in times.items():
+        if name.startswith("async") and len(values) > 1:
+            results[name.replace("blocked", "blocked, first save")] = values[0]
+            values = values[1:]
+        results[name] = statistics.median(values)
 
     # Small checkpoints: the chapter's MLP with Adam, plain torch.save vs the manager.
     small_model = make_mlp()
@@ -249,9 +263,11 @@ def report(results: dict[str, float], nbytes: int, fastest: str) -> None:
         f"{'small checkpoint: durable - plain torch.save':<56}{overhead * 1e3:>6.2f} ms"
         f" (target < 2 ms) {verdict}"
     )
+    probe = results["small: one 4 KiB write + fsync"]
     print(
-        f"  (a durable save makes 4 fsyncs: file, folder, manifest, folder; one 4 KiB write + "
-        f"fsync takes {results['small: one 4 KiB write + fsync'] * 1e3:.2f} ms on this disk now)"
+        f"  a durable save makes 4 fsyncs (file, folder, manifest, folder); one 4 KiB write + "
+        f"fsync takes {probe * 1e3:.2f} ms on this disk now,\n"
+        f"  so the overhead beyond those fsyncs is about {(overhead - 4 * probe) * 1e3:.2f} ms"
     )
 
 

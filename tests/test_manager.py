@@ -490,6 +490,24 @@ def test_async_save_writes_a_snapshot(tmp_path):
     assert weight(model) == 1.0
 
 
+def test_async_saves_reuse_their_buffers_without_mixing_epochs(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=None, async_save=True)
+    for epoch in range(4):
+        mark(model, epoch)
+        optimizer.step()
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+    manager.wait()
+    buffers = {id(t) for t in manager._staging.values()}
+    mark(model, 4)
+    manager.save(model, optimizer, None, 4, {"val_loss": 1.0})
+    manager.wait()
+    assert {id(t) for t in manager._staging.values()} == buffers  # reused, not reallocated
+    for epoch in range(5):
+        manager.load(checkpoint_filename(epoch), model, restore_rng=False)
+        assert weight(model) == epoch
+
+
 def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
     model, optimizer = tiny()
     manager = CheckpointManager(tmp_path, async_save=True)
