@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import io
+import logging
 import os
 import subprocess
 import sys
@@ -83,6 +85,28 @@ def exporting_in_eval_mode(model: nn.Module, what: str = "export") -> Iterator[n
     finally:
         if was_training:
             model.train()
+
+
+# Loggers that print progress or diagnostics (with timestamps and PIDs) to stderr during an export.
+EXPORT_LOGGERS = ("torch.export", "torch._export", "torch._dynamo", "torch.fx.experimental")
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str, level: int = logging.ERROR) -> Iterator[None]:
+    """Raise the given loggers to ``level`` for the duration, then restore them.
+
+    The exporters log warnings such as "Unable to find user code corresponding to {u0}" on the way
+    to an error that says the same more clearly; in a notebook they are noise.
+    """
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(level, lg.getEffectiveLevel()))
+    try:
+        yield
+    finally:
+        for lg, old in zip(loggers, levels, strict=True):
+            lg.setLevel(old)
 
 
 @contextlib.contextmanager
@@ -191,7 +215,13 @@ def export_program(
     if dynamic_batch:
         args = _double_size_one_batches(args)
         dynamic_shapes = batch_dynamic_shapes(model, args, kwargs)
-    with exporting_in_eval_mode(model, "torch.export"):
+    # On failure torch.export prints the partial graph to stderr; it stays on the exception
+    # (``exc.partial_fx_graph``) instead of flooding the notebook.
+    with (
+        exporting_in_eval_mode(model, "torch.export"),
+        quiet_loggers(*EXPORT_LOGGERS),
+        contextlib.redirect_stderr(io.StringIO()),
+    ):
         program = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     if path is not None:
         torch.export.save(program, str(path))
@@ -273,6 +303,9 @@ for kind, artifact, inputs in jobs:
             outputs = model(*inputs)
     elif kind == "torch.export":
         model = torch.export.load(artifact).module()
+        tensor = next(iter(model.state_dict().values()), None)
+        if tensor is not None:  # a program exported on a GPU keeps its weights there
+            inputs = [x.to(tensor.device) if torch.is_tensor(x) else x for x in inputs]
         with torch.inference_mode():
             outputs = model(*inputs)
     elif kind == "onnx":
@@ -284,7 +317,8 @@ for kind, artifact, inputs in jobs:
         raise SystemExit(f"unknown kind {kind!r}")
     if isinstance(outputs, torch.Tensor):
         outputs = (outputs,)
-    results.append((tuple(outputs), time.perf_counter() - started))
+    outputs = tuple(o.cpu() for o in outputs)
+    results.append((outputs, time.perf_counter() - started))
 course = sorted(m for m in sys.modules if m.startswith("course_lib") and sys.modules[m])
 torch.save({"results": results, "course_modules": course}, results_path)
 """

@@ -17,7 +17,6 @@ import contextlib
 import copy
 import importlib
 import io
-import logging
 import os
 import re
 import warnings
@@ -31,12 +30,14 @@ import torch
 from torch import nn
 
 from course_lib.export import (
+    EXPORT_LOGGERS,
     Inputs,
     _double_size_one_batches,
     as_tuple,
     batch_dynamic_shapes,
     check_input_shapes,
     exporting_in_eval_mode,
+    quiet_loggers,
 )
 
 MIN_OPSET = 18
@@ -110,23 +111,37 @@ class OnnxFile:
 def _quiet_exporter() -> Iterator[io.StringIO]:
     """Capture what the exporter prints, warns and logs (progress lines, timestamps, PIDs)."""
     captured = io.StringIO()
-    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with (
-            warnings.catch_warnings(record=True) as caught,
-            contextlib.redirect_stdout(captured),
-            contextlib.redirect_stderr(captured),
-        ):
-            warnings.simplefilter("always")
-            yield captured
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+    with (
+        quiet_loggers("torch.onnx", "onnxscript", *EXPORT_LOGGERS),
+        warnings.catch_warnings(record=True) as caught,
+        contextlib.redirect_stdout(captured),
+        contextlib.redirect_stderr(captured),
+    ):
+        warnings.simplefilter("always")
+        yield captured
     for w in caught:
         captured.write(f"{w.category.__name__}: {w.message}\n")
+
+
+def summarize_log(text: str, caught: Sequence[warnings.WarningMessage] = ()) -> list[str]:
+    """The lines of an exporter's console output worth reading, each once.
+
+    Drops the ``[torch.onnx]`` progress lines and traceback frames (file paths, source lines),
+    keeps messages and exception lines, and appends each warning as ``Category: first sentence``.
+    """
+    kept: list[str] = []
+    progress = 0
+    for line in text.splitlines():
+        if line.startswith("[torch.onnx]"):
+            progress += 1
+        elif line.strip() and not line.startswith((" ", "\t", "Traceback", "^", "~")):
+            kept.append(line.strip())
+    for w in caught:
+        first = str(w.message).strip().split(". ")[0].rstrip(".")
+        kept.append(f"{w.category.__name__}: {first}.")
+    if progress:
+        kept.insert(0, f"({progress} progress lines of the form '[torch.onnx] ...')")
+    return list(dict.fromkeys(kept))
 
 
 def onnx_input_shapes(model_proto: Any) -> dict[str, tuple[int | str | None, ...]]:

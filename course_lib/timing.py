@@ -12,6 +12,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -49,42 +50,44 @@ def _synchronize(device: torch.device | str | None) -> None:
         torch.mps.synchronize()
 
 
-def _auto_number(fn: Callable[[], object], device: torch.device | str | None) -> int:
+def _auto_number(
+    fn: Callable[..., object], args: tuple[Any, ...], device: torch.device | str | None
+) -> int:
     """How many calls make one repeat last about a millisecond (at least 1, at most 1000)."""
     start = time.perf_counter()
-    fn()
+    fn(*args)
     _synchronize(device)
     once = max(time.perf_counter() - start, 1e-7)
     return max(1, min(1000, int(1e-3 / once)))
 
 
 def measure_latency(
-    fn: Callable[[], object],
-    *,
+    fn: Callable[..., object],
+    *args: Any,
     warmup: int = 10,
     repeats: int = 30,
     number: int | None = None,
     device: torch.device | str | None = None,
 ) -> Latency:
-    """Time ``fn()`` (no arguments: close over the inputs) and return the median seconds per call.
+    """Time ``fn(*args)`` and return the median seconds per call (with the quartiles).
 
     ``warmup`` untimed calls come first. Each of the ``repeats`` timings covers ``number`` calls
     (chosen so a repeat lasts about 1 ms when ``None``). Pass ``device`` when ``fn`` runs on a GPU,
     so each timing waits for the GPU to finish. Wrap model calls in ``torch.inference_mode()``
-    inside ``fn`` if autograd bookkeeping should not be measured.
+    around the call if autograd bookkeeping should not be measured.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=}, {warmup=}")
     for _ in range(warmup):
-        fn()
+        fn(*args)
     _synchronize(device)
     if number is None:
-        number = _auto_number(fn, device)
+        number = _auto_number(fn, args, device)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         for _ in range(number):
-            fn()
+            fn(*args)
         _synchronize(device)
         times.append((time.perf_counter() - start) / number)
     if len(times) >= 2:
