@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import shutil
 import struct
 import zipfile
 from collections.abc import Callable, Iterable
@@ -268,45 +269,70 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def _current_umask() -> int:
+    """The process umask, read without changing it where possible (no race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    umask = os.umask(0o022)  # elsewhere: the classic read-by-setting, restored at once
+    os.umask(umask)
+    return umask
+
+
 def _new_file_mode(existing: Path) -> int:
     """The mode a plain ``open(path, 'wb')`` would leave: the old file's, or 0o666 minus umask."""
     try:
         return existing.stat().st_mode & 0o7777
     except FileNotFoundError:
-        umask = os.umask(0)
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_current_umask()
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(
+    path: str | os.PathLike[str], write: Callable[[Path], None], *, mode: int | None = None
+) -> Path:
     """Write a file so that ``path`` holds either its old content or the complete new content.
 
     ``write(temp_path)`` writes the new content to a uniquely named temporary file in the same
     directory; it is then flushed to disk (fsync), renamed over ``path`` (``os.replace``, atomic on
     POSIX and Windows), and the directory is fsynced so the rename survives a power cut. On any
     failure (a full disk, a permission error, an interrupt) the temporary file is removed, ``path``
-    is untouched and the error is re-raised.
+    is untouched and the error is re-raised with a note saying so. The new file gets ``mode``, or
+    else the permissions a plain save would leave. A symlink at ``path`` is written through, as a
+    plain ``torch.save`` would.
     """
     import tempfile
 
-    path = Path(path)
+    given = Path(path)
+    path = Path(os.path.realpath(given)) if given.is_symlink() else given
     directory = path.parent if str(path.parent) else Path(".")
-    fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        exc.add_note(f"course_lib: cannot create a file in {directory}; {path} is unchanged.")
+        raise
     os.close(fd)
     temp_path = Path(temp_name)
     try:
         write(temp_path)
-        os.chmod(temp_path, _new_file_mode(path))
-        with temp_path.open("rb") as written:
+        with temp_path.open("r+b") as written:  # Windows cannot fsync a read-only handle
             os.fsync(written.fileno())
+        os.chmod(temp_path, _new_file_mode(path) if mode is None else mode)
         os.replace(temp_path, path)
     except BaseException as exc:
         temp_path.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and hasattr(exc, "add_note"):
-            exc.add_note(f"course_lib: nothing was written; {path} is unchanged.")
+        # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").
+        if isinstance(exc, OSError | RuntimeError):
+            try:
+                free = f" ({shutil.disk_usage(directory).free / 2**20:.0f} MiB free there)"
+            except OSError:
+                free = ""
+            exc.add_note(f"course_lib: nothing was written; {path} is unchanged{free}.")
         raise
     _fsync_directory(directory)
-    return path
+    return given
 
 
 def safe_save(obj: Any, path: str | os.PathLike[str]) -> Path:
@@ -327,8 +353,6 @@ def save_with_backup(
     The backup is made atomically too (a hard link renamed into place, or a durable copy where the
     file system has no hard links), so at every moment both names hold a complete file.
     """
-    import shutil
-
     path = Path(path)
     backup = path.with_name(path.name + backup_suffix)
     if path.exists():
@@ -340,5 +364,6 @@ def save_with_backup(
             except OSError:
                 shutil.copy2(path, temp)
 
-        atomic_write(backup, keep_previous)
+        # The temp name is a hard link to path: it keeps path's own mode, not the old backup's.
+        atomic_write(backup, keep_previous, mode=path.stat().st_mode & 0o7777)
     return safe_save(obj, path)

@@ -207,11 +207,6 @@ def test_save_with_backup_failing_save_loses_nothing(tmp_path, monkeypatch):
     assert _names(tmp_path) == ["model.pth", "model.pth.backup"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="safe_io bug (reported): atomic_write chmods the backup's temp name, a hard link to "
-    "the live file, so a private (0o600) checkpoint becomes 0o644 after save_with_backup",
-)
 def test_save_with_backup_keeps_a_private_files_mode(tmp_path):
     path = tmp_path / "model.pth"
     save_with_backup(_state(1), path)
@@ -219,6 +214,23 @@ def test_save_with_backup_keeps_a_private_files_mode(tmp_path):
     os.chmod(path, 0o600)
     save_with_backup(_state(3), path)
     assert _mode(path) == 0o600
+    assert _mode(tmp_path / "model.pth.backup") == 0o600
+
+
+def test_safe_save_writes_through_a_symlink_like_torch_save(tmp_path):
+    target = tmp_path / "real.pth"
+    link = tmp_path / "latest.pth"
+    safe_save(_state(1), target)
+    link.symlink_to(target)
+    safe_save(_state(2), link)
+    assert link.is_symlink() and _assert_complete(target) == 2
+
+
+def test_missing_directory_names_the_destination(tmp_path):
+    destination = tmp_path / "no_such_dir" / "model.pth"
+    with pytest.raises(FileNotFoundError) as info:
+        safe_save(_state(1), destination)
+    assert f"{destination} is unchanged" in "\n".join(getattr(info.value, "__notes__", []))
 
 
 # ----------------------------------------------------------------------------------------------
