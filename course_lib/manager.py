@@ -465,7 +465,8 @@ def _write_error(path: Path, exc: OSError, newest: str | None) -> CheckpointWrit
     kept = f"the newest committed checkpoint is still {newest}" if newest else "nothing was lost"
     error = CheckpointWriteError(
         path,
-        f"could not be saved: {exc.strerror or exc} ({errno.errorcode.get(code, code)}). "
+        f"could not be saved: {exc.strerror or exc}"
+        f"{f' ({errno.errorcode[code]})' if code in errno.errorcode else ''}. "
         f"Nothing was committed: {MANIFEST_NAME} and the checkpoints already saved are "
         f"unchanged ({kept}).",
         fix,
@@ -548,8 +549,10 @@ class CheckpointManager:
         try:
             with self._exclusive():
                 self._reconcile()
-        except CheckpointWriteError:
+        except OSError as exc:
             # A folder we may read but not write (a shared results folder): loading still works.
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
             self.read_only = True
 
     def __repr__(self) -> str:
@@ -603,7 +606,13 @@ class CheckpointManager:
 
     @staticmethod
     def _empty_manifest() -> dict[str, Any]:
-        return {"version": MANIFEST_VERSION, "checkpoints": {}, "best": None, "pending_delete": []}
+        return {
+            "version": MANIFEST_VERSION,
+            "checkpoints": {},
+            "best": None,
+            "pending_delete": [],
+            "best_metric": None,
+        }
 
     def _read_manifest(self) -> dict[str, Any] | None:
         """The manifest as ``{'checkpoints': {file: entry}, 'best', 'pending_delete'}``.
@@ -621,6 +630,9 @@ class CheckpointManager:
             if best is not None and not isinstance(best, dict):
                 raise TypeError("'best' is not an object")
             pending = [str(n) for n in raw.get("pending_delete", [])]
+            best_metric = raw.get("best_metric")
+            if best_metric is not None and not isinstance(best_metric, dict):
+                raise TypeError("'best_metric' is not an object")
         except (ValueError, KeyError, TypeError) as exc:
             raise CorruptCheckpointError(
                 self.manifest_path,
@@ -633,6 +645,7 @@ class CheckpointManager:
             "checkpoints": entries,
             "best": best,
             "pending_delete": pending,
+            "best_metric": best_metric,
         }
 
     def _manifest(self) -> dict[str, Any]:
@@ -654,6 +667,7 @@ class CheckpointManager:
             f'{{"version": {MANIFEST_VERSION}, "writer": {json.dumps(document["writer"])},\n'
             f' "checkpoints": [\n  {rows}\n ],\n'
             f' "best": {json.dumps(document["best"])},\n'
+            f' "best_metric": {json.dumps(manifest.get("best_metric"))},\n'
             f' "pending_delete": {json.dumps(document["pending_delete"])}}}\n'
         )
         atomic_write(self.manifest_path, lambda temp: temp.write_text(text))
@@ -925,7 +939,6 @@ class CheckpointManager:
             epoch=epoch,
             step=step,
             metrics=metrics,
-            best_metric=self._best_so_far(metrics),
             scaler=scaler,
             extra=extra,
         )
@@ -943,19 +956,23 @@ class CheckpointManager:
         self._thread.start()
         return path
 
-    def _best_so_far(self, metrics: Mapping[str, float] | None) -> float | None:
-        """The best value of ``best_metric`` over the committed checkpoints and this one."""
-        try:
-            entries = list(self._manifest()["checkpoints"].values())
-        except CheckpointError:
-            entries = []
-        values = [v for v in (_metric_value(e, self.best_metric) for e in entries) if v is not None]
-        current = _metric_value({"metrics": dict(metrics or {})}, self.best_metric)
-        if current is not None:
-            values.append(current)
-        if not values:
-            return None
-        return min(values) if self.mode == "min" else max(values)
+    def _best_so_far(self, manifest: dict[str, Any], metrics: Mapping[str, Any]) -> float | None:
+        """The best ``best_metric`` value ever committed here, this save included.
+
+        Kept in the manifest (``best_metric``), so that it survives the deletion of the
+        checkpoint that had it; stored in each checkpoint as ``'best_metric'`` for resuming.
+        """
+        record = manifest.get("best_metric") or {}
+        values = []
+        if record.get("name") == self.best_metric and record.get("mode") == self.mode:
+            values.append(record.get("value"))
+        else:  # another metric than before: rank what is still here
+            values += [_metric_value(e, self.best_metric) for e in manifest["checkpoints"].values()]
+        values.append(_metric_value({"metrics": dict(metrics or {})}, self.best_metric))
+        values = [v for v in values if v is not None]
+        best = (min(values) if self.mode == "min" else max(values)) if values else None
+        manifest["best_metric"] = {"name": self.best_metric, "mode": self.mode, "value": best}
+        return best
 
     def _commit_in_background(self, *args: Any) -> None:
         try:
@@ -1014,14 +1031,14 @@ class CheckpointManager:
         newest = None
         try:
             with self._exclusive():
-                manifest = (
-                    self._manifest()
-                )  # re-read under the lock: another manager may have saved
+                # Re-read under the lock: another manager may have saved since.
+                manifest = self._manifest()
                 newest = self._newest_committed(manifest)
                 if name in manifest["checkpoints"]:  # saving this epoch again replaces it
                     del manifest["checkpoints"][name]
                     self._write_manifest(manifest)
                     newest = self._newest_committed(manifest)
+                checkpoint["best_metric"] = self._best_so_far(manifest, checkpoint["metrics"])
                 files = self._write_files(checkpoint, name)
                 entry = self._entry(
                     name,

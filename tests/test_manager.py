@@ -344,6 +344,16 @@ def test_retention_on_real_files_with_a_restart(tmp_path):
         assert not [p for p in directory.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_the_best_metric_so_far_outlives_its_checkpoint(tmp_path):
+    """What resuming needs to decide "is this the best model?" (the chapter forgot it)."""
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=1, keep_best=0)
+    for epoch, val_loss in enumerate([0.3, 0.1, 0.5, 0.4]):
+        manager.save(model, optimizer, None, epoch, {"val_loss": val_loss})
+    assert [r["epoch"] for r in manager.list_checkpoints()] == [3]
+    assert CheckpointManager(tmp_path).load_latest(model)["best_metric"] == 0.1
+
+
 def test_best_by_metric_without_is_best(tmp_path):
     model, optimizer = tiny()
     manager = CheckpointManager(tmp_path, max_to_keep=2, best_metric="acc", mode="max")

@@ -285,6 +285,25 @@ def test_permission_denied(tmp_path, monkeypatch):
     assert [r["epoch"] for r in manager.list_checkpoints()] == [0, 1]
 
 
+def test_a_folder_without_write_permission_can_still_be_read(tmp_path, monkeypatch):
+    manager = CheckpointManager(tmp_path)
+    model, optimizer = save_epochs(manager, range(2))
+    real_open = open
+
+    def refuse_writes(path, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wa+x"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(manager_module, "open", refuse_writes, raising=False)
+    reader = CheckpointManager(tmp_path)
+    assert reader.read_only
+    assert reader.load_latest(model)["epoch"] == 1
+    with pytest.raises(CheckpointWriteError, match="writable") as info:
+        reader.save(model, optimizer, None, 2, {"val_loss": 0.1})
+    assert str(tmp_path) in str(info.value)
+
+
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores chmod")
 def test_read_only_folder_for_real(tmp_path):
     manager = CheckpointManager(tmp_path)
