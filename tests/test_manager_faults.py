@@ -120,7 +120,7 @@ def run_and_kill(zygote, directory, fmt, rng):
             pid = int(words[1])
         elif words[0] == "STARTED":
             started = int(words[1])
-    time.sleep(rng.uniform(0.0, 0.25))
+    time.sleep(rng.uniform(0.0, 0.3))
     os.kill(pid, signal.SIGKILL)
     committed = []
     while True:
@@ -142,7 +142,7 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
     model = torch.nn.Linear(512, 512)
     for _ in range(kills):
         started, committed = run_and_kill(zygote, directory, fmt, rng)
-        assert started == newest_reported + 1 or started == newest_reported + 2
+        assert started == newest_reported + 1  # it resumed from the newest committed epoch
         if committed:
             newest_reported = committed[-1]
         leftovers_seen += bool(temp_files(directory))
@@ -170,7 +170,7 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
     print(
         f"\n{fmt}: {kills} kills, newest epoch {newest_reported}, {leftovers_seen} left temp files"
     )
-    assert newest_reported >= kills // 2, "the child hardly ever committed: the test tests little"
+    assert newest_reported >= 3, "the child hardly ever committed: the test tests little"
 
 
 # ----------------------------------------------------------------------------------------------
