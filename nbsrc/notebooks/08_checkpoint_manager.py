@@ -471,7 +471,7 @@ manager.load(latest, model)
 # the bit fell in the pickled part) and resumed from it. Other failures are handled the same way:
 # a truncated, empty or foreign file, a file deleted by hand, a full disk or a read-only folder
 # during a save (the error says so, nothing is half-written), a process killed mid-save (the
-# course's tests kill one 22 times at random moments and check that nothing is lost).
+# course's tests kill one more than 20 times at random moments and check that nothing is lost).
 #
 # ## Step 6: look at the models you kept
 #

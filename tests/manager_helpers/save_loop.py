@@ -1,7 +1,9 @@
 """Child process for tests/test_manager_faults.py: resume from the latest checkpoint, then save in a loop.
 
 Prints ``STARTED <epoch>`` before the first save and ``COMMITTED <epoch>`` after each save returns,
-so the test knows when to kill it and what it had committed. The test SIGKILLs it at a random
+so the test knows when to kill it and what it had committed. FORMAT ``torch-async`` saves with
+``async_save=True`` and prints ``SUBMITTED <epoch>`` instead: the save of that epoch is in flight,
+the previous one is committed. The test SIGKILLs it at a random
 moment.
 
 Usage: ``python save_loop.py CHECKPOINT_DIR FORMAT`` runs one saving process. ``python save_loop.py
@@ -36,11 +38,13 @@ def is_best(epoch: int) -> bool:
 
 
 def save_forever(directory: str, fmt: str) -> None:
+    asynchronous = fmt.endswith("-async")
+    fmt = fmt.removesuffix("-async")
     warnings.simplefilter("ignore")  # untracked leftovers of the previous kill are reported
     torch.manual_seed(0)
     model = torch.nn.Linear(512, 512)  # about 1 MB of weights, 3 MB with Adam's moments
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    manager = CheckpointManager(directory, format=fmt, **POLICY)
+    manager = CheckpointManager(directory, format=fmt, async_save=asynchronous, **POLICY)
     try:
         start = manager.load_latest(model, optimizer)["epoch"] + 1
     except CheckpointNotFoundError:
@@ -54,7 +58,7 @@ def save_forever(directory: str, fmt: str) -> None:
         manager.save(
             model, optimizer, None, epoch, {"val_loss": metric(epoch)}, is_best=is_best(epoch)
         )
-        print("COMMITTED", epoch, flush=True)
+        print("SUBMITTED" if asynchronous else "COMMITTED", epoch, flush=True)
 
 
 def zygote() -> None:
@@ -65,7 +69,7 @@ def zygote() -> None:
         model(torch.randn(2, 4)).sum().backward()
         optimizer.step()
         for fmt in ("torch", "safetensors"):
-            manager = CheckpointManager(Path(scratch) / fmt, format=fmt)
+            manager = CheckpointManager(Path(scratch) / fmt, format=fmt, async_save=True)
             manager.save(model, optimizer, None, 0, {"val_loss": 1.0}, is_best=True)
             manager.load_latest(model, optimizer)
     print("READY", flush=True)
