@@ -321,6 +321,8 @@ def atomic_write(
             os.fsync(written.fileno())
         os.chmod(temp_path, _new_file_mode(path) if mode is None else mode)
         os.replace(temp_path, path)
+        # Renaming onto a hard link of the same file is a no-op that leaves the temp name behind.
+        temp_path.unlink(missing_ok=True)
     except BaseException as exc:
         temp_path.unlink(missing_ok=True)
         # torch's zip writer reports a full disk as RuntimeError("... unexpected pos ...").

@@ -385,3 +385,13 @@ def test_read_only_directory_by_permissions(tmp_path):
     finally:
         os.chmod(tmp_path, 0o755)
     assert _assert_complete(path) == 1 and _names(tmp_path) == ["model.pth"]
+
+
+def test_backup_already_linked_to_the_live_file_leaves_no_temp(tmp_path):
+    """After a failed save, the backup can be a hard link of the live file; saving again is clean."""
+    path = tmp_path / "m.pth"
+    safe_save(_state(1), path)
+    os.link(path, tmp_path / "m.pth.backup")
+    save_with_backup(_state(2), path)
+    assert _names(tmp_path) == ["m.pth", "m.pth.backup"]
+    assert _assert_complete(tmp_path / "m.pth.backup") == 1 and _assert_complete(path) == 2
