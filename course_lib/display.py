@@ -7,22 +7,32 @@ from typing import Any
 
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Align ``rows`` (dicts sharing keys) under a header; floats get 4 significant digits."""
+    """Rows of dicts as an aligned plain-text table.
+
+    Columns default to every key seen, in order of appearance. Floats get 4 decimals, missing
+    values ``-``, SHA-256 digests (a ``sha256`` column) their first 12 hex digits.
+    """
     if not rows:
         return "(no rows)"
-    columns = list(columns) if columns is not None else list(rows[0])
+    if columns is None:
+        columns = []
+        for row in rows:
+            columns.extend(k for k in row if k not in columns)
 
-    def cell(value: Any) -> str:
-        return f"{value:.4g}" if isinstance(value, float) else str(value)
+    def cell(key: str, value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4f}"
+        if key == "sha256" and isinstance(value, str):
+            return value[:12]
+        return str(value)
 
-    body = [[cell(row.get(col, "")) for col in columns] for row in rows]
-    widths = [max(len(col), *(len(line[i]) for line in body)) for i, col in enumerate(columns)]
-    lines = ["  ".join(col.ljust(w) for col, w in zip(columns, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += [
-        "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)).rstrip() for line in body
-    ]
-    return "\n".join(lines)
+    table = [[str(c) for c in columns]] + [[cell(c, row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(line.rstrip() for line in lines)
 
 
 def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:

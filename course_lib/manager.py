@@ -52,6 +52,7 @@ import torch
 from torch import nn
 
 from course_lib.checkpoint import apply_checkpoint, build_checkpoint
+from course_lib.display import format_table
 from course_lib.safe_io import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -195,32 +196,6 @@ def retention_reasons(
         if name in reasons:
             reasons[name].append("kept")
     return reasons
-
-
-def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
-    """Rows (e.g. from ``list_checkpoints``) as a fixed-width text table.
-
-    Floats get 4 decimals, SHA-256 digests their first 12 hex digits, missing values ``-``.
-    """
-    if columns is None:
-        columns = []
-        for row in rows:
-            columns.extend(k for k in row if k not in columns)
-
-    def cell(key: str, value: Any) -> str:
-        if value is None:
-            return "-"
-        if isinstance(value, float):
-            return f"{value:.4f}"
-        if key == "sha256" and isinstance(value, str):
-            return value[:12]
-        return str(value)
-
-    table = [[str(c) for c in columns]] + [[cell(c, row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = ["  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)) for line in table]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 # ----------------------------------------------------------------------------------------------

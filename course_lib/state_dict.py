@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from course_lib.display import format_table
 from course_lib.safe_io import ZIP_MAGIC, check_checkpoint_file, safe_load
 
 logger = logging.getLogger(__name__)
@@ -51,19 +52,6 @@ def _with_metadata(
     if metadata is not None:
         new._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]
     return new
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """Rows of dicts as an aligned plain-text table (deterministic, so notebooks can compare it)."""
-    if not rows:
-        return "(no rows)"
-    columns = columns or list(rows[0])
-    cells = [[str(row.get(c, "")) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in cells]
-    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,10 +19,10 @@ import torch
 from torch import nn
 
 import course_lib.manager as manager_module
+from course_lib.display import format_table
 from course_lib.manager import (
     CheckpointManager,
     checkpoint_filename,
-    format_table,
     retention_reasons,
     sha256_file,
 )

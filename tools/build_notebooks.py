@@ -103,7 +103,11 @@ def targets_for(source: Path) -> list[tuple[Path, list[tuple[str, str, list[str]
 
 def execute(nb: nbformat.NotebookNode, where: Path) -> None:
     client = NotebookClient(
-        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(where)}}
+        nb,
+        timeout=600,
+        kernel_name="python3",
+        record_timing=False,  # timestamps would make every rebuild a diff
+        resources={"metadata": {"path": str(where)}},
     )
     client.execute()
 

@@ -206,7 +206,7 @@ print("files in the DCP checkpoint:", results[0]["dcp_files"])
 # split by rows across the ranks, so each rank wrote its own half: two chunks.
 
 # %%
-from course_lib.state_dict import format_table
+from course_lib.display import format_table
 
 info = inspect_checkpoint(workdir / "dcp")
 print(info.summary())

@@ -259,7 +259,8 @@ print("torch.load was called", len(loads), "times:", loads)
 # From here on, `CheckpointManager` is the course's. The experiment again:
 
 # %%
-from course_lib.manager import CheckpointManager, format_table, retention_reasons
+from course_lib.display import format_table
+from course_lib.manager import CheckpointManager, retention_reasons
 
 ours_dir = workdir / "ours"
 manager = CheckpointManager(ours_dir, max_to_keep=3)
