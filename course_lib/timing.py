@@ -68,12 +68,14 @@ def measure_latency(
     repeats: int = 30,
     number: int | None = None,
     device: torch.device | str | None = None,
+    max_seconds: float | None = None,
 ) -> Latency:
     """Time ``fn(*args)`` and return the median seconds per call (with the quartiles).
 
     ``warmup`` untimed calls come first. Each of the ``repeats`` timings covers ``number`` calls
     (chosen so a repeat lasts about 1 ms when ``None``). Pass ``device`` when ``fn`` runs on a GPU,
-    so each timing waits for the GPU to finish. Wrap model calls in ``torch.inference_mode()``
+    so each timing waits for the GPU to finish. ``max_seconds`` caps the repeats (but keeps at
+    least 5) so that a slow call, such as a large batch, does not take minutes. Wrap model calls in ``torch.inference_mode()``
     around the call if autograd bookkeeping should not be measured.
     """
     if repeats < 1 or warmup < 0:
@@ -83,6 +85,12 @@ def measure_latency(
     _synchronize(device)
     if number is None:
         number = _auto_number(fn, args, device)
+    if max_seconds is not None:
+        start = time.perf_counter()
+        fn(*args)
+        _synchronize(device)
+        once = max(time.perf_counter() - start, 1e-9)
+        repeats = max(min(repeats, 5), min(repeats, int(max_seconds / (once * number))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
