@@ -18,15 +18,13 @@ import pytest
 import torch
 from torch import nn
 
-import course_lib.manager as manager_module
+import course_lib.checkpoint_files as checkpoint_files_module
+import course_lib.manifest as manifest_module
+from course_lib.checkpoint_files import checkpoint_filename, sha256_file
 from course_lib.display import format_table
-from course_lib.manager import (
-    CheckpointManager,
-    checkpoint_filename,
-    retention_reasons,
-    sha256_file,
-)
+from course_lib.manager import CheckpointManager
 from course_lib.models import make_mlp
+from course_lib.retention import retention_reasons
 
 HELPERS = Path(__file__).resolve().parent / "manager_helpers"
 _spec = importlib.util.spec_from_file_location("chapter_manager", HELPERS / "chapter_manager.py")
@@ -232,7 +230,8 @@ def test_list_checkpoints_never_opens_a_checkpoint(tmp_path, monkeypatch):
         raise AssertionError("list_checkpoints unpickled a file")
 
     monkeypatch.setattr(torch, "load", refuse)
-    monkeypatch.setattr(manager_module, "safe_load", refuse)
+    monkeypatch.setattr(checkpoint_files_module, "safe_load", refuse)
+    monkeypatch.setattr(manifest_module, "safe_load", refuse)
     rows = manager.list_checkpoints()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["best"] is True and "latest" in rows[-1]["kept_by"]
@@ -508,11 +507,12 @@ def test_async_saves_reuse_their_buffers_without_mixing_epochs(tmp_path):
         optimizer.step()
         manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
     manager.wait()
-    buffers = {id(t) for t in manager._staging.values()}
+    buffers = {id(t) for t in manager._background.staging.values()}
     mark(model, 4)
     manager.save(model, optimizer, None, 4, {"val_loss": 1.0})
     manager.wait()
-    assert {id(t) for t in manager._staging.values()} == buffers  # reused, not reallocated
+    after = {id(t) for t in manager._background.staging.values()}
+    assert after == buffers  # reused, not reallocated
     for epoch in range(5):
         manager.load(checkpoint_filename(epoch), model, restore_rng=False)
         assert weight(model) == epoch
@@ -522,13 +522,13 @@ def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
     model, optimizer = tiny()
     manager = CheckpointManager(tmp_path, async_save=True)
     release = threading.Event()
-    real = manager_module._torch_save
+    real = checkpoint_files_module._torch_save
 
     def slow(obj, path):
         release.wait(timeout=30)
         real(obj, path)
 
-    monkeypatch.setattr(manager_module, "_torch_save", slow)
+    monkeypatch.setattr(checkpoint_files_module, "_torch_save", slow)
     manager.save(model, optimizer, None, 0, {"val_loss": 1.0})  # returns at once
     second = threading.Thread(
         target=manager.save, args=(model, optimizer, None, 1, {"val_loss": 1.0})

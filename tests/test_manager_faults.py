@@ -23,14 +23,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import course_lib.manager as manager_module
-from course_lib.manager import (
-    CheckpointFallbackWarning,
-    CheckpointManager,
-    CheckpointWriteError,
-    retention_reasons,
-    sha256_file,
-)
+import course_lib.checkpoint_files as checkpoint_files_module
+import course_lib.manifest as manifest_module
+from course_lib.checkpoint_files import sha256_file
+from course_lib.manager import CheckpointManager
+from course_lib.manager_errors import CheckpointFallbackWarning, CheckpointWriteError
+from course_lib.retention import retention_reasons
 from course_lib.safe_io import CheckpointNotFoundError, CorruptCheckpointError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,14 +217,14 @@ def test_disk_full_during_the_manifest_commit(tmp_path, monkeypatch):
     manager = CheckpointManager(tmp_path)
     model, optimizer = save_epochs(manager, range(3))
     before = manifest_of(tmp_path)
-    real = manager_module.atomic_write
+    real = manifest_module.atomic_write
 
     def failing(path, write):
         if Path(path).name == "manifest.json":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, write)
 
-    monkeypatch.setattr(manager_module, "atomic_write", failing)
+    monkeypatch.setattr(manifest_module, "atomic_write", failing)  # the manifest's writes
     with pytest.raises(CheckpointWriteError, match="No space left"):
         manager.save(model, optimizer, None, 3, {"val_loss": 0.1}, is_best=True)
     monkeypatch.undo()
@@ -302,7 +300,8 @@ def test_a_folder_without_write_permission_can_still_be_read(tmp_path, monkeypat
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(manager_module, "open", refuse_writes, raising=False)
+    for module in (manifest_module, checkpoint_files_module):  # the lock file, the checkpoints
+        monkeypatch.setattr(module, "open", refuse_writes, raising=False)
     reader = CheckpointManager(tmp_path)
     assert reader.read_only
     assert reader.load_latest(model)["epoch"] == 1
@@ -331,7 +330,7 @@ def test_background_save_error_is_raised_by_the_next_call(tmp_path, monkeypatch)
     manager.wait()
     monkeypatch.setattr(torch, "save", _full_disk_after(10))
     manager.save(model, optimizer, None, 2, {"val_loss": 0.1})  # returns: the write fails later
-    manager._thread.join()
+    manager._background.join()
     monkeypatch.undo()
     with pytest.raises(CheckpointWriteError, match="No space left"):
         manager.save(model, optimizer, None, 3, {"val_loss": 0.1})

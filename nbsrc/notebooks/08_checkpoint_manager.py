@@ -260,7 +260,8 @@ print("torch.load was called", len(loads), "times:", loads)
 
 # %%
 from course_lib.display import format_table
-from course_lib.manager import CheckpointManager, retention_reasons
+from course_lib.manager import CheckpointManager
+from course_lib.retention import retention_reasons
 
 ours_dir = workdir / "ours"
 manager = CheckpointManager(ours_dir, max_to_keep=3)

@@ -1,0 +1,344 @@
+"""One checkpoint's files (chapter 6.3.8): names, durable writes with SHA-256, reading back.
+
+A checkpoint is one ``checkpoint_epoch_0007.pth``, or weights in
+``checkpoint_epoch_0007.safetensors`` (memory-mapped on load) beside a
+``checkpoint_epoch_0007.train_state.pth`` sidecar for the optimizer, scheduler, RNG states and
+counters. Every file goes through ``safe_io.atomic_write`` (unique temp file, fsync,
+``os.replace``, directory fsync), and its SHA-256 is computed while it is written, for the
+manifest (``course_lib.manifest``) to record.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import re
+import struct
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from course_lib.safe_io import (
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForeignFileError,
+    MapLocation,
+    atomic_write,
+    safe_load,
+)
+
+FORMATS = ("torch", "safetensors")
+BEST_STEM = "best_model"
+SIDECAR_SUFFIX = ".train_state.pth"
+PRIMARY_PATTERN = re.compile(
+    r"^checkpoint_epoch_(?P<epoch>\d+)(?:_step_(?P<step>\d+))?\.(pth|safetensors)$"
+)
+SIDECAR_PATTERN = re.compile(r"^checkpoint_epoch_\d+(?:_step_\d+)?\.train_state\.pth$")
+TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")  # atomic_write's temp files
+_HASH_INLINE_BYTES = 1 << 20  # below this, hashing in a thread costs more than it saves
+
+
+def checkpoint_filename(epoch: int, step: int | None = None, *, format: str = "torch") -> str:
+    """``checkpoint_epoch_0007.pth`` (or ``..._step_00001234.pth``, or ``.safetensors``).
+
+    Zero-padded so that names sort like epochs, but the manager orders by the numbers in its
+    manifest, not by names or file times.
+    """
+    suffix = ".safetensors" if format == "safetensors" else ".pth"
+    name = f"checkpoint_epoch_{int(epoch):04d}"
+    if step is not None:
+        name += f"_step_{int(step):08d}"
+    return name + suffix
+
+
+def sidecar_name(primary: str) -> str:
+    """The name of the training-state file beside a ``.safetensors`` weights file."""
+    return Path(primary).stem + SIDECAR_SUFFIX
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """The SHA-256 of a file, read in 8 MiB chunks (hashlib releases the GIL while hashing)."""
+    with open(path, "rb") as handle:
+        return sha256_stream(handle)
+
+
+def sha256_stream(handle: Any) -> str:
+    """The SHA-256 of an open binary file, from its current position to its end."""
+    return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing: durable files with their checksum, computed while the disk flushes
+# ----------------------------------------------------------------------------------------------
+
+
+def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
+    """``atomic_write(path, write)`` and return ``{'size', 'sha256'}`` of the bytes committed.
+
+    The checksum of a large file is computed by a thread that reads the finished temp file
+    while ``atomic_write`` fsyncs it: hashing is hidden behind the disk flush instead of added.
+    """
+    state: dict[str, Any] = {}
+
+    def write_and_hash(temp: Path) -> None:
+        write(temp)
+        handle = open(temp, "rb")  # noqa: SIM115 (closed below, after the thread)
+        state["handle"] = handle
+        state["size"] = os.fstat(handle.fileno()).st_size
+        if state["size"] < _HASH_INLINE_BYTES:
+            state["sha256"] = sha256_stream(handle)
+            return
+
+        def work() -> None:
+            try:
+                state["sha256"] = sha256_stream(handle)
+            except BaseException as exc:  # reported below
+                state["error"] = exc
+
+        state["thread"] = threading.Thread(target=work, name="checkpoint-sha256")
+        state["thread"].start()
+
+    try:
+        atomic_write(path, write_and_hash)
+    finally:
+        if "thread" in state:
+            state["thread"].join()
+        if "handle" in state:
+            state["handle"].close()
+    if "error" in state:
+        raise state["error"]
+    return {"size": state["size"], "sha256": state["sha256"]}
+
+
+def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
+    """Write ``chunks`` (bytes-like) to ``path`` through ``atomic_write``, hashing as they go.
+
+    A thread hashes each chunk while this one hands it to the OS, and goes on hashing while
+    ``atomic_write`` fsyncs: the SHA-256 costs no time as long as hashing is faster than the
+    disk. The chunks must not change until this returns (the manager's own, or a snapshot).
+    """
+    digest = hashlib.sha256()
+    size = sum(memoryview(c).nbytes for c in chunks)
+    todo: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def work() -> None:
+        while (chunk := todo.get()) is not None:
+            try:
+                digest.update(chunk)
+            except BaseException as exc:  # reported below
+                failed.append(exc)
+
+    thread = threading.Thread(target=work, name="checkpoint-sha256")
+
+    def write(temp: Path) -> None:
+        with open(temp, "wb") as handle:
+            for chunk in chunks:
+                todo.put(chunk)
+                handle.write(chunk)
+
+    thread.start()
+    try:
+        atomic_write(path, write)
+    finally:
+        todo.put(None)
+        thread.join()
+    if failed:
+        raise failed[0]
+    return {"size": size, "sha256": digest.hexdigest()}
+
+
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.float16: "F16",
+    torch.bfloat16: "BF16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def _safetensors_chunks(tensors: Mapping[str, torch.Tensor]) -> list[Any] | None:
+    """The bytes of a ``.safetensors`` file as a header plus one zero-copy view per tensor.
+
+    The format (https://huggingface.co/docs/safetensors): an 8-byte little-endian header length,
+    a JSON header (name -> dtype, shape, byte offsets), padded with spaces to 8 bytes, then the
+    raw tensor bytes. Tensors are laid out by element size, largest first, so that each one is
+    aligned when the file is memory-mapped. ``None`` for a dtype this writer does not know
+    (then ``safetensors.torch.save_file`` writes the file).
+    """
+    if any(t.dtype not in _SAFETENSORS_DTYPES for t in tensors.values()):
+        return None
+    header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+    views = []
+    offset = 0
+    for name in sorted(tensors, key=lambda k: (-tensors[k].element_size(), k)):
+        tensor = tensors[name]
+        nbytes = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _SAFETENSORS_DTYPES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+        if nbytes:
+            views.append(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return [struct.pack("<Q", len(text)) + text, *views]
+
+
+def _unshared_cpu_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Contiguous CPU tensors, each with its own storage, as safetensors requires.
+
+    Tied weights (two names, one tensor) are stored twice; loading ties them again because
+    ``load_state_dict`` copies into the model's own parameters.
+    """
+    seen: set[tuple[int, int]] = set()
+    result = {}
+    for key, tensor in state_dict.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        if tensor.numel() and where in seen:
+            tensor = tensor.clone()
+        seen.add(where)
+        result[key] = tensor
+    return result
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    """``torch.save`` through a Python file object, so that a full disk raises ``OSError(ENOSPC)``.
+
+    Given a path, ``torch.save`` reports a full disk as ``RuntimeError: [enforce fail at
+    inline_container.cc] unexpected pos ...``, which says nothing about the cause.
+    """
+    try:
+        with open(path, "wb") as handle:
+            torch.save(obj, handle)
+    except RuntimeError as exc:
+        # The zip writer's cleanup fails after the OSError and hides it: find it again.
+        cause = exc.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__context__
+        if cause is None:
+            raise
+        raise cause from None
+
+
+def _safetensors_save(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    """``safetensors.torch.save_file``, with its I/O errors turned back into ``OSError``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(tensors), str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        if code:
+            raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from exc
+        raise
+
+
+def write_checkpoint_files(
+    folder: Path, checkpoint: Mapping[str, Any], name: str
+) -> dict[str, dict[str, Any]]:
+    """Write ``checkpoint`` as ``folder/name`` (and its sidecar); return ``{file: {size, sha256}}``.
+
+    A ``.safetensors`` name gets the weights, the rest goes to the ``.train_state.pth`` sidecar.
+    On failure the files this call wrote are removed again, and the error propagates.
+    """
+    written: list[Path] = []
+    files: dict[str, dict[str, Any]] = {}
+    try:
+        if name.endswith(".safetensors"):
+            weights = _unshared_cpu_tensors(checkpoint["model_state_dict"])
+            rest = {k: v for k, v in checkpoint.items() if k != "model_state_dict"}
+            rest["model_state_dict"] = None
+            rest["weights_file"] = name
+            primary = folder / name
+            chunks = _safetensors_chunks(weights)
+            if chunks is not None:
+                files[name] = _durable_write_chunks(primary, chunks)
+            else:
+                files[name] = _durable_write(primary, lambda temp: _safetensors_save(weights, temp))
+            written.append(primary)
+            sidecar = folder / sidecar_name(name)
+            files[sidecar.name] = _durable_write(sidecar, lambda temp: _torch_save(rest, temp))
+            written.append(sidecar)
+        else:
+            primary = folder / name
+            files[name] = _durable_write(primary, lambda temp: _torch_save(checkpoint, temp))
+            written.append(primary)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return files
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+
+
+def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
+    """Read (never apply) the checkpoint ``path``, either format, ``weights_only``.
+
+    Unchecked: compare the files with their manifest record first (``manifest.verify_files``).
+    A file that holds something else than a training checkpoint raises ``ForeignFileError``.
+    """
+    if path.suffix == ".safetensors":
+        weights = _load_safetensors(path, device)
+        sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
+        checkpoint = safe_load(sidecar, map_location=device)
+        if isinstance(checkpoint, Mapping):
+            checkpoint = dict(checkpoint)
+            checkpoint["model_state_dict"] = weights
+    else:
+        checkpoint = safe_load(path, map_location=device)
+    if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
+        what = (
+            f"a dict with keys {sorted(map(str, checkpoint))[:6]}"
+            if isinstance(checkpoint, Mapping)
+            else f"a {type(checkpoint).__name__}"
+        )
+        raise ForeignFileError(
+            path,
+            f"holds {what}, not a training checkpoint (no 'model_state_dict').",
+            "a bare state_dict loads with model.load_state_dict(safe_load(path)); "
+            "a checkpoint for this manager is written by manager.save(...).",
+        )
+    return dict(checkpoint)
+
+
+def _load_safetensors(path: Path, device: MapLocation) -> dict[str, torch.Tensor]:
+    """Memory-mapped safetensors weights, with the same clear errors as ``safe_load``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not path.is_file():
+        raise CheckpointNotFoundError(path, "no such file.", "check the path.")
+    if path.stat().st_size == 0:
+        raise CorruptCheckpointError(
+            path,
+            "the file is empty (0 bytes): the save that created it never wrote its data.",
+            "load an earlier checkpoint or a backup.",
+        )
+    target = str(torch.device(device)) if isinstance(device, (str, torch.device)) else "cpu"
+    try:
+        return load_file(path, device=target)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptCheckpointError(
+            path,
+            f"not a readable safetensors file ({type(exc).__name__}: {exc}).",
+            "load an earlier checkpoint or a backup.",
+        ) from None
