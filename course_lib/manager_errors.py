@@ -33,20 +33,22 @@ def write_error(path: Path, exc: OSError, newest: str | None) -> CheckpointWrite
     """The ``CheckpointWriteError`` for ``exc`` raised while saving ``path``.
 
     ``newest`` is the newest committed checkpoint, which the message says is still there.
+    ``path`` is a checkpoint file, or the checkpoint folder itself when that could not be used.
     """
+    folder = path if path.is_dir() or not path.suffix else path.parent
     code = exc.errno
     if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
         fix = (
-            f"free space on the disk that holds {path.parent}, lower max_to_keep, or pass "
+            f"free space on the disk that holds {folder}, lower max_to_keep, or pass "
             "another checkpoint_dir; then save again."
         )
     elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
         fix = (
-            f"make {path.parent} writable (e.g. chmod u+w {path.parent}) or pass a "
+            f"make {folder} writable (e.g. chmod u+w {folder}) or pass a "
             "checkpoint_dir you can write to; then save again."
         )
     else:
-        fix = f"check the disk and the folder {path.parent}; then save again."
+        fix = f"check the disk and the folder {folder}; then save again."
     kept = f"the newest committed checkpoint is still {newest}" if newest else "nothing was lost"
     error = CheckpointWriteError(
         path,

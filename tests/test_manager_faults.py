@@ -307,7 +307,7 @@ def test_a_folder_without_write_permission_can_still_be_read(tmp_path, monkeypat
     assert reader.load_latest(model)["epoch"] == 1
     with pytest.raises(CheckpointWriteError, match="writable") as info:
         reader.save(model, optimizer, None, 2, {"val_loss": 0.1})
-    assert str(tmp_path) in str(info.value)
+    assert f"make {tmp_path} writable" in str(info.value)
 
 
 @pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root ignores chmod")
