@@ -65,7 +65,8 @@ for message in dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caug
     print(message)  # each distinct warning once
 
 # %% [markdown]
-# It works, and it warns: **every `torch.jit` function is deprecated** in current PyTorch
+# It works, and it warns: **`torch.jit.trace`, `torch.jit.script` and `torch.jit.load` are
+# deprecated** in current PyTorch
 # (Jupyter hides `DeprecationWarning`s raised inside libraries, so the cell above recorded and
 # printed them). TorchScript still runs, but gets no new features; new code should use
 # `torch.export`, below.

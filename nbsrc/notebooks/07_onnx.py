@@ -28,6 +28,9 @@ device, workdir = notebook.start("6.3.7")
 # %% [markdown]
 # ## The chapter's export call, on current PyTorch
 #
+# This notebook keeps its models on the CPU even when `device` is a GPU: onnxruntime runs here
+# with its CPU provider, and an ONNX file does not depend on where the model was when exported.
+#
 # The chapter exports an image model with a 1×3×224×224 example input; the course's `SmallCNN`
 # (BatchNorm, dropout, adaptive pooling: it accepts 224×224) stands in for it. Since PyTorch 2.9,
 # `torch.onnx.export` uses the new dynamo-based exporter by default. It prints progress lines, a
@@ -249,10 +252,14 @@ fig.tight_layout()
 plt.show()
 
 # %% [markdown]
-# On the machine this course was written on, onnxruntime was about 5–6 times faster than eager
-# PyTorch at batch 1, where the fixed per-call overhead of Python and the dispatcher dominates.
-# At batch 64 the arithmetic dominates, and the gap narrows. Your numbers will differ: that is why
-# they are measured here rather than printed in a book.
+# On the 2-core machine this course was written on, onnxruntime was about 4 to 7 times faster
+# than eager PyTorch at batch 1 (the spread is other programs competing for the CPU), and still
+# several times faster at batch 64. At batch 1 the per-call overhead of Python and PyTorch's
+# dispatcher dominates; onnxruntime also fused each BatchNorm into its convolution and runs the
+# graph without Python. The frozen TorchScript trace gains a little; `torch.export`'s module is
+# not an optimiser (it runs the same operators as eager, from a graph); `torch.compile` or
+# AOTInductor would be the PyTorch way to optimise it. Your numbers will differ: that is why they
+# are measured here rather than printed in a book.
 #
 # ## Exercises
 #
