@@ -3,34 +3,30 @@
 A checkpoint is everything the next step of training depends on: the weights, the optimizer's
 moments, the scheduler's position, the loss scaler, the epoch and step counters, the best metric
 seen so far, and the state of every random number generator (Python, NumPy, torch CPU and each
-CUDA device), because the shuffling order and the dropout masks of the next epoch come from them.
-Everything is stored as tensors, numbers, strings, lists and dicts, so that it loads under
-``torch.load(weights_only=True)`` and loading a checkpoint never runs code from the file.
+CUDA device, see ``course_lib.rng``), because the shuffling order and the dropout masks of the
+next epoch come from them. Everything is stored as tensors, numbers, strings, lists and dicts,
+so that it loads under ``torch.load(weights_only=True)`` and loading a checkpoint never runs code
+from the file.
 
-Run ``python -m course_lib.checkpoint --help`` for the small training job the notebook kills and
-resumes.
+``course_lib.demo_job`` is a small training job built on ``train_with_checkpoint``, to kill and
+resume (``python -m course_lib.demo_job --help``).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import math
 import os
-import random
-import sys
-import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
+from course_lib.rng import capture_rng_state, restore_rng_state
 from course_lib.safe_io import CheckpointError, MapLocation, safe_load, safe_save
 
 FORMAT_VERSION = 1
@@ -73,102 +69,6 @@ def to_plain(value: Any) -> Any:
     if isinstance(value, os.PathLike):
         return os.fspath(value)
     return value
-
-
-# ----------------------------------------------------------------------------------------------
-# Random number generators
-# ----------------------------------------------------------------------------------------------
-
-
-def capture_rng_state() -> dict[str, Any]:
-    """The state of every global RNG, as tensors and numbers (loadable with ``weights_only=True``).
-
-    Keys: ``'python'`` (``random``), ``'numpy'`` (``np.random``'s global generator), ``'torch'``
-    (the CPU generator: a uint8 tensor) and ``'cuda'`` (a list with one state per CUDA device;
-    empty without CUDA or when this process never used it). ``np.random.get_state()`` itself returns a tuple holding a NumPy array,
-    which ``weights_only=True`` refuses: hence the conversion.
-    """
-    version, internal, gauss_next = random.getstate()
-    np_state = np.random.get_state(legacy=False)
-    cuda_states: list[torch.Tensor] = []
-    # Only a process that has used CUDA has CUDA RNG state worth keeping; asking an unused CUDA
-    # for it would create a context on every GPU.
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda_states = [state.cpu() for state in torch.cuda.get_rng_state_all()]
-    return {
-        "python": {
-            "version": int(version),
-            "state": torch.tensor(internal, dtype=torch.int64),
-            "gauss_next": gauss_next,
-        },
-        "numpy": {
-            "bit_generator": str(np_state["bit_generator"]),
-            "key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
-            "pos": int(np_state["state"]["pos"]),
-            "has_gauss": int(np_state["has_gauss"]),
-            "gauss": float(np_state["gauss"]),
-        },
-        "torch": torch.get_rng_state(),
-        "cuda": cuda_states,
-    }
-
-
-def _cpu_byte_tensor(state: torch.Tensor) -> torch.Tensor:
-    """RNG states must be CPU uint8 tensors, whatever ``map_location`` moved them to."""
-    return state.detach().to(device="cpu", dtype=torch.uint8)
-
-
-def _restore_cuda_rng(states: list[torch.Tensor]) -> None:
-    if not states:
-        return
-    available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if available == 0:
-        warnings.warn(
-            f"the checkpoint holds the RNG state of {len(states)} CUDA device(s), but this machine "
-            "has no CUDA: it was not restored. CPU training resumes exactly; to reproduce a GPU "
-            "run bit for bit, resume it on a GPU.",
-            stacklevel=3,
-        )
-        return
-    if available < len(states):
-        warnings.warn(
-            f"the checkpoint holds the RNG state of {len(states)} CUDA devices, this machine has "
-            f"{available}: only cuda:0..cuda:{available - 1} were restored.",
-            stacklevel=3,
-        )
-    for index, state in enumerate(states[:available]):
-        torch.cuda.set_rng_state(_cpu_byte_tensor(state), device=index)
-
-
-def restore_rng_state(state: Mapping[str, Any]) -> None:
-    """Put back what ``capture_rng_state`` captured (missing keys are left alone).
-
-    CUDA states for devices this machine does not have give a warning, not an error, so a GPU
-    checkpoint can be resumed or inspected on a laptop.
-    """
-    if state.get("python") is not None:
-        py = state["python"]
-        internal = py["state"]
-        internal = tuple(
-            int(v) for v in (internal.tolist() if torch.is_tensor(internal) else internal)
-        )
-        random.setstate((int(py["version"]), internal, py["gauss_next"]))
-    if state.get("numpy") is not None:
-        npy = state["numpy"]
-        key = npy["key"]
-        key = key.cpu().numpy() if torch.is_tensor(key) else np.asarray(key)
-        np.random.set_state(
-            {
-                "bit_generator": npy["bit_generator"],
-                "state": {"key": key.astype(np.uint32), "pos": int(npy["pos"])},
-                "has_gauss": int(npy["has_gauss"]),
-                "gauss": float(npy["gauss"]),
-            }
-        )
-    if state.get("torch") is not None:
-        torch.set_rng_state(_cpu_byte_tensor(state["torch"]))
-    if state.get("cuda"):
-        _restore_cuda_rng(list(state["cuda"]))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -538,122 +438,3 @@ def train_with_checkpoint(
     if bar is not None:
         bar.close()
     return history
-
-
-# ----------------------------------------------------------------------------------------------
-# A small, complete training job to interrupt and resume (notebook 03 and the tests)
-# ----------------------------------------------------------------------------------------------
-
-
-def make_demo_model(dropout: float = 0.2) -> nn.Sequential:
-    """The chapter's 10 -> 20 -> 5 MLP with dropout, so that a resumed run depends on the RNG."""
-    return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Dropout(dropout), nn.Linear(20, 5))
-
-
-def make_demo_job(seed: int = 0) -> dict[str, Any]:
-    """Model, loaders (the training one shuffles), loss, optimizer and scheduler, seeded.
-
-    Everything a run needs, built the same way in every process, as a real training script does
-    before it resumes.
-    """
-    from course_lib.data import make_loaders, make_regression_data
-    from course_lib.notebook import seed_everything
-
-    seed_everything(seed)
-    model = make_demo_model()
-    train_loader, val_loader = make_loaders(make_regression_data(512, seed=seed), batch_size=32)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)
-    return {
-        "model": model,
-        "train_loader": train_loader,
-        "val_loader": val_loader,
-        "criterion": nn.MSELoss(),
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-    }
-
-
-def demo_training(
-    checkpoint_dir: PathLike,
-    num_epochs: int = 12,
-    *,
-    resume: bool = False,
-    restore_rng: bool = True,
-    epoch_delay: float = 0.0,
-    seed: int = 0,
-    progress: bool = False,
-    verbose: bool = False,
-) -> tuple[nn.Module, dict[str, list[Any]]]:
-    """Run (or, with ``resume=True``, continue from ``latest.pth``) the demo job; return the
-    model and the history. ``epoch_delay`` sleeps after each epoch so that another process can
-    interrupt it at a chosen point."""
-    job = make_demo_job(seed)
-    checkpoint_dir = Path(checkpoint_dir)
-    model = job.pop("model")
-    train = job.pop("train_loader")
-    if epoch_delay:
-        train = _SlowLoader(train, epoch_delay)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small is fastest on one thread (no contention)
-    try:
-        history = train_with_checkpoint(
-            model,
-            train,
-            job["val_loader"],
-            job["criterion"],
-            job["optimizer"],
-            job["scheduler"],
-            num_epochs,
-            checkpoint_dir,
-            checkpoint_dir / LATEST_NAME if resume else None,
-            progress=progress,
-            verbose=verbose,
-            restore_rng=restore_rng,
-        )
-    finally:
-        torch.set_num_threads(threads)
-    return model, history
-
-
-class _SlowLoader:
-    """Wraps a DataLoader and pauses before each epoch after the first, to be interruptible."""
-
-    def __init__(self, loader: DataLoader, delay: float) -> None:
-        self.loader, self.delay, self.epochs = loader, delay, 0
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator[Any]:
-        if self.epochs:
-            time.sleep(self.delay)
-        self.epochs += 1
-        return iter(self.loader)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: run or resume the demo job, print one JSON line with the history."""
-    parser = argparse.ArgumentParser(prog="python -m course_lib.checkpoint", description=__doc__)
-    parser.add_argument("checkpoint_dir", type=Path)
-    parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--resume", action="store_true", help="continue from latest.pth")
-    parser.add_argument("--no-rng", action="store_true", help="resume without restoring RNGs")
-    parser.add_argument("--epoch-delay", type=float, default=0.0, help="seconds between epochs")
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    _, history = demo_training(
-        args.checkpoint_dir,
-        args.epochs,
-        resume=args.resume,
-        restore_rng=not args.no_rng,
-        epoch_delay=args.epoch_delay,
-        seed=args.seed,
-        verbose=True,
-    )
-    print(json.dumps(history))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

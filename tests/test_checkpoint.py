@@ -1,4 +1,5 @@
-"""course_lib.checkpoint: full training state, weights_only loading, exact resume in a fresh process."""
+"""course_lib.checkpoint, .rng and .demo_job: full training state, weights_only loading, exact
+resume in a fresh process."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from course_lib import checkpoint as ck
+from course_lib import demo_job, rng
 from course_lib.models import make_mlp
 from course_lib.safe_io import CheckpointError, CorruptCheckpointError, safe_load
 
@@ -265,19 +267,19 @@ def test_apply_checkpoint_refuses_to_silently_skip_a_missing_part():
 def test_rng_capture_restore_round_trips_every_generator():
     random.gauss(0, 1)  # leave a cached Gaussian in Python's and NumPy's generators
     np.random.randn()
-    state = _roundtrip(ck.capture_rng_state())
+    state = _roundtrip(rng.capture_rng_state())
     first = _draws()
     assert _draws() != first
-    ck.restore_rng_state(state)
+    rng.restore_rng_state(state)
     assert _draws() == first
 
 
 @pytest.mark.parametrize("which", ["python", "numpy", "torch"])
 def test_each_rng_is_really_restored(which):
-    state = ck.capture_rng_state()
+    state = rng.capture_rng_state()
     first = _draws()
     del state[which]
-    ck.restore_rng_state(state)
+    rng.restore_rng_state(state)
     second = _draws()
     index = {"python": [0, 1], "numpy": [2, 3], "torch": [4]}[which]
     assert all(first[i] != second[i] for i in index)
@@ -285,26 +287,26 @@ def test_each_rng_is_really_restored(which):
 
 
 def test_cpu_rng_restored_whatever_map_location_did():
-    state = ck.capture_rng_state()
+    state = rng.capture_rng_state()
     first = torch.rand(4)
     moved = dict(state, torch=state["torch"].to(torch.int64))  # what a dtype-changing map does
-    ck.restore_rng_state(moved)
+    rng.restore_rng_state(moved)
     assert torch.equal(torch.rand(4), first)
     if torch.cuda.is_available():
         on_gpu = _roundtrip(state, map_location="cuda")
         assert on_gpu["torch"].is_cuda
-        ck.restore_rng_state(on_gpu)
+        rng.restore_rng_state(on_gpu)
         assert torch.equal(torch.rand(4), first)
 
 
 def test_cuda_rng_state_without_cuda_warns_instead_of_crashing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
-    state = ck.capture_rng_state()
+    state = rng.capture_rng_state()
     state["cuda"] = [torch.zeros(16, dtype=torch.uint8), torch.zeros(16, dtype=torch.uint8)]
     first = torch.rand(2)
     with pytest.warns(UserWarning, match="2 CUDA device.*no CUDA"):
-        ck.restore_rng_state(state)
+        rng.restore_rng_state(state)
     assert torch.equal(torch.rand(2), first)  # the rest was still restored
 
 
@@ -331,7 +333,7 @@ def test_fewer_cuda_devices_restores_those_present_and_warns(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device: restored.append(device))
     with pytest.warns(UserWarning, match="2 CUDA devices.*has 1"):
-        ck.restore_rng_state({"cuda": [torch.zeros(4, dtype=torch.uint8)] * 2})
+        rng.restore_rng_state({"cuda": [torch.zeros(4, dtype=torch.uint8)] * 2})
     assert restored == [0]
 
 
@@ -433,10 +435,10 @@ def test_load_checkpoint_on_device_cpu_map_location(tmp_path):
 
 
 def test_train_with_checkpoint_writes_latest_best_and_periodic(tmp_path):
-    _, history = ck.demo_training(tmp_path, 4)
+    _, history = demo_job.demo_training(tmp_path, 4)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["best_model.pth", "latest.pth"]
-    job = ck.make_demo_job()
+    job = demo_job.make_demo_job()
     ck.train_with_checkpoint(
         job["model"],
         job["train_loader"],
@@ -467,21 +469,21 @@ def _best_epoch(directory: Path) -> int:
 
 def test_resume_keeps_the_best_model_where_the_chapter_overwrote_it(tmp_path, capsys):
     # In the demo job, epoch 3's validation loss is worse than epoch 2's (checked below).
-    _, straight = ck.demo_training(tmp_path / "straight", 4)
+    _, straight = demo_job.demo_training(tmp_path / "straight", 4)
     val = straight["val_loss"]
     assert val[3] > val[2] == min(val), "the scenario needs epoch 3 worse than epoch 2"
 
-    ck.demo_training(tmp_path / "ours", 3)
-    _, resumed = ck.demo_training(tmp_path / "ours", 4, resume=True)
+    demo_job.demo_training(tmp_path / "ours", 3)
+    _, resumed = demo_job.demo_training(tmp_path / "ours", 4, resume=True)
     assert resumed == straight
     assert _best_epoch(tmp_path / "ours") == 2
 
     # The chapter's loop, stopped after epoch 2 and resumed from its best_model.pth.
-    job = ck.make_demo_job()
+    job = demo_job.make_demo_job()
     parts = [job[k] for k in ("model", "train_loader", "val_loader", "criterion")]
     parts += [job["optimizer"], job["scheduler"]]
     chapter_train_with_checkpoint(*parts, 3, str(tmp_path / "chapter"))
-    job = ck.make_demo_job()
+    job = demo_job.make_demo_job()
     parts = [job[k] for k in ("model", "train_loader", "val_loader", "criterion")]
     parts += [job["optimizer"], job["scheduler"]]
     best = str(tmp_path / "chapter" / "best_model.pth")
@@ -491,7 +493,7 @@ def test_resume_keeps_the_best_model_where_the_chapter_overwrote_it(tmp_path, ca
 
 def test_resume_from_a_chapter_checkpoint_recovers_the_best_from_disk(tmp_path, capsys):
     """A chapter checkpoint has no best metric: ours falls back on best_model.pth's loss."""
-    job = ck.make_demo_job()
+    job = demo_job.make_demo_job()
     model, optimizer = job["model"], job["optimizer"]
     chapter_save_checkpoint(model, optimizer, None, 0, 0.001, str(tmp_path / "best_model.pth"))
     chapter_save_checkpoint(model, optimizer, None, 0, 0.5, str(tmp_path / "old.pth"))
@@ -512,13 +514,13 @@ def test_resume_from_a_chapter_checkpoint_recovers_the_best_from_disk(tmp_path, 
 
 
 def test_resume_from_missing_file_starts_fresh(tmp_path):
-    _, fresh = ck.demo_training(tmp_path / "a", 2)
-    _, resumed = ck.demo_training(tmp_path / "b", 2, resume=True)  # no latest.pth yet
+    _, fresh = demo_job.demo_training(tmp_path / "a", 2)
+    _, resumed = demo_job.demo_training(tmp_path / "b", 2, resume=True)  # no latest.pth yet
     assert fresh == resumed
 
 
 def test_progress_bar_runs(tmp_path, capsys):
-    ck.demo_training(tmp_path, 2, progress=True)
+    demo_job.demo_training(tmp_path, 2, progress=True)
     assert "epochs" in capsys.readouterr().err
 
 
@@ -565,9 +567,9 @@ def test_resume_without_restoring_an_rng_diverges(tmp_path, skipped):
 @pytest.mark.timeout(240)
 def test_demo_job_killed_and_resumed_in_a_fresh_process(tmp_path):
     """The notebook's job through its command line: 3 epochs, then a new process resumes to 8."""
-    _, straight = ck.demo_training(tmp_path / "straight", 8)
+    _, straight = demo_job.demo_training(tmp_path / "straight", 8)
     straight_model = safe_load(tmp_path / "straight" / "latest.pth", map_location="cpu")
-    cli = ["-m", "course_lib.checkpoint", tmp_path / "run"]
+    cli = ["-m", "course_lib.demo_job", tmp_path / "run"]
     _python(*cli, "--epochs", 3)
     result = _python(*cli, "--epochs", 8, "--resume")
     assert "Resumed from" in result.stdout and "epoch 2 done" in result.stdout
@@ -577,5 +579,6 @@ def test_demo_job_killed_and_resumed_in_a_fresh_process(tmp_path):
         assert torch.equal(latest["model_state_dict"][key], value), key
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        _, no_rng = ck.demo_training(tmp_path / "run", 8, resume=True)  # already done: no epochs
+        # already done: no epochs
+        _, no_rng = demo_job.demo_training(tmp_path / "run", 8, resume=True)
     assert no_rng == straight

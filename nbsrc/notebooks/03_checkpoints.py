@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from course_lib import checkpoint
+from course_lib import checkpoint, demo_job
 from course_lib.safe_io import safe_load
 
 # The models here are tiny: one thread is fastest, and gives the same numbers on every machine.
@@ -170,12 +170,12 @@ print("RNG state saved for:", list(saved["rng"]))
 # %% [markdown]
 # ## Step 4: kill a training run, and resume it
 #
-# `python -m course_lib.checkpoint DIR` is a small, real training job: an MLP with dropout, a
+# `python -m course_lib.demo_job DIR` is a small, real training job: an MLP with dropout, a
 # shuffling `DataLoader`, Adam and a step scheduler. It writes `DIR/latest.pth` after every epoch.
 # First, the reference: the same job for 12 epochs, uninterrupted.
 
 # %% tags=["nbval-ignore-output"]
-straight_model, straight = checkpoint.demo_training(workdir / "straight", 12, progress=True)
+straight_model, straight = demo_job.demo_training(workdir / "straight", 12, progress=True)
 
 # %% [markdown]
 # Now we start the job in **another process**, wait until it reports its 5th epoch (it prints
@@ -195,7 +195,7 @@ def reported(epoch):
 
 with open(workdir / "interrupted.log", "w") as log:
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "course_lib.checkpoint", run_dir, "--epoch-delay", "0.4"],
+        [sys.executable, "-u", "-m", "course_lib.demo_job", run_dir, "--epoch-delay", "0.4"],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -217,7 +217,7 @@ print(
 
 # %% tags=["nbval-ignore-output"]
 shutil.copytree(run_dir, workdir / "interrupted_copy")
-resumed_model, resumed = checkpoint.demo_training(run_dir, 12, resume=True, progress=True)
+resumed_model, resumed = demo_job.demo_training(run_dir, 12, resume=True, progress=True)
 
 # %% [markdown]
 # What if the checkpoint had the weights, the optimizer and the scheduler, but we did not restore
@@ -225,7 +225,7 @@ resumed_model, resumed = checkpoint.demo_training(run_dir, 12, resume=True, prog
 # units:
 
 # %% tags=["nbval-ignore-output"]
-no_rng_model, no_rng = checkpoint.demo_training(
+no_rng_model, no_rng = demo_job.demo_training(
     workdir / "interrupted_copy", 12, resume=True, restore_rng=False, progress=True
 )
 
@@ -378,10 +378,10 @@ def best_in(folder):
 
 
 chapter_dir = str(workdir / "chapter_run")
-train_with_checkpoint(*checkpoint.make_demo_job().values(), 3, chapter_dir)
+train_with_checkpoint(*demo_job.make_demo_job().values(), 3, chapter_dir)
 print(best_in(chapter_dir))
 train_with_checkpoint(
-    *checkpoint.make_demo_job().values(),
+    *demo_job.make_demo_job().values(),
     4,
     chapter_dir,
     resume_from=f"{chapter_dir}/best_model.pth",
@@ -396,10 +396,10 @@ print(best_in(chapter_dir), " <- overwritten by a worse model")
 
 # %%
 ours_dir = workdir / "ours_run"
-job = checkpoint.make_demo_job()
+job = demo_job.make_demo_job()
 history = checkpoint.train_with_checkpoint(*job.values(), 3, ours_dir, progress=False)
 print(best_in(ours_dir))
-job = checkpoint.make_demo_job()
+job = demo_job.make_demo_job()
 history = checkpoint.train_with_checkpoint(
     *job.values(), 4, ours_dir, resume_from=ours_dir / "latest.pth", progress=False
 )
@@ -412,7 +412,7 @@ print("files:", sorted(p.name for p in ours_dir.iterdir()))
 # command starts and restarts a job:
 
 # %% tags=["nbval-ignore-output"]
-job = checkpoint.make_demo_job()
+job = demo_job.make_demo_job()
 history = checkpoint.train_with_checkpoint(
     *job.values(), 12, workdir / "with_bar", resume_from=workdir / "with_bar" / "latest.pth"
 )
@@ -426,8 +426,9 @@ history = checkpoint.train_with_checkpoint(
 #    an epoch: what else would you have to store to resume exactly? (Hint: the sampler's order.)
 # 2. Give the `DataLoader` its own `generator=torch.Generator()`: the resumed run now diverges
 #    even with the RNGs restored. Save `generator.get_state()` in `extra=` and fix it.
-# 3. Read `course_lib/checkpoint.py`: `build_checkpoint`, `apply_checkpoint` and
-#    `capture_rng_state` are short. 6.3.8 builds a checkpoint manager on them.
+# 3. Read `course_lib/checkpoint.py` (`build_checkpoint`, `apply_checkpoint`) and
+#    `course_lib/rng.py` (`capture_rng_state`): they are short. 6.3.8 builds a checkpoint manager
+#    on them.
 #
 # ## Conclusion
 #

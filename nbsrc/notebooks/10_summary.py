@@ -63,11 +63,11 @@ print(f"{start['x'].numel()} particles, starting at x = 1, v = 0")
 #
 # Run 600 steps without stopping. Then run 300 steps, save a snapshot, "crash", restore the snapshot
 # and run the remaining 300. A snapshot of positions and velocities alone is *not* the complete
-# state: the next random kicks depend on the RNG's state, which `course_lib.checkpoint` captures
+# state: the next random kicks depend on the RNG's state, which `course_lib.rng` captures
 # (Python's `random`, NumPy, torch CPU and every CUDA device) as plain tensors.
 
 # %%
-from course_lib.checkpoint import capture_rng_state, restore_rng_state
+from course_lib.rng import capture_rng_state, restore_rng_state
 from course_lib.safe_io import safe_load, safe_save
 
 torch.manual_seed(0)
