@@ -4,8 +4,9 @@ A checkpoint is one ``checkpoint_epoch_0007.pth``, or weights in
 ``checkpoint_epoch_0007.safetensors`` (memory-mapped on load) beside a
 ``checkpoint_epoch_0007.train_state.pth`` sidecar for the optimizer, scheduler, RNG states and
 counters. Every file goes through ``safe_io.atomic_write`` (unique temp file, fsync,
-``os.replace``, directory fsync), and its SHA-256 is computed while it is written, for the
-manifest (``course_lib.manifest``) to record.
+``os.replace``); the directory fsync is left to the manifest commit that follows in the same
+folder. Each file's SHA-256 is computed while it is written, for the manifest
+(``course_lib.manifest``) to record.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
         state["thread"].start()
 
     try:
-        atomic_write(path, write_and_hash)
+        # No directory fsync here: the manifest, committed next in this folder, makes it.
+        atomic_write(path, write_and_hash, sync_directory=False)
     finally:
         if "thread" in state:
             state["thread"].join()
@@ -144,7 +146,7 @@ def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
 
     thread.start()
     try:
-        atomic_write(path, write)
+        atomic_write(path, write, sync_directory=False)  # the manifest commit syncs the folder
     finally:
         todo.put(None)
         thread.join()

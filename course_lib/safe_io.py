@@ -291,7 +291,11 @@ def _new_file_mode(existing: Path) -> int:
 
 
 def atomic_write(
-    path: str | os.PathLike[str], write: Callable[[Path], None], *, mode: int | None = None
+    path: str | os.PathLike[str],
+    write: Callable[[Path], None],
+    *,
+    mode: int | None = None,
+    sync_directory: bool = True,
 ) -> Path:
     """Write a file so that ``path`` holds either its old content or the complete new content.
 
@@ -302,6 +306,10 @@ def atomic_write(
     is untouched and the error is re-raised with a note saying so. The new file gets ``mode``, or
     else the permissions a plain save would leave. A symlink at ``path`` is written through, as a
     plain ``torch.save`` would.
+
+    ``sync_directory=False`` skips the final directory fsync, for a caller that commits another
+    file in the same directory right after (a manifest): one directory fsync makes every earlier
+    rename in that directory durable, and each one costs a disk flush.
     """
     import tempfile
 
@@ -333,7 +341,8 @@ def atomic_write(
                 free = ""
             exc.add_note(f"course_lib: nothing was written; {path} is unchanged{free}.")
         raise
-    _fsync_directory(directory)
+    if sync_directory:
+        _fsync_directory(directory)
     return given
 
 

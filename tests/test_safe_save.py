@@ -395,3 +395,14 @@ def test_backup_already_linked_to_the_live_file_leaves_no_temp(tmp_path):
     save_with_backup(_state(2), path)
     assert _names(tmp_path) == ["m.pth", "m.pth.backup"]
     assert _assert_complete(tmp_path / "m.pth.backup") == 1 and _assert_complete(path) == 2
+
+
+def test_directory_fsync_can_be_left_to_a_later_commit(tmp_path, monkeypatch):
+    import course_lib.safe_io as safe_io
+
+    synced = []
+    monkeypatch.setattr(safe_io, "_fsync_directory", synced.append)
+    safe_io.atomic_write(tmp_path / "a.bin", lambda t: t.write_bytes(b"a"), sync_directory=False)
+    assert synced == []
+    safe_io.atomic_write(tmp_path / "b.bin", lambda t: t.write_bytes(b"b"))
+    assert synced == [tmp_path]
