@@ -185,7 +185,10 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
 
 def _full_disk_after(nbytes):
     def save(obj, f, *args, **kwargs):
-        f.write(b"PK\x03\x04" + b"\0" * nbytes)
+        if hasattr(f, "write"):
+            f.write(b"PK\x03\x04" + b"\0" * nbytes)
+        else:
+            Path(f).write_bytes(b"PK\x03\x04" + b"\0" * nbytes)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     return save
