@@ -6,29 +6,13 @@ import warnings
 
 import pytest
 import torch
+from export_models import MODELS, trained_cnn
 from torch import nn
 
 from course_lib import export
-from course_lib.models import ConditionalModel, SmallCNN, make_mlp
+from course_lib.models import ConditionalModel, make_mlp
 
 BATCH_SIZES = (1, 2, 13)
-
-
-def _cnn() -> SmallCNN:
-    """A SmallCNN whose BatchNorm has non-trivial running statistics (as after training)."""
-    torch.manual_seed(1)
-    model = SmallCNN().train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 3, 32, 32) * 2 + 0.5)
-    return model.eval()
-
-
-MODELS = {
-    "mlp": (make_mlp, (10,)),
-    "cnn": (_cnn, (3, 32, 32)),
-    "conditional": (ConditionalModel, (10,)),
-}
 
 
 @pytest.fixture(scope="module", params=list(MODELS))
@@ -139,7 +123,7 @@ def test_torch_export_refuses_a_python_if_on_data():
 
 
 def test_training_mode_is_exported_in_eval_mode_with_a_warning():
-    model = _cnn().train()
+    model = trained_cnn().train()
     x = torch.randn(3, 3, 32, 32)
     with pytest.warns(export.TrainingModeWarning, match="eval mode instead"):
         program = export.export_program(model, x)
@@ -180,7 +164,7 @@ def test_example_batch_of_one_still_gives_a_dynamic_batch():
 
 @pytest.mark.timeout(240)
 def test_each_artifact_runs_in_a_fresh_process_without_the_class(tmp_path):
-    model = _cnn()
+    model = trained_cnn()
     x = torch.randn(7, 3, 32, 32)
     with torch.inference_mode():
         expected = model(x)

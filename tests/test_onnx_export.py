@@ -13,27 +13,11 @@ import textwrap
 import onnx
 import pytest
 import torch
+from export_models import MODELS, trained_cnn
 from torch import nn
 
 from course_lib import export, onnx_export
-from course_lib.models import ConditionalModel, SmallCNN, make_mlp
-
-
-def _cnn() -> SmallCNN:
-    """A SmallCNN whose BatchNorm has non-trivial running statistics (as after training)."""
-    torch.manual_seed(1)
-    model = SmallCNN().train()
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.randn(16, 3, 32, 32) * 2 + 0.5)
-    return model.eval()
-
-
-MODELS = {
-    "mlp": (make_mlp, (10,)),
-    "cnn": (_cnn, (3, 32, 32)),
-    "conditional": (ConditionalModel, (10,)),
-}
+from course_lib.models import make_mlp
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +122,7 @@ def test_static_export_at_another_batch_names_the_shape_and_the_fix(tmp_path):
 
 
 def test_training_mode_model_is_exported_in_eval_mode_with_a_warning(tmp_path):
-    model = _cnn().train()
+    model = trained_cnn().train()
     with pytest.warns(export.TrainingModeWarning, match="ONNX export used eval mode"):
         onnx_file = onnx_export.export_onnx(model, torch.randn(2, 3, 32, 32), tmp_path / "t.onnx")
     assert model.training
