@@ -249,6 +249,7 @@ def export_onnx(
                     optimize=True,
                     verbose=False,
                 )
+                _drop_stack_traces(program.model)
                 program.save(str(path), external_data=external_data)
         except torch.onnx.OnnxExporterError as exc:
             found = _unsupported_operator(exc)
@@ -259,6 +260,19 @@ def export_onnx(
     if not external_data and sidecar.exists():
         sidecar.unlink()  # a stale sidecar from an earlier export would only mislead
     return _describe(path, exporter, log.getvalue())
+
+
+def _drop_stack_traces(model: Any) -> None:
+    """Remove the exporter's per-node Python stack traces from an ``onnx_ir.Model``.
+
+    They hold absolute paths of the exporting machine (its home folder, its virtualenv): a file
+    meant for deployment should not carry them, and without them the same model exports to the
+    same bytes wherever it is exported.
+    """
+    from onnx_ir import traversal
+
+    for node in traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.pop("pkg.torch.onnx.stack_trace", None)
 
 
 def make_session(

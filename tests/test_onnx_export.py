@@ -9,6 +9,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import onnx
 import pytest
@@ -264,3 +265,13 @@ def test_the_chapters_call_gives_opset_18_and_a_sidecar(tmp_path):
     assert any("target version: 11" in line for line in summary)
     assert any(line.startswith("UserWarning: # 'dynamic_axes'") for line in summary)
     assert not any(line.startswith(("[torch.onnx]", "File ", "Traceback")) for line in summary)
+
+
+def test_exported_file_carries_no_paths_of_the_exporting_machine(tmp_path):
+    from course_lib.models import ConditionalModel
+
+    path = tmp_path / "conditional.onnx"
+    onnx_export.export_onnx(ConditionalModel().eval(), (torch.randn(2, 10),), path)
+    data = path.read_bytes()
+    assert b"stack_trace" not in data
+    assert str(Path(onnx_export.__file__).parent.parent).encode() not in data
