@@ -40,8 +40,15 @@ if CHROMIUM is None:
     pytest.skip(reason, allow_module_level=True)
 
 
-@pytest.fixture
-def lab(tmp_path):
+def tracebacks(page):
+    """Error outputs as JupyterLab renders them (stderr MIME type, with IPython's traceback)."""
+    stderr = page.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    return stderr.filter(has_text="Traceback (most recent call last)")
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("lab")
     course = tmp_path / "course"
     shutil.copytree(
         ROOT / "notebooks", course / "notebooks", ignore=shutil.ignore_patterns("scratch")
@@ -60,50 +67,79 @@ def lab(tmp_path):
         assert server.shutdown() == 0
 
 
-@pytest.mark.timeout(240)
-def test_learner_runs_the_state_dict_chapter_and_uses_the_layer_explorer(lab):
+@pytest.fixture
+def open_and_run_all(lab):
+    """Open a chapter notebook in a fresh browser page and run all its cells (Run > Run All Cells)."""
     from playwright.sync_api import expect, sync_playwright
 
     server, course = lab
     expect.set_options(timeout=90_000)
-    url = f"{server.base}/lab/tree/notebooks/01_state_dict.ipynb?token={server.token}&reset"
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(url)
-            expect(page.locator(".jp-Notebook")).to_be_visible()
-            expect(page.locator(".jp-StatusBar-TextItem", has_text="| Idle")).to_be_visible()
 
-            page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-            page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+            def run(notebook: str):
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.goto(f"{server.base}/lab/tree/notebooks/{notebook}?token={server.token}&reset")
+                expect(page.locator(".jp-Notebook")).to_be_visible()
+                expect(page.locator(".jp-StatusBar-TextItem", has_text="| Idle")).to_be_visible()
+                page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
+                page.locator(".lm-Menu-itemLabel").get_by_text("Run All Cells", exact=True).click()
+                return page
 
-            # The chapter ran: the device line, the state_dict table and the plots are there.
-            outputs = page.locator(".jp-OutputArea-output")
-            expect(outputs.filter(has_text="Running on device:").first).to_be_visible()
-            expect(outputs.filter(has_text="1.num_batches_tracked").first).to_be_visible()
-            expect(page.locator(".jp-RenderedImage img").first).to_be_visible()
-
-            # The widget rendered; picking another entry updates its summary.
-            picker = page.locator(".widget-dropdown select")
-            expect(picker).to_be_visible()
-            explorer = page.locator(".widget-vbox")
-            expect(explorer.filter(has_text="0.weight: shape (20, 10)")).to_be_visible()
-            picker.select_option("1.running_var")
-            expect(
-                explorer.filter(has_text="1.running_var: shape (20,), 20 values")
-            ).to_be_visible()
-            expect(explorer.locator("img")).to_have_count(1)
-
-            # Every cell ran (the last code cell shows its output) and none failed.
-            expect(outputs.filter(has_text="on the course device: True")).to_be_visible()
-            expect(
-                page.locator(
-                    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.error"]'
-                )
-            ).to_have_count(0)
-            page.screenshot(path=str(course.parent / "state_dict_chapter.png"), full_page=False)
+            yield run, course
         finally:
             browser.close()
-    # The copy in the temporary folder ran; the committed notebook was never opened for writing.
+
+
+@pytest.mark.timeout(240)
+def test_learner_runs_the_state_dict_chapter_and_uses_the_layer_explorer(open_and_run_all):
+    from playwright.sync_api import expect
+
+    run, course = open_and_run_all
+    page = run("01_state_dict.ipynb")
+
+    # The chapter ran: the device line, the state_dict table and the plots are there.
+    outputs = page.locator(".jp-OutputArea-output")
+    expect(outputs.filter(has_text="Running on device:").first).to_be_visible()
+    expect(outputs.filter(has_text="1.num_batches_tracked").first).to_be_visible()
+    expect(page.locator(".jp-RenderedImage img").first).to_be_visible()
+
+    # The widget rendered; picking another entry updates its summary.
+    picker = page.locator(".widget-dropdown select")
+    expect(picker).to_be_visible()
+    explorer = page.locator(".widget-vbox")
+    expect(explorer.filter(has_text="0.weight: shape (20, 10)")).to_be_visible()
+    picker.select_option("1.running_var")
+    expect(explorer.filter(has_text="1.running_var: shape (20,), 20 values")).to_be_visible()
+    expect(explorer.locator("img")).to_have_count(1)
+
+    # Every cell ran (the last code cell shows its output) and none failed.
+    expect(outputs.filter(has_text="on the course device: True")).to_be_visible()
+    expect(tracebacks(page)).to_have_count(0)
+    page.screenshot(path=str(course.parent / "state_dict_chapter.png"))
+    # The copy in the temporary folder ran, not the committed notebook.
     assert (course / "notebooks" / "scratch" / "6.3.1" / "model_weights.pth").exists()
+
+
+@pytest.mark.timeout(240)
+def test_learner_picks_a_kept_checkpoint_and_sees_its_predictions(open_and_run_all):
+    from playwright.sync_api import expect
+
+    run, course = open_and_run_all
+    page = run("08_checkpoint_manager.ipynb")
+
+    picker = page.locator(".widget-interact .widget-dropdown select")
+    expect(picker).to_be_visible()
+    plot = page.locator(".widget-interact img")
+    expect(plot).to_have_count(1)
+    first_plot = plot.get_attribute("src")
+    options = picker.locator("option")
+    expect(options.first).to_have_text("epoch 9 (every)")
+    assert options.count() >= 3
+    picker.select_option(index=options.count() - 1)  # the newest kept checkpoint
+    expect(plot).not_to_have_attribute("src", first_plot)  # that model's predictions, redrawn
+    # Run All went past the one cell that fails on purpose (a damaged file refused), and only it failed.
+    expect(tracebacks(page)).to_have_count(1)
+    expect(tracebacks(page).first).to_contain_text("CorruptCheckpointError")
+    page.screenshot(path=str(course.parent / "checkpoint_manager_chapter.png"))
