@@ -11,13 +11,11 @@ folder. Each file's SHA-256 is computed while it is written, for the manifest
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
 import queue
 import re
-import shutil
 import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -33,6 +31,7 @@ from course_lib.safe_io import (
     MapLocation,
     atomic_write,
     safe_load,
+    torch_save,
 )
 
 FORMATS = ("torch", "safetensors")
@@ -219,29 +218,6 @@ def _unshared_cpu_tensors(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
     return result
 
 
-def _torch_save(obj: Any, path: Path) -> None:
-    """``torch.save`` to a path (its fast C++ writer); a failed write comes back as an ``OSError``.
-
-    Given a path, ``torch.save`` reports a failed write only as ``RuntimeError: [enforce fail at
-    inline_container.cc] unexpected pos ...``, which says nothing about the cause. Saving through
-    a Python file object would keep the ``OSError`` but costs about 1 ms more per small
-    checkpoint, so the cause is found afterwards: no room left in the folder means ``ENOSPC``.
-    """
-    try:
-        torch.save(obj, path)
-    except RuntimeError as exc:
-        text = str(exc)
-        if not any(mark in text for mark in ("inline_container", "unexpected pos", "write")):
-            raise
-        try:
-            free = shutil.disk_usage(path.parent).free
-        except OSError:
-            free = 0
-        code = errno.ENOSPC if free < 2**20 else errno.EIO
-        first_line = text.strip().splitlines()[0] if text.strip() else ""
-        raise OSError(code, f"{os.strerror(code)} (torch.save: {first_line})", str(path)) from exc
-
-
 def _safetensors_save(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
     """``safetensors.torch.save_file``, with its I/O errors turned back into ``OSError``."""
     from safetensors import SafetensorError
@@ -280,11 +256,11 @@ def write_checkpoint_files(
                 files[name] = _durable_write(primary, lambda temp: _safetensors_save(weights, temp))
             written.append(primary)
             sidecar = folder / sidecar_name(name)
-            files[sidecar.name] = _durable_write(sidecar, lambda temp: _torch_save(rest, temp))
+            files[sidecar.name] = _durable_write(sidecar, lambda temp: torch_save(rest, temp))
             written.append(sidecar)
         else:
             primary = folder / name
-            files[name] = _durable_write(primary, lambda temp: _torch_save(checkpoint, temp))
+            files[name] = _durable_write(primary, lambda temp: torch_save(checkpoint, temp))
             written.append(primary)
     except BaseException:
         for path in written:

@@ -522,13 +522,13 @@ def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
     model, optimizer = tiny()
     manager = CheckpointManager(tmp_path, async_save=True)
     release = threading.Event()
-    real = checkpoint_files_module._torch_save
+    real = checkpoint_files_module.torch_save
 
     def slow(obj, path):
         release.wait(timeout=30)
         real(obj, path)
 
-    monkeypatch.setattr(checkpoint_files_module, "_torch_save", slow)
+    monkeypatch.setattr(checkpoint_files_module, "torch_save", slow)
     manager.save(model, optimizer, None, 0, {"val_loss": 1.0})  # returns at once
     second = threading.Thread(
         target=manager.save, args=(model, optimizer, None, 1, {"val_loss": 1.0})
