@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 from torch import nn
 
 
@@ -69,10 +68,3 @@ def layer_explorer(model: nn.Module) -> Any:
     picker.observe(redraw, names="value")
     redraw()
     return widgets.VBox([picker, output])
-
-
-def same_state(a: nn.Module | dict, b: nn.Module | dict) -> bool:
-    """True when two models (or state_dicts) hold the same keys and bitwise-equal tensors."""
-    sa = a.state_dict() if isinstance(a, nn.Module) else a
-    sb = b.state_dict() if isinstance(b, nn.Module) else b
-    return list(sa) == list(sb) and all(torch.equal(sa[k].cpu(), sb[k].cpu()) for k in sa)

@@ -66,8 +66,3 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalars in ``model``."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
