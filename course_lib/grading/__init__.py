@@ -1,0 +1,32 @@
+"""Grading exercise notebooks so that a teacher can trust the grades.
+
+A pipeline of four steps, one module each; read them in this order:
+
+1. ``collect``: read the handed-in notebooks, tell which exercise each answers (no code runs).
+2. ``sandbox``: run a notebook, then the grader's questions, in a bubblewrap sandbox (no network,
+   an unprivileged uid, nothing of the course but ``course_lib``, a throw-away disk, limits), with
+   ``in_sandbox`` as the process inside. The student's code can only *answer questions*.
+3. ``judge``: the hidden checks (``teacher/exercises/<name>/judge.py``) compare those answers with
+   the solution's answers to the same freshly drawn questions, in the trusted grading process.
+4. ``report``: the gradebook CSV (a status per student and exercise) and a feedback file per student.
+
+``pipeline`` joins them (``grade_notebook``, ``grade_class``); ``records`` holds the dataclasses
+passed between steps; ``release`` builds the copy of the course handed to students.
+``python -m course_lib.grading --help`` (or ``./course grade``) is the command line.
+"""
+
+from course_lib.grading.pipeline import grade_class, grade_notebook, grade_submissions
+from course_lib.grading.records import CheckResult, GradeReport, Status, Submission
+from course_lib.grading.sandbox import Limits, sandbox_available
+
+__all__ = [
+    "CheckResult",
+    "GradeReport",
+    "Limits",
+    "Status",
+    "Submission",
+    "grade_class",
+    "grade_notebook",
+    "grade_submissions",
+    "sandbox_available",
+]

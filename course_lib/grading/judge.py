@@ -1,0 +1,194 @@
+"""Step 3, judge: the hidden checks, run in the trusted grading process, never in the sandbox.
+
+An exercise's ``teacher/exercises/<name>/judge.py`` defines
+
+- ``questions(rng)``: the questions for this grading run, drawn from ``rng`` (a ``random.Random``
+  seeded per run and recorded in the gradebook), as plain JSON data. The sandbox's
+  ``answer.py`` asks the student's code these questions; the solution is asked the same ones.
+- pytest-style checks, ``def test_<what>(student, solution, questions)``, each marked with
+  ``@points(n)``. ``student`` and ``solution`` are :class:`Answers`: what each process left in
+  its answers folder, loaded safely (JSON with limits, safetensors, ``weights_only`` torch files,
+  regular files only, no links followed). A check passes when it returns; its ``AssertionError``
+  message is the student's feedback, so it must name the mistake, never the expected values.
+
+Nothing the student's process reports about itself ("all checks passed") is read here: a check
+compares answers, computed by the student's code for questions it could not know in advance,
+with the solution's answers, and the comparison runs where the student's code cannot reach it.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from course_lib.grading.collect import EXERCISES_DIR
+from course_lib.grading.records import CheckResult
+
+__all__ = ["AnswerMissing", "Answers", "Exercise", "load_exercise", "points"]
+
+ANSWER_LIMIT_BYTES = 64 << 20
+
+
+def points(value: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Mark a hidden check with the points it is worth."""
+
+    def mark(check: Callable[..., None]) -> Callable[..., None]:
+        check.points = value  # type: ignore[attr-defined]
+        return check
+
+    return mark
+
+
+class AnswerMissing(AssertionError):
+    """The student's process left no usable answer to a question (the message says why)."""
+
+
+class Answers:
+    """One process's answers folder, read defensively: it was written by untrusted code."""
+
+    def __init__(self, folder: Path, who: str = "your code") -> None:
+        self.folder = folder
+        self.who = who
+
+    def path(self, relative: str) -> Path:
+        """A regular file in the folder (no link anywhere on the way, bounded size), or why not."""
+        path = self.folder
+        for part in Path(relative).parts:
+            path = path / part
+            if path.is_symlink():
+                raise AnswerMissing(f"{relative}: a symbolic link was planted in the answers")
+        if not path.is_file():
+            raise AnswerMissing(self._why_missing(relative))
+        if path.stat().st_size > ANSWER_LIMIT_BYTES:
+            raise AnswerMissing(f"{relative}: larger than {ANSWER_LIMIT_BYTES >> 20} MB")
+        return path
+
+    def exists(self, relative: str) -> bool:
+        try:
+            self.path(relative)
+        except AnswerMissing:
+            return False
+        return True
+
+    def raised(self, qid: str) -> dict[str, Any] | None:
+        """What the student's function raised for question ``qid`` (its own report), if it did."""
+        try:
+            record = json.loads(self.path(f"{qid}.raised.json").read_text("utf-8", "replace"))
+        except (AnswerMissing, json.JSONDecodeError):
+            return None
+        if not isinstance(record, dict):
+            return {"type": "?", "mro": [], "message": "?"}
+        return {
+            "type": str(record.get("type", "?"))[:100],
+            "mro": [str(m)[:100] for m in record.get("mro", [])][:50]
+            if isinstance(record.get("mro"), list)
+            else [],
+            "message": str(record.get("message", ""))[:3000],
+        }
+
+    def succeeded(self, qid: str) -> None:
+        """Fail the check when the function raised for question ``qid``, naming what it raised."""
+        raised = self.raised(qid)
+        if raised is not None:
+            raise AnswerMissing(f"for this question {self.who} raised {raised['message']}")
+
+    def _why_missing(self, relative: str) -> str:
+        qid = Path(relative).name.split(".")[0]
+        raised = self.raised(qid)
+        if raised is not None:
+            return f"for this question {self.who} raised {raised['message']}"
+        return f"{self.who} gave no answer to this question (did the notebook stop before it?)"
+
+    def json(self, qid: str) -> Any:
+        try:
+            return json.loads(self.path(f"{qid}.json").read_text("utf-8", "replace"))
+        except json.JSONDecodeError as exc:
+            raise AnswerMissing(f"the answer to {qid} is not valid JSON ({exc})") from None
+
+    def tensors(self, qid: str) -> dict[str, Any]:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(self.path(f"{qid}.safetensors")))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AnswerMissing(f"the tensors answered to {qid} cannot be read ({exc})") from None
+
+    def torch_file(self, relative: str) -> Any:
+        """A ``torch.save`` file, loaded with ``weights_only=True`` on the CPU."""
+        from course_lib.safe_io import CheckpointError, safe_load
+
+        path = self.path(relative)
+        try:
+            return safe_load(path, map_location="cpu")
+        except CheckpointError as exc:
+            raise AnswerMissing(f"{relative}: {exc.problem}") from None
+        except Exception as exc:  # noqa: BLE001 - a damaged file may fail anywhere in the unpickler
+            raise AnswerMissing(f"{relative} cannot be loaded ({type(exc).__name__})") from None
+
+    def listing(self, relative: str) -> list[str]:
+        """The names in a folder of the answers (not following links), sorted."""
+        folder = self.folder / relative
+        if folder.is_symlink() or not folder.is_dir():
+            raise AnswerMissing(self._why_missing(relative))
+        return sorted(p.name for p in folder.iterdir())[:1000]
+
+
+@dataclass(frozen=True)
+class Exercise:
+    """An exercise's hidden material: its question generator and its checks."""
+
+    name: str
+    module: ModuleType
+    checks: tuple[Callable[..., None], ...]
+
+    @property
+    def max_score(self) -> float:
+        return float(sum(check.points for check in self.checks))  # type: ignore[attr-defined]
+
+    def questions(self, seed: int) -> list[Any]:
+        return self.module.questions(random.Random(f"{self.name}:{seed}"))
+
+    def judge(self, student: Answers, solution: Answers, questions: list[Any]) -> list[CheckResult]:
+        """Every check, each worth its points or none, with the full message of a failure."""
+        fixtures = {"student": student, "solution": solution, "questions": questions}
+        results = []
+        for check in self.checks:
+            wanted = inspect.signature(check).parameters
+            try:
+                check(**{name: fixtures[name] for name in wanted})
+            except AssertionError as exc:
+                message = str(exc).strip() or "check failed"
+                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
+            except Exception as exc:  # noqa: BLE001 - a student's answer may break a check anywhere
+                message = f"{type(exc).__name__}: {exc}"[:2000]
+                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
+            else:
+                results.append(CheckResult(check.__name__, check.points, check.points, "ok"))  # type: ignore[attr-defined]
+        return results
+
+
+@functools.cache
+def load_exercise(name: str) -> Exercise:
+    """Import ``teacher/exercises/<name>/judge.py`` (trusted code) once per grading process."""
+    path = EXERCISES_DIR / name / "judge.py"
+    spec = importlib.util.spec_from_file_location(f"_course_judge_{name}", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    checks = tuple(
+        value
+        for key, value in vars(module).items()
+        if key.startswith("test_") and callable(value) and hasattr(value, "points")
+    )
+    if not checks:
+        raise ValueError(f"{path}: no checks (functions test_* marked with @points)")
+    return Exercise(name, module, checks)

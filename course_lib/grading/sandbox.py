@@ -1,0 +1,259 @@
+"""Step 2, run sandboxed: one submission's notebook and the judge's questions, in bubblewrap.
+
+The sandbox (Linux, ``bwrap``) has no network, runs as uid 65534 in its own user, PID, IPC and
+mount namespaces, sees the Python environment read-only and of the course only ``course_lib``
+(without this package: no grader code, no hidden checks, no solutions, no tests). Its only
+writable places are a fresh home folder (its working directory), the answers folder and a private
+``/tmp``; all of them are thrown away after judging. It dies with the grader, and when it ends
+every process it started ends with it (its PID namespace goes). Time, memory, file-size and output
+limits apply inside and outside the sandbox alike.
+
+Where bubblewrap is missing or cannot start (macOS, a locked-down container) the same runner runs
+with only those limits, and the run is marked unsandboxed: the gradebook and the feedback say so.
+Set ``COURSE_SANDBOX=off`` to choose that on purpose.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from course_lib.grading.collect import EXERCISES_DIR, REPO_ROOT
+from course_lib.grading.records import SandboxRun
+
+__all__ = ["Limits", "run_sandboxed", "sandbox_available"]
+
+RUNNER = Path(__file__).with_name("in_sandbox.py")
+PACKAGE_DIR = Path(__file__).resolve().parent
+NOBODY = "65534"
+# What the sandbox sees of /etc: enough for the dynamic linker, user names and fonts, no secrets.
+ETC_FILES = ("ld.so.cache", "passwd", "group", "nsswitch.conf", "localtime", "fonts", "hosts")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one submission may use; the defaults suit the course's exercises on a laptop."""
+
+    timeout: float = 300  # seconds for the whole notebook and its questions
+    cell_timeout: int = 60  # seconds per cell and per question
+    memory_mb: int = 6144
+    file_mb: int = 200  # largest file it may write
+    output_mb: int = 20  # most output it may print
+
+
+@functools.cache
+def sandbox_available() -> bool:
+    """True when bubblewrap is installed and can start a sandbox here (checked once)."""
+    if os.environ.get("COURSE_SANDBOX", "").lower() == "off" or shutil.which("bwrap") is None:
+        return False
+    probe = [*_bwrap_prefix(), "--", "/usr/bin/env", "true"]
+    try:
+        return subprocess.run(probe, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def _python_paths() -> list[Path]:
+    """The folders the student's Python needs, read-only: the interpreter and its packages."""
+    candidates = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)]
+    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()]
+    chosen: list[Path] = []
+    for path in sorted({p.resolve() for p in candidates}, key=lambda p: len(p.parts)):
+        inside_repo = path == REPO_ROOT or REPO_ROOT in path.parents
+        if inside_repo and not (path == Path(sys.prefix).resolve() or Path(sys.prefix).resolve() in path.parents):
+            continue  # of the course's folder only the environment and course_lib are shown
+        if path.parts[:2] == ("/", "usr") or any(c in path.parents or c == path for c in chosen):
+            continue
+        chosen.append(path)
+    return chosen
+
+
+def _bwrap_prefix() -> list[str]:
+    command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+               "--uid", NOBODY, "--gid", NOBODY, "--hostname", "grader",
+               "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
+               "--tmpfs", "/tmp"]  # fmt: skip
+    for top in ("bin", "lib", "lib64", "sbin"):
+        path = Path("/") / top
+        if path.is_symlink():
+            command += ["--symlink", os.readlink(path), str(path)]
+        elif path.is_dir():
+            command += ["--ro-bind", str(path), str(path)]
+    for name in ETC_FILES:
+        if (Path("/etc") / name).exists():
+            command += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    return command
+
+
+def _bwrap_command(job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeout: int) -> list[str]:
+    command = _bwrap_prefix()
+    for path in _python_paths():
+        command += ["--ro-bind", str(path), str(path)]
+    course_lib = PACKAGE_DIR.parent
+    command += ["--ro-bind", str(course_lib), str(course_lib), "--tmpfs", str(PACKAGE_DIR)]
+    command += ["--ro-bind", str(job_dir), "/grader", "--bind", str(answers_dir), "/answers",
+                "--bind", str(home_dir), "/submission", "--chdir", "/submission", "--clearenv"]  # fmt: skip
+    for key, value in _environment("/submission").items():
+        command += ["--setenv", key, value]
+    return [*command, sys.executable, "/grader/run_notebook.py", "/grader", "/answers", str(cell_timeout)]
+
+
+def _environment(home: str) -> dict[str, str]:
+    return {
+        "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "PYTHONPATH": str(REPO_ROOT),  # inside the sandbox only course_lib is there to import
+        "CUDA_VISIBLE_DEVICES": "",
+        "COURSE_DEVICE": "cpu",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": f"{home}/.matplotlib",
+        "IPYTHONDIR": f"{home}/.ipython",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "TQDM_DISABLE": "1",
+    }
+
+
+def _limits(limits: Limits) -> None:
+    """Runs in the child before it starts: its own session, and memory and file-size limits."""
+    os.setsid()
+    memory, files = limits.memory_mb << 20, limits.file_mb << 20
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (files, files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
+class _OutputTap:
+    """Drains the child's output in a thread: keeps the tail, counts, stops a flood."""
+
+    def __init__(self, stream: object, limit_bytes: int, on_flood: object) -> None:
+        self.tail = b""
+        self.total = 0
+        self.flooded = False
+        self._stream, self._limit, self._on_flood = stream, limit_bytes, on_flood
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while chunk := self._stream.read1(1 << 16):  # type: ignore[attr-defined]
+            self.total += len(chunk)
+            self.tail = (self.tail + chunk)[-4000:]
+            if self.total > self._limit and not self.flooded:
+                self.flooded = True
+                self._on_flood()  # type: ignore[operator]
+
+
+def _read_limited(path: Path, limit: int = 1 << 20) -> str:
+    """A file the student's process wrote: no links, bounded, any bytes."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            return ""
+        with path.open("rb") as handle:
+            return handle.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _reported_cell_errors(answers_dir: Path) -> list[str]:
+    try:
+        errors = json.loads(_read_limited(answers_dir / "cell_errors.json") or "[]")
+    except json.JSONDecodeError:
+        return []
+    if not isinstance(errors, list):
+        return []
+    return [str(e)[:2000] for e in errors[:200]]
+
+
+def _kill_group(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def run_sandboxed(
+    cells: tuple[str, ...],
+    exercise: str,
+    questions: list,
+    workdir: Path,
+    limits: Limits = Limits(),
+) -> SandboxRun:
+    """Run ``cells`` then ``exercise``'s questions in a sandbox, with ``workdir`` as its only disk."""
+    job_dir, answers_dir, home_dir = workdir / "job", workdir / "answers", workdir / "home"
+    for folder in (job_dir, answers_dir, home_dir):
+        folder.mkdir(parents=True)
+    (job_dir / "cells.json").write_text(json.dumps(list(cells)))
+    (job_dir / "questions.json").write_text(json.dumps(questions))
+    shutil.copyfile(RUNNER, job_dir / "run_notebook.py")
+    shutil.copyfile(EXERCISES_DIR / exercise / "answer.py", job_dir / "answer.py")
+    for folder in (answers_dir, home_dir):
+        folder.chmod(0o777)  # writable by the sandbox's unprivileged user
+
+    sandboxed = sandbox_available()
+    if sandboxed:
+        command, env, cwd = _bwrap_command(job_dir, answers_dir, home_dir, limits.cell_timeout), None, None
+    else:
+        command = [sys.executable, str(job_dir / "run_notebook.py"), str(job_dir), str(answers_dir),
+                   str(limits.cell_timeout)]  # fmt: skip
+        env, cwd = _environment(str(home_dir)), home_dir
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: _limits(limits),  # noqa: PLW1509
+    )
+    tap = _OutputTap(process.stdout, limits.output_mb << 20, lambda: _kill_group(process))
+    try:
+        returncode: int | None = process.wait(timeout=limits.timeout)
+    except subprocess.TimeoutExpired:
+        returncode = None
+    finally:
+        _kill_group(process)  # whatever it left running in its session goes too
+        process.wait()
+        tap.thread.join(timeout=10)
+    progress = _read_limited(answers_dir / "progress.txt").strip().splitlines()
+    run = SandboxRun(
+        answers_dir=answers_dir,
+        sandboxed=sandboxed,
+        returncode=returncode,
+        where=(progress or ["start-up"])[-1][:80],
+        cell_errors=_reported_cell_errors(answers_dir),
+        output_tail=tap.tail.decode("utf-8", "replace"),
+        output_truncated=tap.flooded,
+    )
+    run.problem = _problem(run, limits, tap.flooded)
+    return run
+
+
+def _problem(run: SandboxRun, limits: Limits, flooded: bool) -> str | None:
+    where = run.where
+    if flooded:
+        return f"printed more than {limits.output_mb} MB of output (stopped in {where}): print less"
+    if run.returncode is None:
+        return f"stopped after {limits.timeout:g} s in {where} (an endless loop that ignores interrupts?)"
+    if run.returncode == 0 and where == "done":
+        return None
+    signum = -run.returncode if run.returncode < 0 else run.returncode - 128
+    if run.returncode < 0 or (run.sandboxed and 128 < run.returncode < 160):
+        name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
+        why = {"SIGXFSZ": f": a file grew past {limits.file_mb} MB", "SIGKILL": ": killed (memory?)"}
+        return f"the notebook's process died with {name} in {where}{why.get(name, '')}"
+    if where == "questions failed":
+        last = (run.output_tail.strip().splitlines() or ["no message"])[-1][:300]
+        return f"the grader's questions could not be asked after the notebook ran ({last})"
+    return (
+        f"the notebook's process exited with code {run.returncode} in {where}, before the grader's "
+        "questions were answered: a notebook must not call os._exit() or end its own process"
+    )
