@@ -63,15 +63,19 @@ class Asker:
         """Call the notebook's ``name(*args)``; on failure record why as the answer to ``qid``."""
         fn = self.function(name)
         if fn is None:
-            self.save_json(f"{qid}.raised", {"type": "NameError", "mro": ["NameError"],
-                                             "message": f"{name} is not defined"})  # fmt: skip
+            record = {"type": "NameError", "mro": ["NameError"], "message": f"{name} is not defined"}
+            self.save_json(f"{qid}.raised", record)
             return False, None
+        return self.run(qid, fn, *args, **kwargs)
+
+    def run(self, qid: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        """``fn(*args)`` with the step's time limit; on failure record why as the answer to ``qid``."""
         signal.signal(signal.SIGALRM, _on_alarm)
         signal.alarm(self.step_seconds)
         try:
             return True, fn(*args, **kwargs)
         except StepTimeout:
-            message = f"{name} was still running after {self.step_seconds} s (stopped)"
+            message = f"{getattr(fn, '__name__', 'it')} was still running after {self.step_seconds} s (stopped)"
             self.save_json(f"{qid}.raised", {"type": "Timeout", "mro": [], "message": message})
         except BaseException as exc:  # noqa: BLE001 - the student's code may raise anything
             record = {

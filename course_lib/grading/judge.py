@@ -80,10 +80,13 @@ class Answers:
 
     def raised(self, qid: str) -> dict[str, Any] | None:
         """What the student's function raised for question ``qid`` (its own report), if it did."""
-        try:
-            record = json.loads(self.path(f"{qid}.raised.json").read_text("utf-8", "replace"))
-        except (AnswerMissing, json.JSONDecodeError):
+        path = self.folder / f"{qid}.raised.json"
+        if path.is_symlink() or not path.is_file() or path.stat().st_size > 1 << 20:
             return None
+        try:
+            record = json.loads(path.read_text("utf-8", "replace"))
+        except (OSError, json.JSONDecodeError):
+            return {"type": "?", "mro": [], "message": "(an unreadable error report)"}
         if not isinstance(record, dict):
             return {"type": "?", "mro": [], "message": "?"}
         return {

@@ -1,0 +1,113 @@
+"""Hidden checks for exercise 2 (ONNX export), run by the grader outside the sandbox.
+
+The student's ONNX file is read as bytes (no external data is ever followed), checked with
+``onnx.checker`` and run with onnxruntime here, on inputs the sandbox never saw, against the
+solution's file for the same model.
+"""
+
+import numpy as np
+import torch
+
+from course_lib.grading.judge import AnswerMissing, points
+
+
+def questions(rng):
+    return [
+        {
+            "id": "q0",
+            "seed": rng.randrange(2**31),
+            "features": rng.randint(4, 10),
+            "hidden": rng.randint(8, 20),
+            "classes": rng.randint(2, 6),
+            "example_batch": rng.randint(2, 6),
+            "batches": [1, rng.randint(7, 12), rng.randint(13, 40)],
+        }
+    ]
+
+
+def _model_proto(answers, question):
+    import onnx
+
+    answers.succeeded(question["id"])
+    data = answers.path(f"{question['id']}/model.onnx").read_bytes()
+    try:
+        model = onnx.load_from_string(data)
+    except Exception as exc:  # noqa: BLE001 - any damage in a student's file
+        raise AnswerMissing(f"model.onnx is not an ONNX model ({type(exc).__name__})") from None
+    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert not external, (
+        f"{len(external)} weights went to a .onnx.data sidecar: export one self-contained file "
+        "(external_data=False)"
+    )
+    return model, data
+
+
+def _run(answers, question, x):
+    import onnxruntime as ort
+
+    _, data = _model_proto(answers, question)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    return out
+
+
+def _inputs(question, batch, salt):
+    generator = torch.Generator().manual_seed(question["seed"] + salt)
+    return torch.randn(batch, question["features"], generator=generator)
+
+
+@points(1)
+def test_writes_one_valid_file(student, questions):
+    import onnx
+
+    for question in questions:
+        model, _ = _model_proto(student, question)
+        extra = [n for n in student.listing(question["id"]) if n != "model.onnx"]
+        assert not extra, f"besides model.onnx the export wrote {extra}: export one file"
+        try:
+            onnx.checker.check_model(model, full_check=True)
+        except Exception as exc:  # noqa: BLE001
+            raise AssertionError(f"onnx.checker rejects the file: {str(exc)[:500]}") from None
+
+
+@points(1)
+def test_batch_is_dynamic(student, questions):
+    for question in questions:
+        for batch in question["batches"]:
+            try:
+                out = _run(student, question, _inputs(question, batch, batch))
+            except AnswerMissing:
+                raise
+            except Exception as exc:  # noqa: BLE001 - onnxruntime refuses the shape
+                raise AssertionError(
+                    f"batch {batch} does not run ({type(exc).__name__}): make the batch dimension "
+                    "dynamic (dynamic_shapes)"
+                ) from None
+            assert out.shape == (batch, question["classes"]), (
+                f"batch {batch} gave output shape {out.shape}: make the batch dimension dynamic"
+            )
+
+
+@points(1)
+def test_matches_the_model_in_eval_mode(student, solution, questions):
+    for question in questions:
+        x = _inputs(question, question["example_batch"], 0)  # the example's batch: static files run too
+        worst = float(np.abs(_run(student, question, x) - _run(solution, question, x)).max())
+        assert worst < 1e-4, (
+            f"onnxruntime on your file differs from the model in eval mode by {worst:.2e}: "
+            "call model.eval() before exporting"
+        )
+
+
+@points(1)
+def test_returns_the_error_as_float(student, questions):
+    for question in questions:
+        student.succeeded(question["id"])
+        returned = student.json(f"{question['id']}.returned")
+        assert returned.get("type") == "float", (
+            f"return a Python float, not {returned.get('type')}"
+        )
+        value = returned.get("value")
+        assert isinstance(value, float) and 0 <= value < 1e-4, (
+            f"returned error {value!r} is not a small non-negative difference"
+        )
