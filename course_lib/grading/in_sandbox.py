@@ -63,7 +63,11 @@ class Asker:
         """Call the notebook's ``name(*args)``; on failure record why as the answer to ``qid``."""
         fn = self.function(name)
         if fn is None:
-            record = {"type": "NameError", "mro": ["NameError"], "message": f"{name} is not defined"}
+            record = {
+                "type": "NameError",
+                "mro": ["NameError"],
+                "message": f"{name} is not defined",
+            }
             self.save_json(f"{qid}.raised", record)
             return False, None
         return self.run(qid, fn, *args, **kwargs)

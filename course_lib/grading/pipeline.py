@@ -92,7 +92,9 @@ class _Run:
                 student=submission.student,
                 exercise=submission.exercise,
                 notebook=submission.path,
-                max_score=load_exercise(submission.exercise).max_score if submission.exercise else 0,
+                max_score=load_exercise(submission.exercise).max_score
+                if submission.exercise
+                else 0,
                 status=Status.CRASHED,
                 seed=self.seed,
                 problem=f"the grader could not grade this submission ({type(exc).__name__}: {exc})",
@@ -116,7 +118,9 @@ class _Run:
         questions = exercise.questions(self.seed)
         workdir = Path(tempfile.mkdtemp(prefix="grade-", dir=self.scratch))
         try:
-            run = run_sandboxed(submission.code_cells, exercise.name, questions, workdir, self.limits)
+            run = run_sandboxed(
+                submission.code_cells, exercise.name, questions, workdir, self.limits
+            )
             with self._judge_lock:
                 report.checks = exercise.judge(
                     Answers(run.answers_dir), Answers(solution, "the solution"), questions
@@ -136,29 +140,29 @@ def grade_submissions(
     *,
     seed: int | None = None,
     jobs: int = 2,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     progress: bool = False,
 ) -> list[GradeReport]:
     """Run, judge and report every submission; ``seed`` draws the questions (fresh when None)."""
-    run = _Run(secrets.randbits(31) if seed is None else seed, limits)
+    run = _Run(secrets.randbits(31) if seed is None else seed, limits or Limits())
     try:
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             graded = pool.map(run.grade, submissions)
-            return list(
-                tqdm(graded, total=len(submissions), desc="grading", disable=not progress)
-            )
+            return list(tqdm(graded, total=len(submissions), desc="grading", disable=not progress))
     finally:
         run.close()
 
 
 def grade_notebook(
-    notebook: str | os.PathLike[str], *, seed: int | None = None, limits: Limits = Limits()
+    notebook: str | os.PathLike[str], *, seed: int | None = None, limits: Limits | None = None
 ) -> GradeReport:
     """Grade one exercise notebook against its hidden checks (self-study feedback)."""
     path = Path(notebook)
-    return grade_submissions([read_submission(path, path.stem)], seed=seed, jobs=1, limits=limits)[0]
+    return grade_submissions([read_submission(path, path.stem)], seed=seed, jobs=1, limits=limits)[
+        0
+    ]
 
 
 def grade_class(
@@ -168,7 +172,7 @@ def grade_class(
     feedback_dir: str | os.PathLike[str] | None = None,
     seed: int | None = None,
     jobs: int = 2,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
     progress: bool = True,
 ) -> list[GradeReport]:
     """Grade ``submissions/<student>/*.ipynb`` into a gradebook CSV and a feedback file per student.

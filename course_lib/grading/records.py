@@ -17,7 +17,7 @@ class Status(enum.StrEnum):
     CRASHED = "crashed"  # its process died or exited before answering every question
     UNREADABLE = "unreadable"  # not a notebook we could read
     MISSING = "missing"  # the student handed in nothing for this exercise
-    SANDBOX_OFF = "sandbox-off"  # graded, but without bubblewrap: the student's code was not isolated
+    SANDBOX_OFF = "sandbox-off"  # graded without bubblewrap: the student's code was not isolated
 
 
 @dataclass(frozen=True)

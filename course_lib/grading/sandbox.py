@@ -69,7 +69,9 @@ def _python_paths() -> list[Path]:
     chosen: list[Path] = []
     for path in sorted({p.resolve() for p in candidates}, key=lambda p: len(p.parts)):
         inside_repo = path == REPO_ROOT or REPO_ROOT in path.parents
-        if inside_repo and not (path == Path(sys.prefix).resolve() or Path(sys.prefix).resolve() in path.parents):
+        if inside_repo and not (
+            path == Path(sys.prefix).resolve() or Path(sys.prefix).resolve() in path.parents
+        ):
             continue  # of the course's folder only the environment and course_lib are shown
         if path.parts[:2] == ("/", "usr") or any(c in path.parents or c == path for c in chosen):
             continue
@@ -94,7 +96,9 @@ def _bwrap_prefix() -> list[str]:
     return command
 
 
-def _bwrap_command(job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeout: int) -> list[str]:
+def _bwrap_command(
+    job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeout: int
+) -> list[str]:
     command = _bwrap_prefix()
     for path in _python_paths():
         command += ["--ro-bind", str(path), str(path)]
@@ -104,7 +108,14 @@ def _bwrap_command(job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeou
                 "--bind", str(home_dir), "/submission", "--chdir", "/submission", "--clearenv"]  # fmt: skip
     for key, value in _environment("/submission").items():
         command += ["--setenv", key, value]
-    return [*command, sys.executable, "/grader/run_notebook.py", "/grader", "/answers", str(cell_timeout)]
+    return [
+        *command,
+        sys.executable,
+        "/grader/run_notebook.py",
+        "/grader",
+        "/answers",
+        str(cell_timeout),
+    ]
 
 
 def _environment(home: str) -> dict[str, str]:
@@ -185,9 +196,10 @@ def run_sandboxed(
     exercise: str,
     questions: list,
     workdir: Path,
-    limits: Limits = Limits(),
+    limits: Limits | None = None,
 ) -> SandboxRun:
     """Run ``cells`` then ``exercise``'s questions in a sandbox, with ``workdir`` as its only disk."""
+    limits = limits or Limits()
     job_dir, answers_dir, home_dir = workdir / "job", workdir / "answers", workdir / "home"
     for folder in (job_dir, answers_dir, home_dir):
         folder.mkdir(parents=True)
@@ -200,7 +212,11 @@ def run_sandboxed(
 
     sandboxed = sandbox_available()
     if sandboxed:
-        command, env, cwd = _bwrap_command(job_dir, answers_dir, home_dir, limits.cell_timeout), None, None
+        command, env, cwd = (
+            _bwrap_command(job_dir, answers_dir, home_dir, limits.cell_timeout),
+            None,
+            None,
+        )
     else:
         command = [sys.executable, str(job_dir / "run_notebook.py"), str(job_dir), str(answers_dir),
                    str(limits.cell_timeout)]  # fmt: skip
@@ -247,8 +263,13 @@ def _problem(run: SandboxRun, limits: Limits, flooded: bool) -> str | None:
         return None
     signum = -run.returncode if run.returncode < 0 else run.returncode - 128
     if run.returncode < 0 or (run.sandboxed and 128 < run.returncode < 160):
-        name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
-        why = {"SIGXFSZ": f": a file grew past {limits.file_mb} MB", "SIGKILL": ": killed (memory?)"}
+        name = (
+            signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
+        )
+        why = {
+            "SIGXFSZ": f": a file grew past {limits.file_mb} MB",
+            "SIGKILL": ": killed (memory?)",
+        }
         return f"the notebook's process died with {name} in {where}{why.get(name, '')}"
     if where == "questions failed":
         last = (run.output_tail.strip().splitlines() or ["no message"])[-1][:300]

@@ -87,7 +87,9 @@ def test_failed_save_loses_nothing(student, solution, questions):
     question = _question(questions, "failure")
     _started(student, "failure")
     failing = f"failure.{_step(question, 'save_unpicklable')}"
-    assert student.raised(failing) is not None, "saving an object that cannot be pickled should raise"
+    assert student.raised(failing) is not None, (
+        "saving an object that cannot be pickled should raise"
+    )
     mine = student.listing("failure/checkpoints")
     assert mine == solution.listing("failure/checkpoints"), (
         f"after a failed save the folder holds {mine}: a failed save must leave no file behind "

@@ -29,4 +29,6 @@ def answer(questions, ask):
         ok, error = ask.call(question["id"], "export_and_verify", model, example, path)
         if ok:
             value = error if isinstance(error, (int, float)) else repr(error)
-            ask.save_json(f"{question['id']}.returned", {"type": type(error).__name__, "value": value})
+            ask.save_json(
+                f"{question['id']}.returned", {"type": type(error).__name__, "value": value}
+            )

@@ -34,7 +34,9 @@ def _model_proto(answers, question):
         model = onnx.load_from_string(data)
     except Exception as exc:  # noqa: BLE001 - any damage in a student's file
         raise AnswerMissing(f"model.onnx is not an ONNX model ({type(exc).__name__})") from None
-    external = [t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    external = [
+        t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    ]
     assert not external, (
         f"{len(external)} weights went to a .onnx.data sidecar: export one self-contained file "
         "(external_data=False)"
@@ -91,7 +93,9 @@ def test_batch_is_dynamic(student, questions):
 @points(1)
 def test_matches_the_model_in_eval_mode(student, solution, questions):
     for question in questions:
-        x = _inputs(question, question["example_batch"], 0)  # the example's batch: static files run too
+        x = _inputs(
+            question, question["example_batch"], 0
+        )  # the example's batch: static files run too
         worst = float(np.abs(_run(student, question, x) - _run(solution, question, x)).max())
         assert worst < 1e-4, (
             f"onnxruntime on your file differs from the model in eval mode by {worst:.2e}: "
@@ -104,9 +108,7 @@ def test_returns_the_error_as_float(student, questions):
     for question in questions:
         student.succeeded(question["id"])
         returned = student.json(f"{question['id']}.returned")
-        assert returned.get("type") == "float", (
-            f"return a Python float, not {returned.get('type')}"
-        )
+        assert returned.get("type") == "float", f"return a Python float, not {returned.get('type')}"
         value = returned.get("value")
         assert isinstance(value, float) and 0 <= value < 1e-4, (
             f"returned error {value!r} is not a small non-negative difference"

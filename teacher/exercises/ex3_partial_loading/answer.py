@@ -7,7 +7,7 @@ from torch import nn
 def _mlp(sizes, seed):
     torch.manual_seed(seed)
     layers = []
-    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:])):
+    for index, (fan_in, fan_out) in enumerate(zip(sizes, sizes[1:], strict=False)):
         if index:
             layers.append(nn.ReLU())
         layers.append(nn.Linear(fan_in, fan_out))
