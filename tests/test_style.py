@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CHECKED = ["course_lib", "tests", "tools", "benchmarks", "nbsrc", "conftest.py"]
+CHECKED = ["course_lib", "teacher", "tests", "tools", "benchmarks", "nbsrc", "conftest.py"]
 
 
 def _ruff(*args: str) -> subprocess.CompletedProcess:

@@ -1,0 +1,469 @@
+"""A whole class graded in one run: honest, wrong, broken and hostile submissions side by side.
+
+What a teacher must be able to trust: the solutions get full marks, untouched exercises nothing,
+wrong answers the partial score their mistakes deserve, and no submission, whatever it does,
+gains points, changes another's grade, touches the course's files, leaks the hidden checks,
+escapes its sandbox or stops the gradebook from being written.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import socket
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import nbformat
+import pytest
+from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
+
+from course_lib.grading import Status, grade_class, sandbox_available
+
+pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
+
+TOKEN = "e5c4pe7ok3n"
+
+UNSORTED_REPORT = """
+def load_matching_weights(model, state_dict):
+    own = model.state_dict()
+    fitting = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    own.update(fitting)
+    model.load_state_dict(own)
+    return {"loaded": sorted(fitting, reverse=True),
+            "skipped": sorted((k for k in state_dict if k not in fitting), reverse=True)}
+"""
+
+CHAPTER_MANAGER = """
+import glob, os
+class SimpleCheckpointManager:  # the chapter's approach: plain torch.save, newest by ctime
+    def __init__(self, directory, max_to_keep=3):
+        self.directory = Path(directory); self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_to_keep = max_to_keep
+    def path_for(self, epoch):
+        return self.directory / f"checkpoint_epoch_{epoch:04d}.pth"
+    def epochs(self):
+        return sorted(int(p.stem.split("_")[-1]) for p in self.directory.glob("checkpoint_epoch_*.pth"))
+    def save(self, state, epoch):
+        torch.save(state, self.path_for(epoch))
+        files = sorted(glob.glob(str(self.directory / "*.pth")), key=os.path.getctime)
+        for old in files[: -self.max_to_keep]:
+            os.remove(old)
+        return self.path_for(epoch)
+    def load_latest(self):
+        files = glob.glob(str(self.directory / "*.pth"))
+        if not files:
+            raise FileNotFoundError(self.directory)
+        return torch.load(max(files, key=os.path.getctime), weights_only=False)
+"""
+
+NAIVE_UNWRAP = """
+def load_unwrapped(model, state_dict):
+    model.load_state_dict({k.replace("module.", "").replace("_orig_mod.", ""): v
+                           for k, v in state_dict.items()})
+"""
+
+PLAIN_SAVE = """
+def atomic_save(obj, path):
+    torch.save(obj, path)  # not atomic: a kill leaves a torn file
+"""
+
+# Forging: the stub, plus files that claim full marks wherever a result might be read.
+FORGER = """
+import json, pathlib
+for folder in (pathlib.Path("/answers"), pathlib.Path.cwd()):
+    for name in ("result.json", "q0.report.json", "q1.report.json", "q2.report.json"):
+        try:
+            (folder / name).write_text(json.dumps({"type": "dict", "score": 100, "checks": [],
+                "loaded": {"type": "list", "items": []}, "skipped": {"type": "list", "items": []}}))
+        except OSError as exc:
+            print(exc)
+print("ALL CHECKS PASSED: 4/4")
+"""
+
+# Replacing the runner's step functions through the frame stack: every question "succeeds".
+FRAME_PATCHER = """
+import sys
+frame = sys._getframe()
+while frame is not None:
+    asker = frame.f_globals.get("Asker")
+    if asker is not None:
+        asker.run = lambda self, qid, fn, *a, **k: (True, {"loaded": [], "skipped": []})
+        asker.call = lambda self, qid, name, *a, **k: (True, {"loaded": [], "skipped": []})
+    frame = frame.f_back
+"""
+
+# Patching torch and builtins, and an answer whose lists equal anything.
+PATCHER = """
+import builtins, torch
+class AlwaysEqual(list):
+    def __eq__(self, other): return True
+    def __ne__(self, other): return False
+torch.equal = lambda *a, **k: True
+builtins.isinstance = lambda *a, **k: True
+def load_matching_weights(model, state_dict):
+    return {"loaded": AlwaysEqual(), "skipped": AlwaysEqual()}
+"""
+
+REWRITER = """
+import pathlib
+targets = [pathlib.Path(p) for p in {targets!r}]
+for target in targets:
+    try:
+        target.write_text("pass\\n")
+        print("rewrote", target)
+    except OSError as exc:
+        print(type(exc).__name__)
+"""
+
+KILLER = """
+import os, signal
+for pid in (os.getppid(), 1):
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except OSError as exc:
+        print(type(exc).__name__)
+"""
+
+CORRUPTER = """
+import pathlib
+for name in ("progress.txt", "cell_errors.json", "q0.report.json"):
+    with open(pathlib.Path("/answers") / name, "ab") as handle:
+        handle.write(b"\\xff{not json")
+"""
+
+DELETER = """
+import shutil, pathlib
+shutil.rmtree(pathlib.Path.cwd().parent, ignore_errors=True)
+shutil.rmtree("/answers", ignore_errors=True)
+"""
+
+LEAKER = """
+import pathlib
+for secret in {secrets!r}:
+    print(pathlib.Path(secret).read_text())
+"""
+
+ESCAPER = """
+import os, pathlib, socket, subprocess
+for target in ("/tmp/{token}", pathlib.Path.home() / "{token}", "/root/{token}", "{repo}/{token}"):
+    try:
+        pathlib.Path(target).write_text("escaped")
+    except OSError as exc:
+        print(type(exc).__name__)
+try:
+    socket.create_connection(("127.0.0.1", {port}), timeout=2).sendall(b"{token}")
+except OSError as exc:
+    print("network:", type(exc).__name__)
+subprocess.Popen(["sleep", "987654"], start_new_session=True)
+"""
+
+JUPYTER_USER = """
+def load_matching_weights(model, state_dict):
+    own = model.state_dict()
+    fitting = {k: v for k, v in state_dict.items()
+               if k in own and not (own[k].shape
+                                    != v.shape)}
+    own.update(fitting)
+    model.load_state_dict(own)
+    display(sorted(fitting))
+    get_ipython()
+    return {"loaded": sorted(fitting), "skipped": sorted(k for k in state_dict if k not in fitting)}
+%time sorted([3, 1, 2])
+"""
+
+
+def _tree_digest(root: Path) -> str:
+    """A digest of every file of the course that git knows or would add (not .venv, not .git)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-co", "--exclude-standard"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    digest = hashlib.sha256()
+    for name in sorted(n for n in listed if n):
+        path = root / name
+        digest.update(name.encode())
+        digest.update(path.read_bytes() if path.is_file() else b"<missing>")
+    return digest.hexdigest()
+
+
+class _Listener:
+    """A loopback server on the grader's machine that a sandboxed notebook must not reach."""
+
+    def __init__(self) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.server.settimeout(0.5)
+        self.port = self.server.getsockname()[1]
+        self.connections = 0
+        self._stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop:
+            try:
+                connection, _ = self.server.accept()
+            except TimeoutError:
+                continue
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join()
+        self.server.close()
+
+
+def _grade_runs() -> set[str]:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("grade-run-*")}
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    root = tmp_path_factory.mktemp("class")
+    paths: dict[str, Path] = {}
+
+    def submit(student: str, nb, name: str = "ex3_partial_loading.ipynb") -> None:
+        folder = root / student
+        folder.mkdir(exist_ok=True)
+        if isinstance(nb, str):
+            (folder / name).write_text(nb)
+        else:
+            nbformat.write(nb, folder / name)
+        paths[student] = folder / name
+
+    for exercise in EXERCISES:
+        submit("alice", with_cells(exercise), f"{exercise}.ipynb")
+        submit("bob", with_cells(exercise, solved=False), f"{exercise}.ipynb")
+    ex1, ex5, ex6 = "ex1_checkpoint_manager", "ex5_unwrap_prefixes", "ex6_atomic_save"
+    submit(
+        "carl",
+        without_self_check(replacing("ex3_partial_loading", "def load_matching", UNSORTED_REPORT)),
+    )
+    submit(
+        "dana",
+        without_self_check(replacing(ex1, "class SimpleCheckpointManager", CHAPTER_MANAGER)),
+        f"{ex1}.ipynb",
+    )
+    submit(
+        "eve",
+        without_self_check(replacing(ex5, "def load_unwrapped", NAIVE_UNWRAP)),
+        f"{ex5}.ipynb",
+    )
+    submit("fay", without_self_check(replacing(ex6, "def atomic_save", PLAIN_SAVE)), f"{ex6}.ipynb")
+
+    listener = _Listener()
+    hidden = [ROOT / "teacher" / "exercises" / "ex3_partial_loading" / "judge.py",
+              ROOT / "course_lib" / "grading" / "judge.py", ROOT / "tests" / "grading" / "test_class.py",
+              ROOT / "solutions" / "ex3_partial_loading.ipynb"]  # fmt: skip
+    submit("forger", with_cells("ex3_partial_loading", FORGER, solved=False))
+    submit("framer", with_cells("ex3_partial_loading", FRAME_PATCHER, solved=False))
+    submit("patcher", with_cells("ex3_partial_loading", PATCHER, solved=False))
+    submit("rewriter", with_cells("ex3_partial_loading", REWRITER.format(targets=[str(p) for p in hidden]
+           + [str(ROOT / "course_lib" / "safe_io.py")])))  # fmt: skip
+    submit("killer", with_cells("ex3_partial_loading", KILLER))
+    submit("corrupter", with_cells("ex3_partial_loading", CORRUPTER))
+    submit("deleter", with_cells("ex3_partial_loading", DELETER))
+    submit(
+        "leaker", with_cells("ex3_partial_loading", LEAKER.format(secrets=[str(p) for p in hidden]))
+    )
+    submit(
+        "escaper",
+        with_cells(
+            "ex3_partial_loading", ESCAPER.format(token=TOKEN, port=listener.port, repo=ROOT)
+        ),
+    )
+    submit("jupyter", replacing("ex3_partial_loading", "def load_matching", JUPYTER_USER))
+    submit(
+        "flooder", with_cells("ex3_partial_loading", "for _ in range(250):\n    print('x' * 2**20)")
+    )
+    submit("carol", '{"cells": [ {"cell_type": "code", "sour')
+    submit("erin", with_cells("ex3_partial_loading", "import os\nos._exit(3)"))
+    submit("frank", with_cells("ex3_partial_loading", "hog = bytearray(50 * 2**30)"))
+    submit(
+        "gina", with_cells("ex3_partial_loading", "open('big.bin', 'wb').write(b'0' * (300 << 20))")
+    )
+    submit("judy", with_cells("ex3_partial_loading"), "my homework.ipynb")
+    submit("ken", with_cells("ex3_partial_loading", metadata=False), "untitled.ipynb")
+
+    before, runs_before = _tree_digest(ROOT), _grade_runs()
+    out = root.parent / "grades.csv"
+    out.write_text("previous grades\n")
+    try:
+        reports = grade_class(root, out, seed=1234, jobs=2, progress=False)
+    finally:
+        listener.close()
+    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    yield {
+        "root": root,
+        "out": out,
+        "reports": {(r.student, r.exercise): r for r in reports},
+        "paths": paths,
+        "tree_unchanged": _tree_digest(ROOT) == before,
+        "new_grade_runs": _grade_runs() - runs_before,
+        "processes": processes,
+        "listener": listener,
+    }
+
+
+def _report(graded, student: str, exercise: str = "ex3_partial_loading"):
+    return graded["reports"][(student, exercise)]
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_solutions_get_full_marks(graded, exercise):
+    report = _report(graded, "alice", exercise)
+    assert report.status == Status.OK and report.problem is None, report.summary()
+    assert not report.cell_errors and report.score == report.max_score > 0, report.summary()
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_untouched_exercises_fail_every_check(graded, exercise):
+    report = _report(graded, "bob", exercise)
+    assert report.checks and all(c.points == 0 for c in report.checks), report.summary()
+    assert any("not implemented yet" in e for e in report.cell_errors), report.summary()
+
+
+@pytest.mark.parametrize(
+    ("student", "exercise", "failed"),
+    [
+        ("carl", "ex3_partial_loading", {"test_report_lists_are_sorted"}),
+        (
+            "dana",
+            "ex1_checkpoint_manager",
+            {
+                "test_latest_by_epoch_not_file_time",
+                "test_failed_save_loses_nothing",
+                "test_refuses_code_in_checkpoints",
+            },
+        ),
+        ("eve", "ex5_unwrap_prefixes", {"test_keeps_names_that_merely_contain_the_words"}),
+        (
+            "fay",
+            "ex6_atomic_save",
+            {
+                "test_survives_being_killed_mid_save",
+                "test_failed_save_keeps_the_old_file_and_no_temp",
+            },
+        ),
+    ],
+)
+def test_wrong_answers_lose_exactly_the_points_of_their_mistakes(graded, student, exercise, failed):
+    report = _report(graded, student, exercise)
+    assert {c.name for c in report.checks if not c.passed} == failed, report.summary()
+    assert 0 < report.score < report.max_score
+
+
+@pytest.mark.parametrize("student", ["forger", "framer", "patcher"])
+def test_forged_answers_and_patched_checks_gain_nothing(graded, student):
+    report = _report(graded, student)
+    assert report.score == 0, report.summary()
+
+
+@pytest.mark.parametrize(
+    "student", ["rewriter", "killer", "corrupter", "deleter", "escaper", "leaker"]
+)
+def test_hostile_notebooks_leave_the_rest_of_the_class_graded_as_before(graded, student):
+    """Each of these ran alongside the class: bob still has nothing, alice everything."""
+    report = _report(graded, student)
+    assert report.status in (Status.OK, Status.CRASHED), report.summary()
+    assert _report(graded, "bob").score == 0
+    assert all(
+        _report(graded, "alice", e).score == _report(graded, "alice", e).max_score
+        for e in EXERCISES
+    )
+
+
+def test_the_course_files_are_unchanged(graded):
+    assert graded["tree_unchanged"]
+    assert not (ROOT / TOKEN).exists()
+
+
+def test_hidden_checks_do_not_leak_into_the_gradebook_or_feedback(graded):
+    judge_source = (ROOT / "teacher" / "exercises" / "ex3_partial_loading" / "judge.py").read_text()
+    secret_lines = [line for line in judge_source.splitlines() if len(line.strip()) > 30]
+    feedback = graded["out"].with_name("grades-feedback")
+    texts = [graded["out"].read_text()] + [p.read_text() for p in feedback.glob("*.txt")]
+    for text in texts:
+        assert "def test_" not in text
+        assert not [line for line in secret_lines if line.strip() in text]
+    leaker = _report(graded, "leaker")
+    assert any("FileNotFoundError" in e for e in leaker.cell_errors), leaker.summary()
+
+
+def test_nothing_escapes_the_sandbox(graded):
+    assert not Path("/tmp", TOKEN).exists()
+    assert not (Path.home() / TOKEN).exists()
+    assert graded["listener"].connections == 0
+    assert "sleep 987654" not in graded["processes"]
+    assert "bwrap" not in graded["processes"]
+    assert not graded["new_grade_runs"], "the grading run left its scratch folder behind"
+
+
+def test_jupyter_features_work_as_in_jupyterlab(graded):
+    report = _report(graded, "jupyter")
+    assert report.score == report.max_score and not report.cell_errors, report.summary()
+
+
+@pytest.mark.parametrize(
+    ("student", "status", "problem", "cell_error", "full_marks"),
+    [
+        ("flooder", Status.CRASHED, "printed more than 20 MB of output", None, False),
+        ("carol", Status.UNREADABLE, "not a readable notebook", None, False),
+        ("erin", Status.CRASHED, "exited with code 3 in cell In [", None, False),
+        ("frank", Status.OK, None, "MemoryError", True),
+        ("gina", Status.OK, None, "File too large", True),
+        ("ken", Status.UNREADABLE, "cannot tell which exercise", None, False),
+    ],
+)
+def test_broken_notebooks_get_a_precise_status_and_message(
+    graded, student, status, problem, cell_error, full_marks
+):
+    exercise = None if student == "ken" else "ex3_partial_loading"
+    report = _report(graded, student, exercise)
+    assert report.status == status, report.summary()
+    if problem:
+        assert report.problem and problem in report.problem, report.summary()
+    if cell_error:
+        assert any(cell_error in e for e in report.cell_errors), report.summary()
+    assert (report.score == report.max_score) == full_marks, report.summary()
+    if exercise:
+        assert report.max_score == 4, "an unreadable notebook still counts as 0 of its exercise"
+
+
+def test_renamed_notebook_is_found_by_its_metadata(graded):
+    report = _report(graded, "judy")
+    assert report.score == report.max_score, report.summary()
+
+
+def test_gradebook_has_a_row_per_student_and_exercise(graded):
+    rows = list(csv.DictReader(graded["out"].open()))
+    students = {p.parent.name for p in graded["paths"].values()}
+    for student in students - {"ken"}:
+        theirs = {r["exercise"]: r for r in rows if r["student"] == student}
+        assert set(theirs) >= set(EXERCISES), student
+    bob = next(
+        r for r in rows if r["student"] == "carl" and r["exercise"] == "ex1_checkpoint_manager"
+    )
+    assert (bob["status"], bob["score"], bob["max_score"]) == ("missing", "0", "5")
+    carol = next(
+        r for r in rows if r["student"] == "carol" and r["exercise"] == "ex3_partial_loading"
+    )
+    assert (carol["status"], carol["score"], carol["max_score"]) == ("unreadable", "0", "4")
+    assert {r["seed"] for r in rows} == {"1234"}
+    assert {r["sandboxed"] for r in rows} == {"yes"}
+    assert Path(str(graded["out"]) + ".backup").read_text() == "previous grades\n"
+
+
+def test_feedback_keeps_the_whole_message(graded):
+    feedback = graded["out"].with_name("grades-feedback") / "carl.txt"
+    text = feedback.read_text()
+    assert "FAIL test_report_lists_are_sorted (0/1)" in text
+    assert "must be a sorted list, not list in that order" in text
+    eve = (graded["out"].with_name("grades-feedback") / "eve.txt").read_text()
+    assert "size mismatch" in eve or "Missing key" in eve or "Unexpected key" in eve, eve

@@ -1,0 +1,103 @@
+"""Step 2: what a notebook inside the sandbox can see and do, probed from inside, and its limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from submissions import ROOT, with_cells
+
+from course_lib.grading import Limits, Status, grade_notebook, sandbox_available
+from course_lib.grading.sandbox import run_sandboxed
+
+needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
+
+PROBE = """
+import json, os, socket, pathlib
+seen = {"uid": os.getuid(), "cwd": os.getcwd(), "course": sorted(os.listdir(%(root)r)),
+        "course_lib": sorted(os.listdir(%(root)r + "/course_lib")),
+        "grading": sorted(os.listdir(%(root)r + "/course_lib/grading"))}
+for name, path in [("repo_write", %(root)r + "/course_lib/x.py"), ("tmp_write", "/tmp/x"),
+                   ("usr_write", "/usr/x")]:
+    try:
+        pathlib.Path(path).write_text("x"); seen[name] = "written"
+    except OSError as exc:
+        seen[name] = type(exc).__name__
+try:
+    socket.create_connection(("1.1.1.1", 53), timeout=2); seen["net"] = "open"
+except OSError as exc:
+    seen["net"] = type(exc).__name__
+import course_lib.safe_io
+seen["course_lib_imports"] = True
+try:
+    import course_lib.grading.judge
+    seen["grading_imports"] = True
+except ImportError:
+    seen["grading_imports"] = False
+pathlib.Path("/answers/probe.json").write_text(json.dumps(seen))
+"""
+
+
+@needs_bwrap
+def test_the_sandbox_shows_only_course_lib_read_only_and_no_network(tmp_path):
+    run = run_sandboxed((PROBE % {"root": str(ROOT)},), "ex3_partial_loading", [], tmp_path)
+    seen = json.loads((run.answers_dir / "probe.json").read_text())
+    assert run.sandboxed and seen["uid"] == 65534 and seen["cwd"] == "/submission"
+    assert seen["course"] == [".venv", "course_lib"] or seen["course"] == ["course_lib"]
+    assert "safe_io.py" in seen["course_lib"] and seen["grading"] == []
+    assert seen["repo_write"] == "OSError" or seen["repo_write"].endswith("Error")
+    assert seen["repo_write"] != "written" and seen["usr_write"] != "written"
+    assert seen["tmp_write"] == "written" and not (ROOT / "course_lib" / "x.py").exists()
+    assert seen["net"] != "open"
+    assert seen["course_lib_imports"] and not seen["grading_imports"]
+
+
+@needs_bwrap
+def test_an_endless_cell_is_stopped_and_the_rest_still_graded(tmp_path):
+    path = tmp_path / "ex3_partial_loading.ipynb"
+    nbformat.write(with_cells("ex3_partial_loading", "while True:\n    pass"), path)
+    report = grade_notebook(path, limits=Limits(cell_timeout=5, timeout=120))
+    assert report.status == Status.OK, report.summary()
+    assert any("still running after 5 s (stopped)" in e for e in report.cell_errors)
+    assert report.score == report.max_score, report.summary()
+
+
+@needs_bwrap
+def test_a_cell_that_blocks_the_time_limit_is_killed_with_its_cell_named(tmp_path):
+    path = tmp_path / "ex3_partial_loading.ipynb"
+    sneaky = "import signal\nsignal.signal(signal.SIGALRM, signal.SIG_IGN)\nwhile True:\n    pass"
+    nb = with_cells("ex3_partial_loading", sneaky)
+    nbformat.write(nb, path)
+    report = grade_notebook(path, limits=Limits(cell_timeout=5, timeout=20))
+    cell_number = sum(c.cell_type == "code" for c in nb.cells)
+    assert report.status == Status.TIMEOUT
+    assert report.problem == (
+        f"stopped after 20 s in cell In [{cell_number}] (an endless loop that ignores interrupts?)"
+    )
+    assert report.score == 0
+
+
+def test_without_bubblewrap_grading_runs_and_says_so_loudly(tmp_path):
+    """The fallback: same limits, no isolation, and every row and the output say it."""
+    student = tmp_path / "class" / "zoe"
+    student.mkdir(parents=True)
+    nbformat.write(with_cells("ex3_partial_loading"), student / "ex3_partial_loading.ipynb")
+    out = tmp_path / "grades.csv"
+    result = subprocess.run(
+        [sys.executable, "-m", "course_lib.grading", "--class", str(tmp_path / "class"),
+         "--out", str(out), "--seed", "5"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "COURSE_SANDBOX": "off"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "WITHOUT a sandbox" in result.stderr
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    header, ex3 = rows[0], next(r for r in rows if "ex3_partial_loading" in r)
+    record = dict(zip(header, ex3, strict=True))
+    assert (record["status"], record["sandboxed"], record["score"]) == ("sandbox-off", "NO", "4")
+    feedback = (tmp_path / "grades-feedback" / "zoe.txt").read_text()
+    assert "graded WITHOUT a sandbox" in feedback
