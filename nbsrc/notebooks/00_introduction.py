@@ -46,9 +46,12 @@
 # Cells marked **"this cell fails on purpose"** show an error that you would meet in real life:
 # the red traceback below them is the lesson, not a bug in the course.
 #
-# **Exercises.** The folder `exercises/` holds notebooks for you to complete; `solutions/` holds the
-# same, solved. Check your own work with the course's test command (see `README.md`):
-# `./course test exercises/` runs the checks against your notebooks.
+# **Exercises.** The folder `exercises/` holds six notebooks for you to complete (6.3.2, 6.3.4,
+# 6.3.5, 6.3.7, 6.3.8 and 6.3.9). Each ends with a self-check cell. To check an exercise as your
+# teacher's grader will run it, from a terminal in the course folder:
+# `./course check exercises/ex3_partial_loading.ipynb`. It runs the notebook top to bottom in a fresh
+# kernel, lists the cells that failed and says whether the self-check passed; where your teacher's
+# hidden checks are installed it runs those too, and where they are not it tells you so.
 #
 # **The helper library.** The chapter's functions live, done properly, in the small package
 # `course_lib` beside the notebooks (`course_lib/checkpoint.py`, `course_lib/state_dict.py`, ...).
