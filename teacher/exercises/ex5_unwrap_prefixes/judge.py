@@ -8,12 +8,14 @@ WRAPPERS = ["module.", "_orig_mod."]
 
 
 def questions(rng):
-    nested = [rng.choice(WRAPPERS), rng.choice(WRAPPERS)]
+    three = [rng.choice(WRAPPERS) for _ in range(3)]
     drawn = [
         {"id": "plain", "model": "plain", "prefixes": []},
         {"id": "data_parallel", "model": "plain", "prefixes": ["module."]},
         {"id": "compiled", "model": "plain", "prefixes": ["_orig_mod."]},
-        {"id": "nested", "model": "plain", "prefixes": nested},
+        {"id": "nested", "model": "plain", "prefixes": ["module.", "_orig_mod."]},
+        {"id": "nested_reversed", "model": "plain", "prefixes": ["_orig_mod.", "module."]},
+        {"id": "nested_three", "model": "plain", "prefixes": three},
         {"id": "tricky", "model": "tricky", "prefixes": [rng.choice(WRAPPERS)]},
     ]
     return [dict(question, seed=rng.randrange(2**31)) for question in drawn]
@@ -42,7 +44,8 @@ def test_strips_the_ddp_and_data_parallel_prefix(student, solution, questions):
 @points(1)
 def test_strips_compile_and_nested_wrappers(student, solution, questions):
     _same_weights(student, solution, questions, "compiled")
-    _same_weights(student, solution, questions, "nested")
+    for qid in ("nested", "nested_reversed", "nested_three"):
+        _same_weights(student, solution, questions, qid)
 
 
 @points(1)

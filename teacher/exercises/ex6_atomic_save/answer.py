@@ -22,19 +22,21 @@ def answer(questions, ask):
         qid, seed, numel = question["id"], question["seed"], question["numel"]
         folder = ask.folder(qid)
         path = folder / "model.pt"
+        first = _state(seed, 0, numel)
         started = time.perf_counter()
-        ok, _ = ask.call(f"{qid}.first", "atomic_save", _state(seed, 0, numel), path)
-        one_save = time.perf_counter() - started
+        ok, _ = ask.call(f"{qid}.first", "atomic_save", first, path)
+        one_save = time.perf_counter() - started  # the save alone: kills land inside a save
         if not ok:
             continue
         save = ask.function("atomic_save")
         if question["kind"] == "unpicklable":
             ask.run(f"{qid}.bad", save, {"step": 1, "bad": lambda: None}, path)
         for index, fraction in enumerate(question.get("kill_at", [])):
+            state = _state(seed, index + 1, numel)  # built before the fork: the child only saves
             child = os.fork()
             if child == 0:
                 try:
-                    save(_state(seed, index + 1, numel), path)
+                    save(state, path)
                 finally:
                     os._exit(0)
             time.sleep(fraction * one_save)
