@@ -7,7 +7,10 @@ ones the untouched stubs) is graded by
   Python with nbgrader installed (the benchmark's own environment: the course does not depend on
   nbgrader). Its notebooks carry nbgrader metadata: the self-check cell is the graded test cell,
   worth the exercise's points;
-- the course's grader, bubblewrap sandbox on, at ``--jobs 1`` and ``--jobs 2``.
+- the course's grader, bubblewrap sandbox on: cold (a new sandboxed Python per submission) at
+  ``--jobs 2``, and warm (each submission forked from a pre-imported zygote in its own sandbox,
+  walled off in fresh namespaces) at ``--jobs 1`` and ``--jobs 2``. The cold row shows what the
+  warm zygote buys.
 
 It prints seconds per submission for each, the ratio to nbgrader, and whether both tools gave the
 same verdict (full marks or not) on every submission.
@@ -112,11 +115,10 @@ def run_nbgrader(python: str, classroom: Path, workdir: Path) -> tuple[float, di
     return seconds, scores
 
 
-def run_course_grader(classroom: Path, workdir: Path, jobs: int) -> tuple[float, dict]:
+def run_course_grader(classroom: Path, workdir: Path, jobs: int, warm: bool) -> tuple[float, dict]:
     started = time.perf_counter()
-    reports = grade_class(
-        classroom, workdir / f"grades-{jobs}.csv", jobs=jobs, seed=0, progress=False
-    )
+    out = workdir / f"grades-{jobs}-{warm}.csv"
+    reports = grade_class(classroom, out, jobs=jobs, seed=0, progress=False, warm=warm)
     seconds = time.perf_counter() - started
     return seconds, {(r.student, r.exercise): r.score == r.max_score for r in reports}
 
@@ -140,10 +142,9 @@ def main() -> int:
             results["nbgrader autograde (serial)"] = run_nbgrader(
                 args.nbgrader_python, classroom, workdir
             )
-        for jobs in (1, 2):
-            results[f"course grader, sandbox on, --jobs {jobs}"] = run_course_grader(
-                classroom, workdir, jobs
-            )
+        for warm, jobs in ((False, 2), (True, 1), (True, 2)):
+            name = f"course grader, {'warm' if warm else 'cold'} sandboxes, --jobs {jobs}"
+            results[name] = run_course_grader(classroom, workdir, jobs, warm)
         baseline = results.get("nbgrader autograde (serial)", (None, None))[0]
         print(f"{'grader':42s} {'s/submission':>13s} {'x faster':>9s} {'verdicts = expected':>20s}")
         for name, (seconds, verdicts) in results.items():

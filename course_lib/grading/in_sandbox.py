@@ -11,10 +11,19 @@ cell errors and progress it reports are used for feedback, never for points.
 
 The cells run in IPython's shell, as in JupyterLab: magics, ``display()``, ``get_ipython()`` and
 the value of a cell's last expression behave as a learner expects.
+
+``python run_notebook.py --serve`` is the warm variant (a "zygote"): started once inside a
+bubblewrap sandbox, it imports torch and the rest once, then forks a fresh child per submission.
+Each child first walls itself off from the zygote and from every other submission: new user,
+mount, PID, IPC and UTS namespaces; only its own job's folders mounted (the job read-only), the
+other jobs hidden under an empty tmpfs, a fresh ``/tmp``; then one more user namespace, which
+locks those mounts so the student's code cannot undo them. The zygote is not dumpable, so a child
+cannot read or write its memory through ``/proc``. Children run one at a time per zygote.
 """
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import json
 import os
@@ -155,10 +164,121 @@ def main(argv: list[str]) -> int:
     return 0
 
 
+# --- the warm zygote -------------------------------------------------------------------------
+
+PRELOAD = ("torch", "numpy", "IPython.core.interactiveshell", "safetensors.torch", "onnx",
+           "onnxruntime", "course_lib.safe_io", "course_lib.models")  # fmt: skip
+CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x20000, 0x4000000, 0x8000000
+CLONE_NEWUSER, CLONE_NEWPID = 0x10000000, 0x20000000
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = (
+    1,
+    2,
+    4,
+    32,
+    4096,
+    16384,
+    1 << 18,
+)
+PR_SET_PDEATHSIG, PR_SET_DUMPABLE = 1, 4
+ISOLATION_FAILED = 97  # the exit code that tells the grader to fall back to a cold sandbox
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def _new_user_namespace(extra_flags: int = 0) -> None:
+    uid, gid = os.getuid(), os.getgid()
+    _check(_libc.unshare(CLONE_NEWUSER | extra_flags), "unshare")
+    Path("/proc/self/setgroups").write_text("deny")
+    Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
+    Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
+    encoded = [None if v is None else v.encode() for v in (source, target, fstype)]
+    _check(_libc.mount(encoded[0], encoded[1], encoded[2], flags, None), f"mount {target}")
+
+
+def _wall_off(job: str) -> None:
+    """In the grandchild (PID 1 of its namespace): see only this job, then lock that view."""
+    _mount(None, "/", None, MS_REC | MS_PRIVATE)
+    for source, target, read_only in (("job", "/grader", True), ("answers", "/answers", False),
+                                      ("home", "/submission", False)):  # fmt: skip
+        _mount(f"{job}/{source}", target, None, MS_BIND | MS_REC)
+        if read_only:
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+            _mount(None, target, None, flags)
+    _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV)  # every other job: out of sight
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV)
+    _new_user_namespace()  # the mounts above are now locked: the student cannot unmount them
+
+
+def _child(request: dict) -> None:
+    """Runs in a fork of the zygote; never returns."""
+    try:
+        job = f"/jobs/{request['job']}"
+        output = os.open(f"{job}/output.txt", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)  # the zygote's command pipe: not the student's to read
+        os.dup2(output, 1)  # nor its answer pipe to write
+        os.dup2(output, 2)
+        _new_user_namespace(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
+        _libc.prctl(PR_SET_DUMPABLE, 0)  # new credentials made it dumpable again: not to its child
+        grandchild = os.fork()
+        if grandchild:
+            _, status = os.waitpid(grandchild, 0)
+            code = os.waitstatus_to_exitcode(status)
+            os._exit(code if code >= 0 else 128 - code)
+        _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        _wall_off(job)
+        os.chdir("/submission")
+        memory, files = request["memory_mb"] << 20, request["file_mb"] << 20
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (files, files))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    except BaseException:  # noqa: BLE001 - report and let the grader fall back to a cold sandbox
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(ISOLATION_FAILED)
+    code = main(["/grader", "/answers", str(request["cell_timeout"])])
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+def serve() -> int:
+    """The zygote: import once, then one forked, walled-off child per request line on stdin."""
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - a missing optional package only costs its import later
+            pass
+    _libc.prctl(PR_SET_DUMPABLE, 0)
+    commands, answers = sys.stdin, os.fdopen(os.dup(1), "w", buffering=1)
+    answers.write(json.dumps({"ready": True}) + "\n")
+    for line in commands:
+        request = json.loads(line)
+        child = os.fork()
+        if child == 0:
+            _child(request)
+        _, status = os.waitpid(child, 0)
+        code = os.waitstatus_to_exitcode(status)
+        answers.write(
+            json.dumps({"job": request["job"], "exit": code if code >= 0 else 128 - code}) + "\n"
+        )
+    return 0
+
+
 if __name__ == "__main__":
     # os._exit: skip interpreter teardown, which a student's atexit hooks or threads could hang.
     sys.stdout.flush()
-    code = main(sys.argv[1:])
+    code = serve() if sys.argv[1:] == ["--serve"] else main(sys.argv[1:])
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -20,7 +20,7 @@ from course_lib.grading.collect import REPO_ROOT, collect_class, read_submission
 from course_lib.grading.judge import Answers, load_exercise
 from course_lib.grading.records import GradeReport, SandboxRun, Status, Submission
 from course_lib.grading.report import write_feedback, write_gradebook
-from course_lib.grading.sandbox import Limits, run_sandboxed
+from course_lib.grading.sandbox import Limits, WarmSandbox, run_sandboxed, sandbox_available
 
 __all__ = ["grade_class", "grade_notebook", "grade_submissions"]
 
@@ -55,16 +55,30 @@ def _status(run: SandboxRun) -> Status:
 class _Run:
     """One grading run: its seed, its scratch folder, and the solution's answers per exercise."""
 
-    def __init__(self, seed: int, limits: Limits) -> None:
+    def __init__(self, seed: int, limits: Limits, warm: bool) -> None:
         self.seed = seed
         self.limits = limits
         self.scratch = Path(tempfile.mkdtemp(prefix="grade-run-"))
+        self.warm = warm and sandbox_available()
+        self._per_thread = threading.local()
+        self._warm_sandboxes: list[WarmSandbox] = []
         self._solutions: dict[str, Path] = {}
         self._solution_lock = threading.Lock()
         self._judge_lock = threading.Lock()
 
     def close(self) -> None:
+        for sandbox in self._warm_sandboxes:
+            sandbox.close()
         _remove_tree(self.scratch)
+
+    def _warm_sandbox(self) -> WarmSandbox | None:
+        """This thread's zygote (students only: the solutions' answers never share its folder)."""
+        if not self.warm:
+            return None
+        if getattr(self._per_thread, "sandbox", None) is None:
+            self._per_thread.sandbox = WarmSandbox(self.scratch, self.limits)
+            self._warm_sandboxes.append(self._per_thread.sandbox)
+        return self._per_thread.sandbox
 
     def solution_answers(self, exercise: str) -> Path:
         with self._solution_lock:
@@ -116,10 +130,11 @@ class _Run:
             return report
         solution = self.solution_answers(exercise.name)
         questions = exercise.questions(self.seed)
-        workdir = Path(tempfile.mkdtemp(prefix="grade-", dir=self.scratch))
+        warm = self._warm_sandbox()
+        workdir = warm.new_workdir() if warm else Path(tempfile.mkdtemp(dir=self.scratch))
         try:
             run = run_sandboxed(
-                submission.code_cells, exercise.name, questions, workdir, self.limits
+                submission.code_cells, exercise.name, questions, workdir, self.limits, warm
             )
             with self._judge_lock:
                 report.checks = exercise.judge(
@@ -142,9 +157,14 @@ def grade_submissions(
     jobs: int = 2,
     limits: Limits | None = None,
     progress: bool = False,
+    warm: bool = True,
 ) -> list[GradeReport]:
-    """Run, judge and report every submission; ``seed`` draws the questions (fresh when None)."""
-    run = _Run(secrets.randbits(31) if seed is None else seed, limits or Limits())
+    """Run, judge and report every submission; ``seed`` draws the questions (fresh when None).
+
+    ``warm`` forks each submission from a pre-imported zygote per thread (``WarmSandbox``) instead
+    of starting a new Python per submission; ``warm=False`` starts a cold sandbox for each.
+    """
+    run = _Run(secrets.randbits(31) if seed is None else seed, limits or Limits(), warm)
     try:
         from tqdm.auto import tqdm
 
@@ -160,9 +180,9 @@ def grade_notebook(
 ) -> GradeReport:
     """Grade one exercise notebook against its hidden checks (self-study feedback)."""
     path = Path(notebook)
-    return grade_submissions([read_submission(path, path.stem)], seed=seed, jobs=1, limits=limits)[
-        0
-    ]
+    submission = read_submission(path, path.stem)
+    # One submission: a zygote would cost as much to start as the cold sandbox it replaces.
+    return grade_submissions([submission], seed=seed, jobs=1, limits=limits, warm=False)[0]
 
 
 def grade_class(
@@ -174,6 +194,7 @@ def grade_class(
     jobs: int = 2,
     limits: Limits | None = None,
     progress: bool = True,
+    warm: bool = True,
 ) -> list[GradeReport]:
     """Grade ``submissions/<student>/*.ipynb`` into a gradebook CSV and a feedback file per student.
 
@@ -183,7 +204,9 @@ def grade_class(
     collected = collect_class(root)
     if not collected:
         raise FileNotFoundError(f"{root}: no student folders or notebooks to grade")
-    reports = grade_submissions(collected, seed=seed, jobs=jobs, limits=limits, progress=progress)
+    reports = grade_submissions(
+        collected, seed=seed, jobs=jobs, limits=limits, progress=progress, warm=warm
+    )
     write_gradebook(root, reports, out)
     write_feedback(reports, Path(feedback_dir or out.with_name(out.stem + "-feedback")))
     return reports

@@ -19,18 +19,22 @@ import functools
 import json
 import os
 import resource
+import select
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from course_lib.grading.collect import EXERCISES_DIR, REPO_ROOT
+from course_lib.grading.in_sandbox import ISOLATION_FAILED
 from course_lib.grading.records import SandboxRun
 
-__all__ = ["Limits", "run_sandboxed", "sandbox_available"]
+__all__ = ["Limits", "WarmSandbox", "run_sandboxed", "sandbox_available"]
 
 RUNNER = Path(__file__).with_name("in_sandbox.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -191,15 +195,7 @@ def _kill_group(process: subprocess.Popen) -> None:
         pass
 
 
-def run_sandboxed(
-    cells: tuple[str, ...],
-    exercise: str,
-    questions: list,
-    workdir: Path,
-    limits: Limits | None = None,
-) -> SandboxRun:
-    """Run ``cells`` then ``exercise``'s questions in a sandbox, with ``workdir`` as its only disk."""
-    limits = limits or Limits()
+def _prepare(workdir: Path, cells: tuple[str, ...], exercise: str, questions: list) -> None:
     job_dir, answers_dir, home_dir = workdir / "job", workdir / "answers", workdir / "home"
     for folder in (job_dir, answers_dir, home_dir):
         folder.mkdir(parents=True)
@@ -210,13 +206,13 @@ def run_sandboxed(
     for folder in (answers_dir, home_dir):
         folder.chmod(0o777)  # writable by the sandbox's unprivileged user
 
-    sandboxed = sandbox_available()
+
+def _run_cold(workdir: Path, limits: Limits, sandboxed: bool) -> tuple[int | None, bytes, bool]:
+    """A fresh process (in a fresh bubblewrap sandbox when ``sandboxed``) for this one submission."""
+    job_dir, answers_dir, home_dir = workdir / "job", workdir / "answers", workdir / "home"
     if sandboxed:
-        command, env, cwd = (
-            _bwrap_command(job_dir, answers_dir, home_dir, limits.cell_timeout),
-            None,
-            None,
-        )
+        command = _bwrap_command(job_dir, answers_dir, home_dir, limits.cell_timeout)
+        env, cwd = None, None
     else:
         command = [sys.executable, str(job_dir / "run_notebook.py"), str(job_dir), str(answers_dir),
                    str(limits.cell_timeout)]  # fmt: skip
@@ -239,6 +235,135 @@ def run_sandboxed(
         _kill_group(process)  # whatever it left running in its session goes too
         process.wait()
         tap.thread.join(timeout=10)
+    return returncode, tap.tail, tap.flooded
+
+
+class WarmUnavailable(RuntimeError):
+    """The warm sandbox could not run this job; the caller runs it in a cold sandbox instead."""
+
+
+class WarmSandbox:
+    """A zygote in one bubblewrap sandbox that forks a walled-off child per submission.
+
+    Starting Python and importing torch (about 1.5 s of CPU) is paid once per zygote instead of
+    once per submission. Each child is isolated from the zygote and from other jobs as described
+    in ``in_sandbox``; jobs run one at a time per zygote (one zygote per grading thread). A job
+    that times out or floods its output takes the zygote down with it; the next job starts a new
+    one. Jobs live in this sandbox's own folder (``new_workdir``).
+    """
+
+    def __init__(self, scratch: Path, limits: Limits) -> None:
+        self.zone = Path(tempfile.mkdtemp(prefix="warm-", dir=scratch))
+        self.zone.chmod(0o755)
+        self.limits = limits
+        self.process: subprocess.Popen | None = None
+
+    def new_workdir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="grade-", dir=self.zone))
+
+    def _start(self) -> None:
+        runner = self.zone / "run_notebook.py"
+        shutil.copyfile(RUNNER, runner)
+        command = _bwrap_prefix()
+        for path in _python_paths():
+            command += ["--ro-bind", str(path), str(path)]
+        course_lib = PACKAGE_DIR.parent
+        command += ["--ro-bind", str(course_lib), str(course_lib), "--tmpfs", str(PACKAGE_DIR),
+                    "--bind", str(self.zone), "/jobs", "--dir", "/submission", "--dir", "/answers",
+                    "--dir", "/grader", "--ro-bind", str(runner), "/runner.py", "--chdir", "/",
+                    "--clearenv"]  # fmt: skip
+        for key, value in _environment("/submission").items():
+            command += ["--setenv", key, value]
+        command += [sys.executable, "/runner.py", "--serve"]
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=os.setsid,  # noqa: PLW1509
+        )
+        if self._read_line(time.monotonic() + 120) != {"ready": True}:
+            self.close()
+            raise WarmUnavailable("the warm sandbox did not start")
+
+    def _read_line(self, deadline: float, output: Path | None = None) -> dict | None:
+        """The zygote's next line, or None at the deadline or when ``output`` floods."""
+        assert self.process is not None and self.process.stdout is not None
+        stream = self.process.stdout
+        while (left := deadline - time.monotonic()) > 0:
+            ready, _, _ = select.select([stream], [], [], min(left, 0.2))
+            if ready:
+                line = stream.readline()
+                if not line:
+                    raise WarmUnavailable("the warm sandbox ended")
+                return json.loads(line)
+            if output is not None and output.exists():
+                if output.stat().st_size > self.limits.output_mb << 20:
+                    return None
+        return None
+
+    def run(self, workdir: Path) -> tuple[int | None, bytes, bool]:
+        """Run the job prepared in ``workdir``: exit code (None: stopped), output tail, flooded."""
+        if self.process is None or self.process.poll() is not None:
+            self._start()
+        assert self.process is not None and self.process.stdin is not None
+        request = {"job": workdir.name, "cell_timeout": self.limits.cell_timeout,
+                   "memory_mb": self.limits.memory_mb, "file_mb": self.limits.file_mb}  # fmt: skip
+        output = workdir / "output.txt"
+        try:
+            self.process.stdin.write(json.dumps(request).encode() + b"\n")
+            self.process.stdin.flush()
+            reply = self._read_line(time.monotonic() + self.limits.timeout, output)
+        except (OSError, ValueError) as exc:
+            self.close()
+            raise WarmUnavailable(f"the warm sandbox failed ({exc})") from None
+        flooded = output.exists() and output.stat().st_size > self.limits.output_mb << 20
+        if reply is None:
+            self.close()  # the only way to stop its child: the whole sandbox goes
+        elif reply.get("exit") == ISOLATION_FAILED:
+            self.close()
+            raise WarmUnavailable(_read_limited(output, 4000))
+        tail = b""
+        if output.exists():
+            with output.open("rb") as handle:
+                handle.seek(max(0, output.stat().st_size - 4000))
+                tail = handle.read()
+        return (None if reply is None or flooded else int(reply["exit"])), tail, flooded
+
+    def close(self) -> None:
+        if self.process is not None:
+            _kill_group(self.process)
+            self.process.wait()
+            self.process = None
+
+
+def run_sandboxed(
+    cells: tuple[str, ...],
+    exercise: str,
+    questions: list,
+    workdir: Path,
+    limits: Limits | None = None,
+    warm: WarmSandbox | None = None,
+) -> SandboxRun:
+    """Run ``cells`` then ``exercise``'s questions in a sandbox, with ``workdir`` as its only disk.
+
+    With ``warm``, ``workdir`` must come from ``warm.new_workdir()``; if the warm sandbox cannot
+    run the job, it runs in a cold one instead.
+    """
+    limits = limits or Limits()
+    _prepare(workdir, cells, exercise, questions)
+    sandboxed = sandbox_available()
+    result = None
+    if warm is not None and sandboxed:
+        try:
+            result = warm.run(workdir)
+        except WarmUnavailable:
+            shutil.rmtree(workdir)
+            _prepare(workdir, cells, exercise, questions)
+    if result is None:
+        result = _run_cold(workdir, limits, sandboxed)
+    returncode, tail, flooded = result
+    answers_dir = workdir / "answers"
     progress = _read_limited(answers_dir / "progress.txt").strip().splitlines()
     run = SandboxRun(
         answers_dir=answers_dir,
@@ -246,10 +371,10 @@ def run_sandboxed(
         returncode=returncode,
         where=(progress or ["start-up"])[-1][:80],
         cell_errors=_reported_cell_errors(answers_dir),
-        output_tail=tap.tail.decode("utf-8", "replace"),
-        output_truncated=tap.flooded,
+        output_tail=tail.decode("utf-8", "replace"),
+        output_truncated=flooded,
     )
-    run.problem = _problem(run, limits, tap.flooded)
+    run.problem = _problem(run, limits, flooded)
     return run
 
 

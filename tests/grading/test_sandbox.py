@@ -101,3 +101,59 @@ def test_without_bubblewrap_grading_runs_and_says_so_loudly(tmp_path):
     assert (record["status"], record["sandboxed"], record["score"]) == ("sandbox-off", "NO", "4")
     feedback = (tmp_path / "grades-feedback" / "zoe.txt").read_text()
     assert "graded WITHOUT a sandbox" in feedback
+
+
+WARM_PROBE = """
+import ctypes, json, os, pathlib, torch
+seen = {"pid": os.getpid(), "jobs": os.listdir("/jobs"), "tmp": os.listdir("/tmp"),
+        "torch_equal_patched": torch.equal is not torch.functional.equal
+                               if hasattr(torch.functional, "equal") else "n/a",
+        "marker_env": os.environ.get("LEFT_BY_EARLIER_JOB")}
+libc = ctypes.CDLL(None, use_errno=True)
+seen["umount_jobs"] = libc.umount2(b"/jobs", 2)
+myself = os.readlink("/proc/self")  # this process as the zygote's /proc numbers it
+for pid in sorted(p for p in os.listdir("/proc") if p.isdigit()):
+    if pid != myself:
+        for leaf in ("mem", "environ"):
+            try:
+                with open(f"/proc/{pid}/{leaf}", "rb") as handle:
+                    handle.read(16)
+                seen[f"read_{pid}_{leaf}"] = "READ"
+            except OSError as exc:
+                seen[f"read_{pid}_{leaf}"] = type(exc).__name__
+try:
+    seen["stdin"] = os.read(0, 100).decode()
+except OSError as exc:
+    seen["stdin"] = type(exc).__name__
+pathlib.Path("/answers/probe.json").write_text(json.dumps(seen))
+# Leave traces for the next job in the same zygote:
+pathlib.Path("/tmp/left-behind").write_text("x")
+os.environ["LEFT_BY_EARLIER_JOB"] = "yes"
+torch.equal = lambda *a, **k: True
+"""
+
+
+@needs_bwrap
+def test_warm_children_are_walled_off_from_the_zygote_and_each_other(tmp_path):
+    """Two jobs in turn in one zygote: neither reaches the zygote, the other, or its traces."""
+    from course_lib.grading.sandbox import WarmSandbox
+
+    warm = WarmSandbox(tmp_path, Limits())
+    try:
+        seen = []
+        for _ in range(2):
+            workdir = warm.new_workdir()
+            run = run_sandboxed((WARM_PROBE,), "ex3_partial_loading", [], workdir, Limits(), warm)
+            assert run.problem is None, run.output_tail
+            seen.append(json.loads((run.answers_dir / "probe.json").read_text()))
+        zygote = warm.process
+    finally:
+        warm.close()
+    first, second = seen
+    assert zygote is not None, "the warm sandbox was not used"
+    for probe in seen:
+        assert probe["pid"] == 1 and probe["jobs"] == [] and probe["tmp"] == []
+        assert probe["umount_jobs"] != 0, "the student could unmount the wall over other jobs"
+        assert not [k for k, v in probe.items() if v == "READ"], probe
+        assert probe["stdin"] == "", "the zygote's command pipe is readable"
+    assert second["marker_env"] is None and second["torch_equal_patched"] in (False, "n/a")
