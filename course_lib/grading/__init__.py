@@ -5,7 +5,8 @@ A pipeline of four steps, one module each; read them in this order:
 1. ``collect``: read the handed-in notebooks, tell which exercise each answers (no code runs).
 2. ``sandbox``: run a notebook, then the grader's questions, in a bubblewrap sandbox (no network,
    an unprivileged uid, nothing of the course but ``course_lib``, a throw-away disk, limits), with
-   ``in_sandbox`` as the process inside. The student's code can only *answer questions*.
+   ``in_sandbox`` as the process inside (cold: a new process per submission; warm: forked from a
+   pre-imported zygote into fresh namespaces). The student's code can only *answer questions*.
 3. ``judge``: the hidden checks (``teacher/exercises/<name>/judge.py``) compare those answers with
    the solution's answers to the same freshly drawn questions, in the trusted grading process.
 4. ``report``: the gradebook CSV (a status per student and exercise) and a feedback file per student.

@@ -33,6 +33,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=2, help="submissions graded at once")
     parser.add_argument("--seed", type=int, help="draw the same questions as an earlier run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per notebook")
+    parser.add_argument(
+        "--cold", action="store_true", help="start a new sandboxed Python per submission (slower)"
+    )
     args = parser.parse_args(argv)
     limits = Limits(timeout=args.timeout)
     if not sandbox_available():
@@ -41,7 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.folder:
             reports = grade_class(
                 args.folder, args.out, feedback_dir=args.feedback, seed=args.seed,
-                jobs=args.jobs, limits=limits,
+                jobs=args.jobs, limits=limits, warm=not args.cold,
             )  # fmt: skip
             seed = reports[0].seed
             print(f"graded {len(reports)} submissions (seed {seed}) -> {args.out}")
