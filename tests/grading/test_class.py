@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import re
 import socket
 import subprocess
 import tempfile
@@ -403,7 +404,11 @@ def test_nothing_escapes_the_sandbox(graded):
     assert not (Path.home() / TOKEN).exists()
     assert graded["listener"].connections == 0
     assert "sleep 987654" not in graded["processes"]
-    assert "bwrap" not in graded["processes"]
+    # A sandbox whose grading run is over (its scratch folder gone) must not be running.
+    runs = [
+        re.search(r"(\S*/grade-run-[^/\s]+)", line) for line in graded["processes"].splitlines()
+    ]
+    assert not [m.group(1) for m in runs if m and not Path(m.group(1)).exists()]
     assert not graded["new_grade_runs"], "the grading run left its scratch folder behind"
 
 
