@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from course_lib.checkpoint import build_checkpoint  # noqa: E402
 from course_lib.manager import CheckpointManager  # noqa: E402
 from course_lib.models import make_mlp  # noqa: E402
-from course_lib.safe_io import safe_save  # noqa: E402
+from course_lib.safe_io import safe_load, safe_save  # noqa: E402
 
 
 class BigModel(nn.Module):
@@ -192,6 +192,16 @@ def run(args: argparse.Namespace, root: Path) -> int:
             values = values[1:]
         results[name] = statistics.median(values)
 
+    # Loading the torch file back: safe_load's CRC-32 check of every entry against no check.
+    crc_on, crc_off = [], []
+    for _ in range(args.repeats):
+        for verify, bucket in ((True, crc_on), (False, crc_off)):
+            start = time.perf_counter()
+            safe_load(sources["torch"], map_location="cpu", verify_crc=verify)
+            bucket.append(time.perf_counter() - start)
+    results["safe_load, CRC-32 checked"] = statistics.median(crc_on)
+    results["safe_load, verify_crc=False"] = statistics.median(crc_off)
+
     # Small checkpoints: the chapter's MLP with Adam, plain torch.save vs the manager.
     small_model = make_mlp()
     small_opt = torch.optim.Adam(small_model.parameters())
@@ -272,6 +282,8 @@ def report(results: dict[str, float], nbytes: int, fastest: str) -> None:
         lines.append((f"async blocking / sync durable save ({fmt})", r, target))
     r = ratio(f"async save, caller blocked ({fastest})", "copy of the state into existing memory")
     lines.append(("  async blocking / one memory copy of the state", r, None))
+    r = ratio("safe_load, CRC-32 checked", "safe_load, verify_crc=False")
+    lines.append(("safe_load with CRC-32 check / without", r, None))
     overhead = results["small: durable save"] - results["small: torch.save"]
     for text, value, target in lines:
         verdict = (

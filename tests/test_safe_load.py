@@ -197,3 +197,95 @@ def test_every_error_is_a_checkpoint_error_with_problem_and_fix(tmp_path):
     with pytest.raises(CheckpointError) as info:
         safe_load(path)
     assert info.value.path == path and info.value.problem and info.value.fix
+
+
+def _with_data_pkl(source, target, transform):
+    """A copy of the torch.save archive ``source`` with its data.pkl (or tensor data) changed."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, transform(item.filename, src.read(item)))
+    return target
+
+
+def test_sparse_tensor_with_out_of_range_indices_is_refused_not_a_crash(tmp_path):
+    """The class of CVE-2025-62164: indices beyond the size used to reach .to_dense() and crash."""
+    indices = torch.tensor([[0, 5_000_000]])
+    bad = torch.sparse_coo_tensor(indices, torch.tensor([1.0, 2.0]), (3,), check_invariants=False)
+    torch.save({"weights": bad}, tmp_path / "sparse.pth")
+    with pytest.raises(CorruptCheckpointError, match="inconsistent with indices"):
+        safe_load(tmp_path / "sparse.pth", map_location="cpu")
+
+
+@pytest.mark.parametrize(
+    ("opcode", "pickled"),
+    [
+        ("INST", b"(ios\nsystem\nS'id'\n."),
+        ("OBJ", b"\x80\x02(cos\nsystem\nX\x02\x00\x00\x00ido."),
+        ("STACK_GLOBAL", b"\x80\x04\x8c\x02os\x8c\x06system\x93\x8c\x02id\x85R."),
+    ],
+)
+def test_pickles_that_import_by_other_opcodes_are_called_unsafe(
+    good_file, tmp_path, opcode, pickled
+):
+    path = _with_data_pkl(good_file, tmp_path / f"{opcode}.pth",
+                          lambda name, data: pickled if name.endswith("data.pkl") else data)  # fmt: skip
+    with pytest.raises(UnsafeCheckpointError, match="os.system") as info:
+        safe_load(path, map_location="cpu")
+    assert "please file an issue" not in str(info.value).lower()
+
+
+def test_flipped_bits_in_tensor_data_fail_the_crc_check(good_file, tmp_path):
+    def flip(name, data):
+        if "/data/" in name and data:
+            data = bytearray(data)
+            data[len(data) // 2] ^= 0x10
+        return bytes(data)
+
+    path = _with_data_pkl(good_file, tmp_path / "flipped.pth", flip)
+    # writestr recomputes the CRC: restore the original CRCs so the flip is silent corruption.
+    with zipfile.ZipFile(good_file) as original:
+        crcs = {i.filename: i.CRC for i in original.infolist()}
+    raw = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            for offset in (info.header_offset + 14,):
+                raw[offset : offset + 4] = crcs[info.filename].to_bytes(4, "little")
+    central = raw.rfind(b"PK\x05\x06")
+    start = int.from_bytes(raw[central + 16 : central + 20], "little")
+    position = start
+    while raw[position : position + 4] == b"PK\x01\x02":
+        name_len = int.from_bytes(raw[position + 28 : position + 30], "little")
+        extra = int.from_bytes(raw[position + 30 : position + 32], "little")
+        comment = int.from_bytes(raw[position + 32 : position + 34], "little")
+        name = bytes(raw[position + 46 : position + 46 + name_len]).decode()
+        raw[position + 16 : position + 20] = crcs[name].to_bytes(4, "little")
+        position += 46 + name_len + extra + comment
+    path.write_bytes(bytes(raw))
+    assert torch.load(path, weights_only=True) is not None  # torch itself does not notice
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        safe_load(path, map_location="cpu")
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_mutated_pickles_only_ever_raise_checkpoint_errors(good_file, tmp_path, seed):
+    """Byte mutations of data.pkl: every failure is a CheckpointError, never a raw exception."""
+    import random
+
+    rng = random.Random(seed)
+    with zipfile.ZipFile(good_file) as archive:
+        pkl_name = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+        original = archive.read(pkl_name)
+    foreign = []
+    for trial in range(150):
+        data = bytearray(original)
+        data[rng.randrange(len(data))] = rng.randrange(256)
+        path = _with_data_pkl(good_file, tmp_path / f"m{trial}.pth",
+                              lambda name, d, data=data: bytes(data) if name == pkl_name else d)  # fmt: skip
+        try:
+            safe_load(path, map_location="cpu")
+        except CheckpointError:
+            pass
+        except Exception as exc:  # noqa: BLE001 - what this test looks for
+            foreign.append(f"{type(exc).__name__}: {exc}"[:120])
+        path.unlink()
+    assert not foreign, foreign[:5]
