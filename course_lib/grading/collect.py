@@ -7,6 +7,7 @@ file name) so that the gradebook shows "0 of 4, unreadable", not "did not submit
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from course_lib.grading.records import Submission
@@ -59,7 +60,7 @@ def read_submission(path: Path, student: str = "") -> Submission:
         if path.stat().st_size > NOTEBOOK_LIMIT_BYTES:
             raise OSError(f"larger than {NOTEBOOK_LIMIT_BYTES >> 20} MB")
         notebook = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or encoding
         problem = (
             f"not a readable notebook ({type(exc).__name__}: {exc}); "
             "re-download it or re-save it in JupyterLab"
@@ -68,7 +69,8 @@ def read_submission(path: Path, student: str = "") -> Submission:
     if not isinstance(notebook, dict) or not isinstance(notebook.get("cells"), list):
         problem = "not a Jupyter notebook (no list of cells); re-save it in JupyterLab"
         return Submission(path, student, by_name, problem=problem)
-    course = notebook.get("metadata", {}).get("course", {})
+    metadata = notebook.get("metadata")
+    course = metadata.get("course") if isinstance(metadata, dict) else None
     named = course.get("exercise") if isinstance(course, dict) else None
     exercise = named if named in known_exercises() else by_name
     if exercise is None:
@@ -80,6 +82,28 @@ def read_submission(path: Path, student: str = "") -> Submission:
     return Submission(path, student, exercise, code_cells=_code_cells(notebook))
 
 
+def _one_per_exercise(handed_in: list[Submission]) -> list[Submission]:
+    """One notebook per exercise: the one named exactly like it, else the newest; others named."""
+    chosen: dict[str | None, list[Submission]] = {}
+    for submission in handed_in:
+        chosen.setdefault(submission.exercise, []).append(submission)
+    result = chosen.pop(None, [])  # notebooks of no known exercise: each gets its row
+    for exercise, candidates in chosen.items():
+
+        def preference(s: Submission, exercise: str = exercise) -> tuple[bool, bool, float]:
+            assert s.path is not None
+            exact = s.path.name == f"{exercise}.ipynb"
+            return (exact, s.problem is None, s.path.stat().st_mtime)
+
+        candidates.sort(key=preference, reverse=True)
+        best, others = candidates[0], candidates[1:]
+        if others:
+            names = ", ".join(str(s.path.name) for s in others if s.path)
+            best = replace(best, note=f"also handed in, not graded: {names}")
+        result.append(best)
+    return result
+
+
 def collect_class(root: Path) -> list[Submission]:
     """One submission per notebook under ``root/<student>/``, plus one per exercise a student lacks."""
     submissions: list[Submission] = []
@@ -87,7 +111,7 @@ def collect_class(root: Path) -> list[Submission]:
         notebooks = sorted(
             p for p in folder.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts
         )
-        handed_in = [read_submission(p, folder.name) for p in notebooks]
+        handed_in = _one_per_exercise([read_submission(p, folder.name) for p in notebooks])
         submissions += handed_in
         answered = {s.exercise for s in handed_in}
         submissions += [

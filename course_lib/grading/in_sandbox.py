@@ -75,7 +75,7 @@ class Asker:
             record = {
                 "type": "NameError",
                 "mro": ["NameError"],
-                "message": f"{name} is not defined",
+                "message": f"NameError: {name} is not defined (did its cell run?)",
             }
             self.save_json(f"{qid}.raised", record)
             return False, None
@@ -146,15 +146,22 @@ def main(argv: list[str]) -> int:
     cells = json.loads((job_dir / "cells.json").read_text())
     questions = json.loads((job_dir / "questions.json").read_text())
     progress = (answers_dir / "progress.txt").open("a", buffering=1)
+    # The asker is imported before the student's cells run, so the functions it binds at import
+    # (os.kill, os.utime, ...) are the real ones even if a cell replaces them later.
+    spec = importlib.util.spec_from_file_location("_answer", job_dir / "answer.py")
+    assert spec is not None and spec.loader is not None
+    answer = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(answer)
+    except BaseException:  # noqa: BLE001 - reported as questions that could not be asked
+        traceback.print_exc(limit=-3)
+        progress.write("questions failed\n")
+        return 3
     namespace, errors = run_cells(cells, step_seconds, progress)
     (answers_dir / "cell_errors.json").write_text(json.dumps(errors))
     progress.write("questions\n")
     print("----- the grader's questions -----", flush=True)
     try:
-        spec = importlib.util.spec_from_file_location("_answer", job_dir / "answer.py")
-        assert spec is not None and spec.loader is not None
-        answer = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(answer)
         answer.answer(questions, Asker(namespace, answers_dir, step_seconds))
     except BaseException:  # noqa: BLE001 - e.g. the notebook broke something the questions need
         traceback.print_exc(limit=-3)
@@ -198,9 +205,11 @@ def _new_user_namespace(extra_flags: int = 0) -> None:
     Path("/proc/self/gid_map").write_text(f"{gid} {gid} 1")
 
 
-def _mount(source: str | None, target: str, fstype: str | None, flags: int) -> None:
-    encoded = [None if v is None else v.encode() for v in (source, target, fstype)]
-    _check(_libc.mount(encoded[0], encoded[1], encoded[2], flags, None), f"mount {target}")
+def _mount(
+    source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    encoded = [None if v is None else v.encode() for v in (source, target, fstype, data)]
+    _check(_libc.mount(*encoded[:3], flags, encoded[3]), f"mount {target}")
 
 
 def _wall_off(job: str) -> None:
@@ -213,7 +222,13 @@ def _wall_off(job: str) -> None:
             flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
             _mount(None, target, None, flags)
     _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV)  # every other job: out of sight
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV)
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=512m")
+    if Path("/dev/shm").is_dir():
+        _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
+    # The sandbox's root (a tmpfs shared by every job of this zygote) becomes read-only here, so
+    # nothing one job writes there (a module named like a package, say) is seen by the next.
+    for shared in ("/", "/dev"):
+        _mount(None, shared, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
     _new_user_namespace()  # the mounts above are now locked: the student cannot unmount them
 
 
@@ -226,6 +241,7 @@ def _child(request: dict) -> None:
         os.dup2(devnull, 0)  # the zygote's command pipe: not the student's to read
         os.dup2(output, 1)  # nor its answer pipe to write
         os.dup2(output, 2)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))  # the zygote's answer pipe and open files
         _new_user_namespace(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS)
         _libc.prctl(PR_SET_DUMPABLE, 0)  # new credentials made it dumpable again: not to its child
         grandchild = os.fork()

@@ -23,6 +23,7 @@ import importlib.util
 import inspect
 import json
 import random
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from course_lib.grading.records import CheckResult
 __all__ = ["AnswerMissing", "Answers", "Exercise", "load_exercise", "points"]
 
 ANSWER_LIMIT_BYTES = 64 << 20
+JSON_LIMIT_BYTES = 1 << 20
 
 
 def points(value: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -58,13 +60,20 @@ class Answers:
         self.folder = folder
         self.who = who
 
-    def path(self, relative: str) -> Path:
-        """A regular file in the folder (no link anywhere on the way, bounded size), or why not."""
+    def _walk(self, relative: str) -> Path:
+        """``folder / relative``, refusing a symbolic link anywhere on the way."""
         path = self.folder
         for part in Path(relative).parts:
+            if part in ("..", "/"):
+                raise AnswerMissing(f"{relative}: not a name inside the answers")
             path = path / part
             if path.is_symlink():
                 raise AnswerMissing(f"{relative}: a symbolic link was planted in the answers")
+        return path
+
+    def path(self, relative: str) -> Path:
+        """A regular file in the folder (no link anywhere on the way, bounded size), or why not."""
+        path = self._walk(relative)
         if not path.is_file():
             raise AnswerMissing(self._why_missing(relative))
         if path.stat().st_size > ANSWER_LIMIT_BYTES:
@@ -111,8 +120,11 @@ class Answers:
         return f"{self.who} gave no answer to this question (did the notebook stop before it?)"
 
     def json(self, qid: str) -> Any:
+        path = self.path(f"{qid}.json")
+        if path.stat().st_size > JSON_LIMIT_BYTES:
+            raise AnswerMissing(f"the answer to {qid} is larger than {JSON_LIMIT_BYTES >> 20} MB")
         try:
-            return json.loads(self.path(f"{qid}.json").read_text("utf-8", "replace"))
+            return json.loads(path.read_text("utf-8", "replace"))
         except json.JSONDecodeError as exc:
             raise AnswerMissing(f"the answer to {qid} is not valid JSON ({exc})") from None
 
@@ -131,6 +143,17 @@ class Answers:
 
         path = self.path(relative)
         try:
+            with zipfile.ZipFile(path) as archive:
+                entries = archive.infolist()
+        except (zipfile.BadZipFile, OSError):
+            entries = []  # not a zip: safe_load says what it is
+        if any(e.compress_type != zipfile.ZIP_STORED for e in entries) or (
+            sum(e.file_size for e in entries) > ANSWER_LIMIT_BYTES
+        ):
+            raise AnswerMissing(
+                f"{relative}: compressed or oversized (torch.save never compresses)"
+            )
+        try:
             return safe_load(path, map_location="cpu")
         except CheckpointError as exc:
             raise AnswerMissing(f"{relative}: {exc.problem}") from None
@@ -139,8 +162,8 @@ class Answers:
 
     def listing(self, relative: str) -> list[str]:
         """The names in a folder of the answers (not following links), sorted."""
-        folder = self.folder / relative
-        if folder.is_symlink() or not folder.is_dir():
+        folder = self._walk(relative)
+        if not folder.is_dir():
             raise AnswerMissing(self._why_missing(relative))
         return sorted(p.name for p in folder.iterdir())[:1000]
 

@@ -29,6 +29,7 @@ class Submission:
     exercise: str | None  # None when neither the metadata nor the file name names one
     code_cells: tuple[str, ...] = ()
     problem: str | None = None  # why the notebook cannot be run, if it cannot
+    note: str | None = None  # for the teacher, e.g. other copies handed in for the same exercise
 
 
 @dataclass
@@ -73,6 +74,7 @@ class GradeReport:
     checks: list[CheckResult] = field(default_factory=list)
     cell_errors: list[str] = field(default_factory=list)
     problem: str | None = None
+    note: str | None = None
     seconds: float = 0.0
 
     @property
@@ -88,6 +90,8 @@ class GradeReport:
             lines.append("  WARNING: graded WITHOUT a sandbox (bubblewrap is not available)")
         if self.problem:
             lines.append(f"  PROBLEM: {self.problem}")
+        if self.note:
+            lines.append(f"  NOTE: {self.note}")
         lines += [f"  cell error: {e}" for e in self.cell_errors]
         for check in self.checks:
             mark = "PASS" if check.passed else "FAIL"

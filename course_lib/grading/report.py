@@ -7,6 +7,7 @@ that is interrupted never destroys the previous grades.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import shutil
 from collections import defaultdict
@@ -24,6 +25,7 @@ GRADEBOOK_COLUMNS = [
     "score",
     "max_score",
     "problem",
+    "note",
     "failed_checks",
     "cell_errors",
     "submission",
@@ -47,6 +49,7 @@ def _row(root: Path, report: GradeReport) -> dict[str, object]:
         "score": f"{report.score:g}",
         "max_score": f"{report.max_score:g}",
         "problem": report.problem or "",
+        "note": report.note or "",
         "failed_checks": "; ".join(c.name for c in report.checks if not c.passed),
         "cell_errors": len(report.cell_errors),
         "submission": submission,
@@ -78,6 +81,8 @@ def write_feedback(reports: list[GradeReport], folder: Path) -> list[Path]:
     for student, theirs in sorted(by_student.items()):
         text = "\n\n".join(r.summary() for r in sorted(theirs, key=lambda r: r.exercise or ""))
         safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in student) or "student"
+        if safe_name != student:  # "john smith" and "john_smith" must not share a file
+            safe_name += "-" + hashlib.sha256(student.encode()).hexdigest()[:8]
         path = folder / f"{safe_name}.txt"
         atomic_write(path, lambda temp, text=text: temp.write_text(text + "\n"))
         written.append(path)

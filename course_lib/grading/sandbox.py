@@ -22,6 +22,7 @@ import resource
 import select
 import shutil
 import signal
+import site
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,7 @@ __all__ = ["Limits", "WarmSandbox", "run_sandboxed", "sandbox_available"]
 RUNNER = Path(__file__).with_name("in_sandbox.py")
 PACKAGE_DIR = Path(__file__).resolve().parent
 NOBODY = "65534"
+TMP_LIMIT_BYTES = 512 << 20  # the private /tmp is memory: bounded
 # What the sandbox sees of /etc: enough for the dynamic linker, user names and fonts, no secrets.
 ETC_FILES = ("ld.so.cache", "passwd", "group", "nsswitch.conf", "localtime", "fonts", "hosts")
 
@@ -68,8 +70,12 @@ def sandbox_available() -> bool:
 
 def _python_paths() -> list[Path]:
     """The folders the student's Python needs, read-only: the interpreter and its packages."""
+    # Never sys.path itself: it holds the grader's working directory and PYTHONPATH, which may
+    # be the teacher's folder of submissions.
     candidates = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.exec_prefix)]
-    candidates += [Path(p) for p in sys.path if p and Path(p).is_dir()]
+    candidates += [Path(p) for p in site.getsitepackages() if Path(p).is_dir()]
+    if site.ENABLE_USER_SITE and Path(site.getusersitepackages()).is_dir():
+        candidates.append(Path(site.getusersitepackages()))
     chosen: list[Path] = []
     for path in sorted({p.resolve() for p in candidates}, key=lambda p: len(p.parts)):
         inside_repo = path == REPO_ROOT or REPO_ROOT in path.parents
@@ -87,7 +93,7 @@ def _bwrap_prefix() -> list[str]:
     command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--uid", NOBODY, "--gid", NOBODY, "--hostname", "grader",
                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
-               "--tmpfs", "/tmp"]  # fmt: skip
+               "--size", str(TMP_LIMIT_BYTES), "--tmpfs", "/tmp"]  # fmt: skip
     for top in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / top
         if path.is_symlink():
@@ -115,6 +121,7 @@ def _bwrap_command(
     return [
         *command,
         sys.executable,
+        "-P",  # the script's folder is not put on sys.path
         "/grader/run_notebook.py",
         "/grader",
         "/answers",
@@ -257,6 +264,7 @@ class WarmSandbox:
         self.zone.chmod(0o755)
         self.limits = limits
         self.process: subprocess.Popen | None = None
+        self._buffer = b""
 
     def new_workdir(self) -> Path:
         return Path(tempfile.mkdtemp(prefix="grade-", dir=self.zone))
@@ -274,7 +282,7 @@ class WarmSandbox:
                     "--clearenv"]  # fmt: skip
         for key, value in _environment("/submission").items():
             command += ["--setenv", key, value]
-        command += [sys.executable, "/runner.py", "--serve"]
+        command += [sys.executable, "-P", "/runner.py", "--serve"]
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
@@ -282,6 +290,7 @@ class WarmSandbox:
             stderr=subprocess.DEVNULL,
             preexec_fn=os.setsid,  # noqa: PLW1509
         )
+        self._buffer = b""
         if self._read_line(time.monotonic() + 120) != {"ready": True}:
             self.close()
             raise WarmUnavailable("the warm sandbox did not start")
@@ -289,18 +298,30 @@ class WarmSandbox:
     def _read_line(self, deadline: float, output: Path | None = None) -> dict | None:
         """The zygote's next line, or None at the deadline or when ``output`` floods."""
         assert self.process is not None and self.process.stdout is not None
-        stream = self.process.stdout
-        while (left := deadline - time.monotonic()) > 0:
-            ready, _, _ = select.select([stream], [], [], min(left, 0.2))
+        descriptor = self.process.stdout.fileno()
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([descriptor], [], [], min(left, 0.2))
             if ready:
-                line = stream.readline()
-                if not line:
+                chunk = os.read(descriptor, 4096)
+                if not chunk:
                     raise WarmUnavailable("the warm sandbox ended")
-                return json.loads(line)
-            if output is not None and output.exists():
+                self._buffer += chunk
+                if len(self._buffer) > 1 << 16:
+                    raise WarmUnavailable("the warm sandbox wrote nonsense")
+            elif output is not None and output.exists():
                 if output.stat().st_size > self.limits.output_mb << 20:
                     return None
-        return None
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            raise WarmUnavailable("the warm sandbox wrote nonsense") from None
+        if not isinstance(reply, dict):
+            raise WarmUnavailable("the warm sandbox wrote nonsense")
+        return reply
 
     def run(self, workdir: Path) -> tuple[int | None, bytes, bool]:
         """Run the job prepared in ``workdir``: exit code (None: stopped), output tail, flooded."""
@@ -314,9 +335,14 @@ class WarmSandbox:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
             self.process.stdin.flush()
             reply = self._read_line(time.monotonic() + self.limits.timeout, output)
+            if reply is not None and (reply.get("job") != workdir.name or "exit" not in reply):
+                raise WarmUnavailable("the warm sandbox answered for another job")
         except (OSError, ValueError) as exc:
             self.close()
             raise WarmUnavailable(f"the warm sandbox failed ({exc})") from None
+        except WarmUnavailable:
+            self.close()
+            raise
         flooded = output.exists() and output.stat().st_size > self.limits.output_mb << 20
         if reply is None:
             self.close()  # the only way to stop its child: the whole sandbox goes

@@ -176,6 +176,70 @@ def load_matching_weights(model, state_dict):
 """
 
 
+# Writing into every inherited pipe: in a warm sandbox, the zygote's reply pipe if it were open.
+PIPER = """
+import os, stat
+for fd in range(3, 256):
+    try:
+        if stat.S_ISFIFO(os.fstat(fd).st_mode):
+            os.write(fd, b'{"exit": 0}\\n' * 5)
+            print("wrote into pipe", fd)
+    except OSError:
+        pass
+"""
+
+# Planting a module where a later job's import would find it.
+PLANTER = """
+import sys
+for folder in ["/", "/tmp", "/dev/shm", *sys.path]:
+    try:
+        with open(f"{folder}/course_extra_helper.py", "w") as handle:
+            handle.write("import os\\nopen('/answers/progress.txt', 'a').write('HIJACKED')\\nos._exit(0)\\n")
+        print("planted in", folder)
+    except OSError:
+        pass
+"""
+
+# An honest student whose notebook tries an optional import (what a planted module would hijack).
+OPTIONAL_IMPORT = """
+try:
+    import course_extra_helper
+except ImportError:
+    pass
+"""
+
+DEEP_FOLDERS = """
+import os
+os.chdir("/answers")
+for _ in range(3000):
+    os.mkdir("d")
+    os.chdir("d")
+os.chdir("/submission")
+"""
+
+# The plain save, plus os.kill and time.sleep switched off so that the grader's kills miss.
+KILL_DODGER = (
+    PLAIN_SAVE
+    + """
+import os, time
+os.kill = lambda *a, **k: None
+time.sleep = lambda *a, **k: None
+"""
+)
+
+# The solved manager that, for one question, swaps its answers folder for a link to the host.
+LINKER = """
+import os, shutil
+_Solved = SimpleCheckpointManager
+class SimpleCheckpointManager(_Solved):
+    def __init__(self, directory, *args, **kwargs):
+        if "/times/" in str(directory):
+            shutil.rmtree("/answers/retention", ignore_errors=True)
+            os.symlink("{host}", "/answers/retention")
+        super().__init__(directory, *args, **kwargs)
+"""
+
+
 def _tree_digest(root: Path) -> str:
     """A digest of every file of the course that git knows or would add (not .venv, not .git)."""
     listed = subprocess.run(
@@ -283,6 +347,23 @@ def graded(tmp_path_factory):
     submit(
         "flooder", with_cells("ex3_partial_loading", "for _ in range(250):\n    print('x' * 2**20)")
     )
+    submit("piper", with_cells("ex3_partial_loading", PIPER))
+    submit("planter", with_cells("ex3_partial_loading", PLANTER))
+    for honest in ("quinn", "zoe"):
+        submit(honest, with_cells("ex3_partial_loading", OPTIONAL_IMPORT))
+    submit("deep", with_cells("ex3_partial_loading", DEEP_FOLDERS))
+    submit(
+        "dodger", without_self_check(replacing(ex6, "def atomic_save", KILL_DODGER)), f"{ex6}.ipynb"
+    )
+    host = root.parent / "host-secret"
+    (host / "checkpoints").mkdir(parents=True)
+    (host / "checkpoints" / "teacher_private.pth").write_text("x")
+    submit("linker", with_cells(ex1, LINKER.format(host=host)), f"{ex1}.ipynb")
+    submit("twice", with_cells("ex3_partial_loading"))
+    nbformat.write(with_cells("ex3_partial_loading", solved=False),
+                   root / "twice" / "ex3_partial_loading-Copy1.ipynb")  # fmt: skip
+    submit("broken meta", '{"cells": [], "metadata": []}')
+    submit("nested", "[" * 100000 + "]" * 100000)
     submit("carol", '{"cells": [ {"cell_type": "code", "sour')
     submit("erin", with_cells("ex3_partial_loading", "import os\nos._exit(3)"))
     submit("frank", with_cells("ex3_partial_loading", "hog = bytearray(50 * 2**30)"))
@@ -410,6 +491,47 @@ def test_nothing_escapes_the_sandbox(graded):
     ]
     assert not [m.group(1) for m in runs if m and not Path(m.group(1)).exists()]
     assert not graded["new_grade_runs"], "the grading run left its scratch folder behind"
+
+
+@pytest.mark.parametrize("student", ["quinn", "zoe"])
+def test_nothing_one_job_leaves_reaches_a_later_job(graded, student):
+    """piper wrote into every pipe it had, planter planted modules: later honest jobs do not care."""
+    report = _report(graded, student)
+    assert report.status == Status.OK and report.score == 4, report.summary()
+    assert "HIJACKED" not in (report.problem or "")
+
+
+def test_a_deep_folder_tree_does_not_stop_the_run(graded):
+    assert _report(graded, "deep").score == 4
+    assert not graded["new_grade_runs"]
+
+
+def test_switching_off_the_graders_kills_gains_nothing(graded):
+    report = _report(graded, "dodger", "ex6_atomic_save")
+    failed = {c.name for c in report.checks if not c.passed}
+    assert "test_survives_being_killed_mid_save" in failed, report.summary()
+
+
+def test_a_link_in_the_answers_is_not_followed_to_the_host(graded):
+    report = _report(graded, "linker", "ex1_checkpoint_manager")
+    assert "teacher_private" not in report.summary()
+    assert not _report(graded, "linker", "ex1_checkpoint_manager").checks[0].passed
+
+
+def test_one_row_per_exercise_when_a_student_hands_in_copies(graded):
+    rows = [r for r in csv.DictReader(graded["out"].open()) if r["student"] == "twice"]
+    ex3 = [r for r in rows if r["exercise"] == "ex3_partial_loading"]
+    assert len(ex3) == 1 and ex3[0]["score"] == "4", ex3
+    assert "ex3_partial_loading-Copy1.ipynb" in ex3[0]["note"]
+
+
+@pytest.mark.parametrize("student", ["broken meta", "nested"])
+def test_hand_edited_notebooks_are_unreadable_not_fatal(graded, student):
+    report = _report(graded, student)
+    assert report.max_score == 4 and report.score == 0, report.summary()
+    assert report.status in (Status.UNREADABLE, Status.OK), report.summary()  # no cells: runs
+    feedback = graded["out"].with_name("grades-feedback")
+    assert len(list(feedback.glob("broken_meta-*.txt"))) == 1
 
 
 def test_jupyter_features_work_as_in_jupyterlab(graded):

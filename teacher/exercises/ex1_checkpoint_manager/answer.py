@@ -1,9 +1,13 @@
 """Asks a notebook of exercise 1 the judge's questions (runs inside the sandbox, untrusted)."""
 
-import os
-import time
+from os import chmod, utime
+from time import sleep, time
 
 import torch
+
+# Bound when this module is imported, before the notebook's cells run: a cell that replaces
+# os.utime, os.chmod or torch.save does not change what the steps below do.
+_torch_save = torch.save
 
 
 def _state(epoch, seed):
@@ -26,10 +30,10 @@ def _age_oldest(folder):
     if not files:
         return
     oldest = files[0]
-    time.sleep(0.05)  # file times tick coarsely: make the change visible
-    future = time.time() + 3600
-    os.utime(oldest, (future, future))
-    os.chmod(oldest, 0o644)  # changes the ctime, as the chapter's manager relied on
+    sleep(0.05)  # file times tick coarsely: make the change visible
+    future = time() + 3600
+    utime(oldest, (future, future))
+    chmod(oldest, 0o644)  # changes the ctime, as the chapter's manager relied on
 
 
 def answer(questions, ask):
@@ -65,4 +69,4 @@ def answer(questions, ask):
                 epoch, marker = args
                 payload = {"epoch": epoch, "x": _Payload(str(ask.folder(qid) / marker))}
                 folder.mkdir(parents=True, exist_ok=True)
-                torch.save(payload, folder / f"checkpoint_epoch_{epoch:04d}.pth")
+                _torch_save(payload, folder / f"checkpoint_epoch_{epoch:04d}.pth")

@@ -28,7 +28,6 @@ def answer(questions, ask):
         path = ask.folder(question["id"]) / "model.onnx"
         ok, error = ask.call(question["id"], "export_and_verify", model, example, path)
         if ok:
-            value = error if isinstance(error, (int, float)) else repr(error)
-            ask.save_json(
-                f"{question['id']}.returned", {"type": type(error).__name__, "value": value}
-            )
+            value = float(error) if isinstance(error, (int, float)) else repr(error)
+            kind = "float" if isinstance(error, float) else type(error).__name__  # np.float64 too
+            ask.save_json(f"{question['id']}.returned", {"type": kind, "value": value})

@@ -37,6 +37,11 @@ def _model_proto(answers, question):
     external = [
         t.name for t in model.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
     ]
+    control_flow = sorted({n.op_type for n in model.graph.node} & {"Loop", "Scan", "If"})
+    assert not control_flow, (
+        f"the file holds control flow ({', '.join(control_flow)}) that this model does not have: "
+        "export the model you were given"
+    )
     assert not external, (
         f"{len(external)} weights went to a .onnx.data sidecar: export one self-contained file "
         "(external_data=False)"

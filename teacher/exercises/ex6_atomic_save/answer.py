@@ -4,12 +4,18 @@ The save is killed with SIGKILL part-way through, at points drawn by the judge a
 time one save takes here; after each kill a snapshot of the file is kept for the judge.
 """
 
-import os
-import shutil
 import signal
-import time
+from os import _exit, fork, waitpid
+from os import kill as _kill
+from os.path import exists
+from shutil import copyfile
+from time import perf_counter, sleep
 
 import torch
+
+# Bound when this module is imported, before the notebook's cells run: a cell that replaces
+# os.kill or time.sleep does not change what the kills below do.
+SIGKILL = signal.SIGKILL
 
 
 def _state(seed, step, numel):
@@ -23,9 +29,9 @@ def answer(questions, ask):
         folder = ask.folder(qid)
         path = folder / "model.pt"
         first = _state(seed, 0, numel)
-        started = time.perf_counter()
+        started = perf_counter()
         ok, _ = ask.call(f"{qid}.first", "atomic_save", first, path)
-        one_save = time.perf_counter() - started  # the save alone: kills land inside a save
+        one_save = perf_counter() - started  # the save alone: kills land inside a save
         if not ok:
             continue
         save = ask.function("atomic_save")
@@ -33,14 +39,14 @@ def answer(questions, ask):
             ask.run(f"{qid}.bad", save, {"step": 1, "bad": lambda: None}, path)
         for index, fraction in enumerate(question.get("kill_at", [])):
             state = _state(seed, index + 1, numel)  # built before the fork: the child only saves
-            child = os.fork()
+            child = fork()
             if child == 0:
                 try:
                     save(state, path)
                 finally:
-                    os._exit(0)
-            time.sleep(fraction * one_save)
-            os.kill(child, signal.SIGKILL)
-            os.waitpid(child, 0)
-            if path.exists():
-                shutil.copyfile(path, folder / f"after_kill_{index}.pt")
+                    _exit(0)
+            sleep(fraction * one_save)
+            _kill(child, SIGKILL)
+            waitpid(child, 0)
+            if exists(path):
+                copyfile(path, folder / f"after_kill_{index}.pt")
