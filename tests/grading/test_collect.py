@@ -43,3 +43,22 @@ def test_each_student_gets_a_row_per_exercise(tmp_path):
     missing = [s for s in collected if s.path is None]
     assert len(missing) == 2 * len(EXERCISES) - 1
     assert all(s.problem == "no notebook handed in" for s in missing)
+
+
+def test_hand_edited_json_never_stops_collection(tmp_path):
+    (tmp_path / "ex4_weights_only.ipynb").write_text('{"cells": [], "metadata": []}')
+    (tmp_path / "ex5_unwrap_prefixes.ipynb").write_text("[" * 100000 + "]" * 100000)
+    listed = read_submission(tmp_path / "ex4_weights_only.ipynb", "amy")
+    nested = read_submission(tmp_path / "ex5_unwrap_prefixes.ipynb", "amy")
+    assert listed.exercise == "ex4_weights_only" and listed.code_cells == ()
+    assert nested.exercise == "ex5_unwrap_prefixes" and "not" in nested.problem
+
+
+def test_copies_of_one_exercise_give_one_submission_and_a_note(tmp_path):
+    folder = tmp_path / "amy"
+    folder.mkdir()
+    nbformat.write(with_cells("ex3_partial_loading"), folder / "ex3_partial_loading.ipynb")
+    nbformat.write(with_cells("ex3_partial_loading"), folder / "ex3_partial_loading-Copy1.ipynb")
+    ex3 = [s for s in collect_class(tmp_path) if s.exercise == "ex3_partial_loading"]
+    assert len(ex3) == 1 and ex3[0].path.name == "ex3_partial_loading.ipynb"
+    assert "ex3_partial_loading-Copy1.ipynb" in ex3[0].note

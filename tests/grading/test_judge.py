@@ -82,3 +82,34 @@ def test_every_exercise_has_questions_checks_and_an_asker():
         assert exercise.max_score >= 4, name
         assert json.dumps(exercise.questions(1)), name  # plain JSON, as the sandbox receives it
         assert (EXERCISES_DIR / name / "answer.py").is_file()
+
+
+def test_links_in_the_middle_of_an_answer_path_are_refused(tmp_path):
+    host = tmp_path / "host"
+    (host / "checkpoints").mkdir(parents=True)
+    answers_dir = tmp_path / "answers"
+    answers_dir.mkdir()
+    (answers_dir / "retention").symlink_to(host)
+    with pytest.raises(AnswerMissing, match="symbolic link"):
+        Answers(answers_dir).listing("retention/checkpoints")
+    with pytest.raises(AnswerMissing, match="not a name inside"):
+        Answers(answers_dir).listing("../host")
+
+
+def test_compressed_and_large_json_answers_are_refused(tmp_path):
+    import zipfile
+
+    torch.save({"w": torch.zeros(10)}, tmp_path / "plain.pt")
+    with (
+        zipfile.ZipFile(tmp_path / "plain.pt") as src,
+        zipfile.ZipFile(tmp_path / "bomb.pt", "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for item in src.infolist():
+            dst.writestr(item.filename, src.read(item))
+    answers = Answers(tmp_path)
+    assert torch.equal(answers.torch_file("plain.pt")["w"], torch.zeros(10))
+    with pytest.raises(AnswerMissing, match="compressed"):
+        answers.torch_file("bomb.pt")
+    (tmp_path / "big.json").write_text("[" + "0," * (1 << 20) + "0]")
+    with pytest.raises(AnswerMissing, match="larger than 1 MB"):
+        answers.json("big")
