@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import reprlib
 import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -531,41 +532,64 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+_MAX_ROWS = 10_000  # a table a reader can use; a hostile file may describe billions of entries
+_MAX_DEPTH = 64
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 4, 4, 2
+
+
+def _note(path: str, text: str) -> dict[str, Any]:
+    return {"key": path, "shape": "", "dtype": "", "numel": "", "bytes": "", "value": text}
+
+
 def _walk(obj: Any, path: str, rows: list[dict[str, Any]], prefixes: dict[str, str]) -> None:
-    if isinstance(obj, torch.Tensor):
-        rows.append(
-            {
-                "key": path,
-                "shape": _fmt_shape(tuple(obj.shape)),
-                "dtype": _dtype_name(obj.dtype),
-                "numel": obj.numel(),
-                "bytes": obj.numel() * obj.element_size(),
-            }
-        )
-    elif isinstance(obj, Mapping):
-        keys = [str(k) for k in obj]
-        if any("." in k for k in keys) and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            prefixes[path] = detect_wrapper_prefix(keys)
-        for key, value in obj.items():
-            _walk(value, f"{path}/{key}" if path else str(key), rows, prefixes)
-    elif isinstance(obj, (list, tuple)) and any(
-        isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in obj
-    ):
-        for index, value in enumerate(obj):
-            _walk(value, f"{path}/{index}" if path else str(index), rows, prefixes)
-    else:
-        text = repr(obj)
-        rows.append(
-            {
-                "key": path,
-                "shape": "",
-                "dtype": "",
-                "numel": "",
-                "bytes": "",
-                "value": f"{type(obj).__name__} "
-                + (text if len(text) <= 40 else text[:37] + "..."),
-            }
-        )
+    """Rows for ``obj``, depth first, bounded in depth, rows and text, each container once.
+
+    A checkpoint's pickle can make a tiny file describe a cycle, a tree with 2**80 paths through
+    shared references, or one long string referenced thousands of times: each container is
+    walked once (later references point to the first), and values are shown by a short repr.
+    """
+    seen: dict[int, str] = {}
+    stack: list[tuple[Any, str, int]] = [(obj, path, 0)]
+    while stack:
+        if len(rows) >= _MAX_ROWS:
+            rows.append(_note("...", f"more entries not shown (the table stops at {_MAX_ROWS})"))
+            return
+        item, where, depth = stack.pop()
+        container = isinstance(item, (Mapping, list, tuple))
+        if container and id(item) in seen:
+            rows.append(_note(where, f"the same object as {seen[id(item)] or 'the top level'}"))
+            continue
+        if container and depth >= _MAX_DEPTH:
+            rows.append(_note(where, f"nested deeper than {_MAX_DEPTH} levels (not shown)"))
+            continue
+        if isinstance(item, torch.Tensor):
+            rows.append(
+                {
+                    "key": where,
+                    "shape": _fmt_shape(tuple(item.shape)),
+                    "dtype": _dtype_name(item.dtype),
+                    "numel": item.numel(),
+                    "bytes": item.numel() * item.element_size(),
+                }
+            )
+        elif isinstance(item, Mapping):
+            seen[id(item)] = where
+            keys = [str(k) for k in item]
+            if any("." in k for k in keys) and all(
+                isinstance(v, torch.Tensor) for v in item.values()
+            ):
+                prefixes[where] = detect_wrapper_prefix(keys)
+            children = [(v, f"{where}/{k}" if where else str(k)) for k, v in item.items()]
+            stack.extend((v, p, depth + 1) for v, p in reversed(children))
+        elif isinstance(item, (list, tuple)) and any(
+            isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in item
+        ):
+            seen[id(item)] = where
+            children = [(v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(item)]
+            stack.extend((v, p, depth + 1) for v, p in reversed(children))
+        else:
+            rows.append(_note(where, f"{type(item).__name__} {_SHORT.repr(item)}"))
 
 
 def _inspect_dcp_directory(path: Path) -> CheckpointInfo:

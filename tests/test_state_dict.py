@@ -393,3 +393,36 @@ def test_inspect_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(CheckpointError, match="notes.txt"):
         inspect_checkpoint(tmp_path / "notes.txt")
+
+
+HOSTILE_SHAPES = {
+    "self_referential_list": "a = []; a.append(a); obj = {'x': a}",
+    "shared_references": "x = [1.0]\nfor _ in range(80):\n    x = [x, x]\nobj = {'x': x}",
+    "one_string_many_times": "s = 'a' * 2**20; obj = {'x': [s] * 6000}",
+}
+
+
+@pytest.mark.parametrize("shape", sorted(HOSTILE_SHAPES))
+def test_inspect_checkpoint_is_bounded_on_small_hostile_files(tmp_path, shape):
+    """Small files whose contents are huge or endless as a tree: a bounded, quick table."""
+    import subprocess
+    import sys
+
+    path = tmp_path / f"{shape}.pth"
+    script = (
+        "import resource, sys, torch\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
+        f"{HOSTILE_SHAPES[shape]}\n"
+        f"torch.save(obj, {str(path)!r})\n"
+        "from course_lib.state_dict import inspect_checkpoint\n"
+        f"info = inspect_checkpoint({str(path)!r})\n"
+        "text = info.table()\n"
+        "print(len(info.rows), len(text))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows, characters = map(int, result.stdout.split())
+    assert path.stat().st_size < 2 << 20
+    assert rows <= 10_001 and characters < 2_000_000
