@@ -115,6 +115,63 @@ def build_checkpoint(
     }
 
 
+MALFORMED_FIX = (
+    "the file was edited or written by other code: load an earlier checkpoint, or rebuild it "
+    "with build_checkpoint"
+)
+
+
+class CheckpointFieldError(ValueError):
+    """A checkpoint's field has a type no checkpoint of ours (or the chapter's) has; names it."""
+
+
+_STATE_FIELDS = ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "metrics")
+
+
+def check_checkpoint_fields(checkpoint: Mapping[str, Any]) -> None:
+    """Check the structure of a loaded checkpoint before anything is restored from it.
+
+    A file can be well-formed for ``torch.load`` and still hold ``epoch='abc'`` or a list where a
+    state_dict belongs (hand-edited, or written by other code); restoring from it would fail
+    half-way with a raw error, or worse, succeed half-way. Raises ``CheckpointFieldError``
+    naming the field. Taught in ``notebooks/03_checkpoints.ipynb``.
+    """
+    odd_keys = [k for k in checkpoint if not isinstance(k, str)]
+    if odd_keys:
+        raise CheckpointFieldError(f"a top-level key is not a string: {odd_keys[0]!r}")
+    state = checkpoint.get("model_state_dict")
+    if not isinstance(state, Mapping):
+        raise CheckpointFieldError(
+            f"'model_state_dict' is a {type(state).__name__}, not a dict of tensors"
+        )
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointFieldError(
+                f"'model_state_dict' holds {key!r}: {type(value).__name__}, not name: tensor"
+            )
+    epoch = checkpoint.get("epoch")
+    if epoch is not None and (isinstance(epoch, bool) or not isinstance(epoch, int)):
+        raise CheckpointFieldError(f"'epoch' is {epoch!r} ({type(epoch).__name__}), not an integer")
+    loss = checkpoint.get("loss")
+    numeric = isinstance(loss, (int, float)) or (
+        isinstance(loss, torch.Tensor) and loss.numel() == 1
+    )
+    if loss is not None and (isinstance(loss, bool) or not numeric):
+        raise CheckpointFieldError(f"'loss' is a {type(loss).__name__}, not a number")
+    for field in _STATE_FIELDS:
+        value = checkpoint.get(field)
+        if value is not None and not isinstance(value, Mapping):
+            raise CheckpointFieldError(f"'{field}' is a {type(value).__name__}, not a dict")
+    for field in ("rng", "rng_state", "cuda_rng_state"):
+        value = checkpoint.get(field)
+        expected = Mapping if field == "rng" else torch.Tensor
+        if value is not None and not isinstance(value, expected):
+            raise CheckpointFieldError(
+                f"'{field}' is a {type(value).__name__}, not a "
+                + ("dict of RNG states" if field == "rng" else "tensor")
+            )
+
+
 def apply_checkpoint(
     checkpoint: Mapping[str, Any],
     model: nn.Module,
@@ -138,6 +195,7 @@ def apply_checkpoint(
             f"(keys: {sorted(checkpoint)[:8]}). A bare state_dict loads with "
             "model.load_state_dict(torch.load(path, weights_only=True))."
         )
+    check_checkpoint_fields(checkpoint)
     model.load_state_dict(checkpoint["model_state_dict"])
     for name, obj, key in (
         ("optimizer", optimizer, "optimizer_state_dict"),
@@ -161,7 +219,10 @@ def apply_checkpoint(
         obj.load_state_dict(checkpoint[key])
     if restore_rng:
         if checkpoint.get("rng") is not None:
-            restore_rng_state(checkpoint["rng"])
+            try:
+                restore_rng_state(checkpoint["rng"])
+            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+                raise CheckpointFieldError(f"'rng' cannot be restored ({exc!r})") from None
         else:  # the chapter's layout: torch CPU and the current CUDA device only
             legacy: dict[str, Any] = {"torch": checkpoint.get("rng_state")}
             if checkpoint.get("cuda_rng_state") is not None:
@@ -241,7 +302,7 @@ def load_checkpoint(
     checkpoint = safe_load(path, map_location=device)
     if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
         what = (
-            f"keys {sorted(checkpoint)[:4]}..."
+            f"keys {sorted(map(str, checkpoint))[:4]}..."
             if isinstance(checkpoint, Mapping)
             else type(checkpoint).__name__
         )
@@ -254,6 +315,8 @@ def load_checkpoint(
         apply_checkpoint(
             checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
         )
+    except CheckpointFieldError as exc:
+        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
             path,

@@ -47,7 +47,12 @@ import torch
 from torch import nn
 
 from course_lib.async_save import BackgroundWriter
-from course_lib.checkpoint import apply_checkpoint, build_checkpoint
+from course_lib.checkpoint import (
+    MALFORMED_FIX,
+    CheckpointFieldError,
+    apply_checkpoint,
+    build_checkpoint,
+)
 from course_lib.checkpoint_files import (
     BEST_STEM,
     FORMATS,
@@ -422,9 +427,12 @@ class CheckpointManager:
         scaler: Any,
         restore_rng: bool,
     ) -> dict[str, Any]:
-        apply_checkpoint(
-            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
-        )
+        try:
+            apply_checkpoint(
+                checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+            )
+        except CheckpointFieldError as exc:
+            raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
         self._say(f"Loaded checkpoint: {path}")
         self._say(f"  Epoch: {checkpoint['epoch']}")
         self._say(f"  Metrics: {checkpoint.get('metrics', 'N/A')}")

@@ -582,3 +582,51 @@ def test_demo_job_killed_and_resumed_in_a_fresh_process(tmp_path):
         # already done: no epochs
         _, no_rng = demo_job.demo_training(tmp_path / "run", 8, resume=True)
     assert no_rng == straight
+
+
+MALFORMED = {
+    "epoch": ("epoch", "abc"),
+    "rng": ("rng", 5),
+    "model_state_dict": ("model_state_dict", [1, 2, 3]),
+    "optimizer_state_dict": ("optimizer_state_dict", "adam"),
+    "loss": ("loss", [0.5]),
+}
+
+
+def _malformed(field, value):
+    model = make_mlp()
+    checkpoint = ck.build_checkpoint(model, None, epoch=3, metrics={"loss": 0.5})
+    checkpoint[field] = value
+    return checkpoint
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_load_checkpoint_names_the_malformed_field(tmp_path, case):
+    field, value = MALFORMED[case]
+    path = tmp_path / "bad.pth"
+    torch.save(_malformed(field, value), path)
+    optimizer = torch.optim.SGD(make_mlp().parameters(), lr=0.1) if "optimizer" in field else None
+    with pytest.raises(CheckpointError, match=f"'{field}'") as info:
+        ck.load_checkpoint(path, make_mlp(), optimizer)
+    assert info.value.fix
+
+
+def test_load_checkpoint_refuses_keys_that_are_not_strings(tmp_path):
+    checkpoint = ck.build_checkpoint(make_mlp(), None, epoch=1)
+    checkpoint[7] = "seven"
+    torch.save(checkpoint, tmp_path / "mixed.pth")
+    with pytest.raises(CheckpointError, match="not a string: 7"):
+        ck.load_checkpoint(tmp_path / "mixed.pth", make_mlp(), None)
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_the_manager_names_the_malformed_field(tmp_path, case):
+    from course_lib.manager import CheckpointManager
+
+    field, value = MALFORMED[case]
+    path = tmp_path / "bad.pth"
+    torch.save(_malformed(field, value), path)
+    manager = CheckpointManager(tmp_path / "m")
+    optimizer = torch.optim.SGD(make_mlp().parameters(), lr=0.1) if "optimizer" in field else None
+    with pytest.raises(CheckpointError, match=f"'{field}'"):
+        manager.load(path, make_mlp(), optimizer)
