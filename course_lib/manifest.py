@@ -14,6 +14,7 @@ import functools
 import json
 import os
 import shutil
+import stat
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -64,32 +65,106 @@ def empty_manifest() -> dict[str, Any]:
     }
 
 
+MANIFEST_LIMIT_BYTES = 64 << 20  # about 200,000 checkpoints; a bigger one is not ours
+
+
+def _plain_name(name: object) -> str:
+    """A name read from the manifest, if it names a file directly inside the folder."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\0" in name
+    ):
+        raise ValueError(f"{name!r} is not a plain file name inside the folder")
+    return name
+
+
+def _read_manifest_text(path: Path) -> str | None:
+    """The manifest's text: a regular file of bounded size, never through a link, never blocking."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symbolic link
+        raise CorruptCheckpointError(
+            path,
+            f"the manifest is not a regular file ({os.strerror(exc.errno or 0)}).",
+            MANIFEST_FIX,
+        ) from None
+    with os.fdopen(descriptor, "rb") as handle:
+        status = os.fstat(handle.fileno())
+        if not stat.S_ISREG(status.st_mode):
+            raise CorruptCheckpointError(
+                path, "the manifest is not a regular file (a FIFO, device or folder).", MANIFEST_FIX
+            )
+        if status.st_size > MANIFEST_LIMIT_BYTES:
+            raise CorruptCheckpointError(
+                path,
+                f"the manifest is larger than {MANIFEST_LIMIT_BYTES >> 20} MB "
+                f"({status.st_size} bytes): not one this course wrote.",
+                MANIFEST_FIX,
+            )
+        data = handle.read(MANIFEST_LIMIT_BYTES + 1)
+    return data.decode("utf-8")
+
+
+MANIFEST_FIX = (
+    "open a CheckpointManager on the folder with write access: it keeps the damaged file as "
+    "manifest.json.damaged and rebuilds the manifest from the checkpoints."
+)
+
+
 def read_manifest(folder: Path) -> dict[str, Any] | None:
     """The manifest as ``{'checkpoints': {file: entry}, 'best', 'pending_delete', ...}``.
 
-    ``None`` if there is none; a ``CorruptCheckpointError`` if it cannot be parsed.
+    ``None`` if there is none; a ``CorruptCheckpointError`` if it is not a regular file of
+    bounded size, cannot be parsed, or names a file outside the folder (every name in it is
+    checked to be a plain file name: a tampered manifest must not make a manager delete or
+    overwrite anything outside its folder).
     """
     path = folder / MANIFEST_NAME
     try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return None
-    try:
+        text = _read_manifest_text(path)
+        if text is None:
+            return None
         raw = json.loads(text)
-        entries = {str(e["file"]): dict(e) for e in raw["checkpoints"]}
+        if not isinstance(raw, dict) or not isinstance(raw.get("checkpoints"), list):
+            raise TypeError("not an object with a list of 'checkpoints'")
+        entries = {}
+        for entry in raw["checkpoints"]:
+            if not isinstance(entry, dict):
+                raise TypeError("a checkpoint entry is not an object")
+            files = entry.get("files")
+            if files is not None and not isinstance(files, dict):
+                raise TypeError("an entry's 'files' is not an object")
+            for name in [entry.get("file"), *(files or {})]:
+                _plain_name(name)
+            entries[str(entry["file"])] = dict(entry)
         best = raw.get("best")
         if best is not None and not isinstance(best, dict):
             raise TypeError("'best' is not an object")
-        pending = [str(n) for n in raw.get("pending_delete", [])]
+        if best is not None:
+            best_files = best.get("files") or {}
+            if not isinstance(best_files, dict):
+                raise TypeError("'best' files is not an object")
+            for name, record in best_files.items():
+                _plain_name(name)
+                if isinstance(record, dict) and "source_file" in record:
+                    _plain_name(record["source_file"])
+            if best.get("source") is not None:
+                _plain_name(best["source"])
+        pending_raw = raw.get("pending_delete", [])
+        if not isinstance(pending_raw, list):
+            raise TypeError("'pending_delete' is not a list")
+        pending = [_plain_name(n) for n in pending_raw]
         best_metric = raw.get("best_metric")
         if best_metric is not None and not isinstance(best_metric, dict):
             raise TypeError("'best_metric' is not an object")
-    except (ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError, RecursionError) as exc:
         raise CorruptCheckpointError(
-            path,
-            f"the manifest is damaged ({type(exc).__name__}: {exc}).",
-            "open a CheckpointManager on the folder with write access: it keeps the damaged "
-            "file as manifest.json.damaged and rebuilds the manifest from the checkpoints.",
+            path, f"the manifest is damaged ({type(exc).__name__}: {exc}).", MANIFEST_FIX
         ) from None
     return {
         "version": raw.get("version"),
