@@ -151,7 +151,7 @@ def read_manifest(folder: Path) -> dict[str, Any] | None:
                 raise TypeError("'best' files is not an object")
             for name, record in best_files.items():
                 _plain_name(name)
-                if isinstance(record, dict) and "source_file" in record:
+                if isinstance(record, dict) and record.get("source_file") is not None:
                     _plain_name(record["source_file"])
             if best.get("source") is not None:
                 _plain_name(best["source"])
