@@ -107,7 +107,7 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
 
     try:
         # No directory fsync here: the manifest, committed next in this folder, makes it.
-        atomic_write(path, write_and_hash, sync_directory=False)
+        atomic_write(path, write_and_hash, sync_directory=False, follow_symlinks=False)
     finally:
         if "thread" in state:
             state["thread"].join()
@@ -147,7 +147,9 @@ def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
 
     thread.start()
     try:
-        atomic_write(path, write, sync_directory=False)  # the manifest commit syncs the folder
+        atomic_write(
+            path, write, sync_directory=False, follow_symlinks=False
+        )  # the manifest commit syncs the folder
     finally:
         todo.put(None)
         thread.join()

@@ -200,7 +200,7 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> None:
         f' "best_metric": {json.dumps(manifest.get("best_metric"))},\n'
         f' "pending_delete": {json.dumps(document["pending_delete"])}}}\n'
     )
-    atomic_write(folder / MANIFEST_NAME, lambda temp: temp.write_text(text))
+    atomic_write(folder / MANIFEST_NAME, lambda temp: temp.write_text(text), follow_symlinks=False)
 
 
 class FolderLock:
@@ -425,7 +425,7 @@ def link_best(folder: Path, entry: Mapping[str, Any]) -> None:
     for src, best in best_names(entry).items():
         source = folder / src
         target = folder / best
-        if target.exists() and os.path.samefile(source, target):
+        if not target.is_symlink() and target.exists() and os.path.samefile(source, target):
             # Already linked. (Renaming one hard link over another of the same file is a
             # no-op that leaves the temp name behind, so never try.)
             continue
@@ -437,4 +437,4 @@ def link_best(folder: Path, entry: Mapping[str, Any]) -> None:
             except OSError:  # no hard links here (some network and FAT file systems)
                 shutil.copyfile(source, temp)
 
-        atomic_write(target, link)
+        atomic_write(target, link, follow_symlinks=False)

@@ -365,6 +365,7 @@ def atomic_write(
     *,
     mode: int | None = None,
     sync_directory: bool = True,
+    follow_symlinks: bool = True,
 ) -> Path:
     """Write a file so that ``path`` holds either its old content or the complete new content.
 
@@ -374,7 +375,9 @@ def atomic_write(
     failure (a full disk, a permission error, an interrupt) the temporary file is removed, ``path``
     is untouched and the error is re-raised with a note saying so. The new file gets ``mode``, or
     else the permissions a plain save would leave. A symlink at ``path`` is written through, as a
-    plain ``torch.save`` would.
+    plain ``torch.save`` would; with ``follow_symlinks=False`` the link itself is replaced (what a
+    folder the code owns, such as a checkpoint manager's, needs: a planted link must not turn a
+    save into a write outside the folder).
 
     ``sync_directory=False`` skips the final directory fsync, for a caller that commits another
     file in the same directory right after (a manifest): one directory fsync makes every earlier
@@ -383,7 +386,7 @@ def atomic_write(
     import tempfile
 
     given = Path(path)
-    path = Path(os.path.realpath(given)) if given.is_symlink() else given
+    path = Path(os.path.realpath(given)) if follow_symlinks and given.is_symlink() else given
     directory = path.parent if str(path.parent) else Path(".")
     try:
         fd, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")

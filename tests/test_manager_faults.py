@@ -222,10 +222,10 @@ def test_disk_full_during_the_manifest_commit(tmp_path, monkeypatch):
     before = manifest_of(tmp_path)
     real = manifest_module.atomic_write
 
-    def failing(path, write):
+    def failing(path, write, **options):
         if Path(path).name == "manifest.json":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(path, write)
+        return real(path, write, **options)
 
     monkeypatch.setattr(manifest_module, "atomic_write", failing)  # the manifest's writes
     with pytest.raises(CheckpointWriteError, match="No space left"):

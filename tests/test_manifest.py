@@ -111,3 +111,20 @@ def test_a_good_manifest_still_reads(folder_with_a_checkpoint):
     manifest = read_manifest(folder_with_a_checkpoint)
     assert list(manifest["checkpoints"]) == ["checkpoint_epoch_0001.pth"]
     assert torch.__version__
+
+
+@pytest.mark.parametrize("planted", ["best_model.pth", "checkpoint_epoch_0002.pth", MANIFEST_NAME])
+def test_a_planted_link_is_replaced_never_written_through(folder_with_a_checkpoint, planted):
+    folder = folder_with_a_checkpoint
+    outside = folder.parent / "outside.txt"
+    outside.write_text("precious")
+    link = folder / planted
+    if link.exists() or link.is_symlink():
+        link.unlink()
+    link.symlink_to(outside)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manager = CheckpointManager(folder, max_to_keep=3)
+        manager.save(make_mlp(), None, None, 2, {"val_loss": 0.1}, is_best=True)
+    assert outside.read_text() == "precious"
+    assert not (folder / "best_model.pth").is_symlink()
