@@ -194,19 +194,6 @@ def test_save_with_backup_keeps_the_previous_file(tmp_path):
     assert _names(tmp_path) == ["model.pth", "model.pth.backup"]
 
 
-def test_save_with_backup_failing_save_loses_nothing(tmp_path, monkeypatch):
-    path = tmp_path / "model.pth"
-    save_with_backup(_state(1), path)
-    save_with_backup(_state(2), path)
-    monkeypatch.setattr(torch, "save", _enospc_half_way)
-    with pytest.raises(OSError):
-        save_with_backup(_state(3), path)
-    monkeypatch.undo()
-    assert _assert_complete(path) == 2
-    assert _assert_complete(tmp_path / "model.pth.backup") == 2
-    assert _names(tmp_path) == ["model.pth", "model.pth.backup"]
-
-
 def test_save_with_backup_keeps_a_private_files_mode(tmp_path):
     path = tmp_path / "model.pth"
     save_with_backup(_state(1), path)
@@ -406,3 +393,17 @@ def test_directory_fsync_can_be_left_to_a_later_commit(tmp_path, monkeypatch):
     assert synced == []
     safe_io.atomic_write(tmp_path / "b.bin", lambda t: t.write_bytes(b"b"))
     assert synced == [tmp_path]
+
+
+def test_save_with_backup_on_a_full_disk_keeps_both_generations(tmp_path, monkeypatch):
+    """The backup rotates only once the new file is fully written: a full disk loses nothing."""
+    path = tmp_path / "model.pth"
+    save_with_backup(_state(1), path)
+    save_with_backup(_state(2), path)  # model.pth: generation 2, its backup: generation 1
+    monkeypatch.setattr(torch, "save", _enospc_half_way)
+    with pytest.raises(OSError):
+        save_with_backup(_state(3), path)
+    monkeypatch.undo()
+    assert _assert_complete(path) == 2
+    assert _assert_complete(tmp_path / "model.pth.backup") == 1
+    assert _names(tmp_path) == ["model.pth", "model.pth.backup"]
