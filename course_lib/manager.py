@@ -154,10 +154,18 @@ class CheckpointManager:
             with self._exclusive():
                 reconcile(self.checkpoint_dir, best_metric=self.best_metric)
         except OSError as exc:
-            # A folder we may read but not write (a shared results folder): loading still works.
-            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            # A folder we may read but not write (a shared results folder), or a full disk:
+            # the repair waits, and loading still works.
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                warnings.warn(
+                    f"{self.checkpoint_dir}: the disk is full, so the folder's repairs were not "
+                    "written; loading works, and saving will fail until space is freed.",
+                    stacklevel=2,
+                )
+            elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                self.read_only = True
+            else:
                 raise
-            self.read_only = True
 
     def __repr__(self) -> str:
         return (

@@ -128,3 +128,24 @@ def test_a_planted_link_is_replaced_never_written_through(folder_with_a_checkpoi
         manager.save(make_mlp(), None, None, 2, {"val_loss": 0.1}, is_best=True)
     assert outside.read_text() == "precious"
     assert not (folder / "best_model.pth").is_symlink()
+
+
+def test_a_full_disk_does_not_stop_a_manager_from_opening_and_loading(
+    folder_with_a_checkpoint, monkeypatch
+):
+    """Opening finishes a repair (here: a deletion left pending); on a full disk loading still works."""
+    import errno
+
+    from course_lib import reconcile
+
+    folder = folder_with_a_checkpoint
+    _tamper(folder, lambda d: d.update(pending_delete=["checkpoint_epoch_0000.pth"]))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reconcile, "write_manifest", disk_full)
+    with pytest.warns(UserWarning, match="disk is full"):
+        manager = CheckpointManager(folder)
+    loaded = manager.load_latest(make_mlp(), None)
+    assert loaded["epoch"] == 1
