@@ -442,7 +442,7 @@ class CheckpointManager:
         except CheckpointFieldError as exc:
             raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
         self._say(f"Loaded checkpoint: {path}")
-        self._say(f"  Epoch: {checkpoint['epoch']}")
+        self._say(f"  Epoch: {checkpoint.get('epoch')}")
         self._say(f"  Metrics: {checkpoint.get('metrics', 'N/A')}")
         return checkpoint
 
