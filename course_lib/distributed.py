@@ -146,6 +146,29 @@ def _describe(results: list[RankResult]) -> str:
     return "\n".join(lines)
 
 
+# The guardian: a small process in its own session that outlives nothing. It reads the process
+# groups of the ranks on stdin; when stdin closes (the launcher finished, or died: SIGKILL, a
+# Jupyter kernel restart) it kills every group, so no rank, and nothing a rank started, survives.
+_GUARDIAN = (
+    "import os, signal, sys\n"
+    "groups = [int(line) for line in sys.stdin]\n"
+    "for group in groups:\n"
+    "    try:\n"
+    "        os.killpg(group, signal.SIGKILL)\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a rank and everything it started (each rank leads its own process group)."""
+    try:
+        os.killpg(proc.pid, 9)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
 def launch_ranks(
     fn: Callable[..., Any],
     nprocs: int = 2,
@@ -190,6 +213,10 @@ def launch_ranks(
         (folder / "spec.pkl").write_bytes(pickle.dumps(spec))
         procs: list[subprocess.Popen[bytes]] = []
         logs = []
+        guardian = subprocess.Popen(
+            [sys.executable, "-c", _GUARDIAN], stdin=subprocess.PIPE, start_new_session=True
+        )
+        assert guardian.stdin is not None
         try:
             for rank in range(nprocs):
                 log = (folder / f"rank{rank}.log").open("wb")
@@ -208,14 +235,17 @@ def launch_ranks(
                         stdin=subprocess.DEVNULL,
                         stdout=log,
                         stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group: killed as a whole
                     )
                 )
+                guardian.stdin.write(f"{procs[-1].pid}\n".encode())
+                guardian.stdin.flush()
             stopped = _wait(procs, folder, timeout)
         finally:
             for p in procs:  # an interrupt (Ctrl-C, a test timeout) must not leave ranks behind
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
+                _kill_group(p)
+            guardian.stdin.close()  # the guardian kills what the ranks left, then exits
+            guardian.wait()
             for log in logs:
                 log.close()
         return [_collect(rank, procs[rank], folder, stopped.get(rank)) for rank in range(nprocs)]
@@ -242,8 +272,7 @@ def _wait(procs: list[subprocess.Popen[bytes]], folder: Path, timeout: float) ->
         if reason:
             for rank, p in enumerate(procs):
                 if p.poll() is None:
-                    p.kill()
-                    p.wait()
+                    _kill_group(p)
                     stopped[rank] = reason
             return stopped
         time.sleep(0.02)
