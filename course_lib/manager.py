@@ -87,6 +87,8 @@ from course_lib.safe_io import (
     MapLocation,
 )
 
+READ_ATTEMPTS = 5  # re-reads of a manifest that other processes keep changing under a reader
+
 
 class CheckpointManager:
     """Save numbered checkpoints, keep the ones the retention policies want, load them back.
@@ -121,6 +123,7 @@ class CheckpointManager:
         format: str = "torch",
         async_save: bool = False,
         verbose: bool = False,
+        lock_timeout: float | None = 60.0,
     ) -> None:
         if max_to_keep is not None and max_to_keep < 1:
             raise ValueError(
@@ -144,6 +147,7 @@ class CheckpointManager:
         self.format = format
         self.async_save = async_save
         self.verbose = verbose
+        self.lock_timeout = lock_timeout
         self.read_only = False
         self._background = BackgroundWriter()
         try:
@@ -201,7 +205,7 @@ class CheckpointManager:
     def _exclusive(self) -> FolderLock:
         """The folder's lock, for ``with``: one manager at a time commits or reconciles."""
         try:
-            return FolderLock(self.checkpoint_dir)
+            return FolderLock(self.checkpoint_dir, timeout=self.lock_timeout)
         except OSError as exc:
             raise write_error(self.checkpoint_dir, exc, None) from exc
 
@@ -390,11 +394,20 @@ class CheckpointManager:
         record: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Read (never apply) a checkpoint: verified, weights_only, both formats."""
-        if record is None:
-            record = record_for(self.checkpoint_dir, path, self._manifest())
-        if verify and record is not None:
-            verify_files(path, record)
-        return read_checkpoint_files(path, device)
+        try:
+            if record is None:
+                record = record_for(self.checkpoint_dir, path, self._manifest())
+            if verify and record is not None:
+                verify_files(path, record)
+            return read_checkpoint_files(path, device)
+        except FileNotFoundError as exc:  # deleted between the manifest and here (a pruning writer)
+            if isinstance(exc, CheckpointError):
+                raise
+            raise CheckpointNotFoundError(
+                path,
+                f"listed in {MANIFEST_NAME} but gone ({exc.strerror}).",
+                "another process pruned it: load again to get the newer checkpoint.",
+            ) from None
 
     def _read_first_good(
         self,
@@ -486,30 +499,49 @@ class CheckpointManager:
         the model is touched only once a good checkpoint has been read.
         """
         self.wait()
-        manifest = self._manifest()
-        entries = sorted(manifest["checkpoints"].values(), key=order_key, reverse=True)
-        if not entries:
-            raise CheckpointNotFoundError(
-                self.checkpoint_dir,
-                f"no checkpoint has been committed here ({MANIFEST_NAME} lists none).",
-                "save one with manager.save(...) first, or pass the folder that holds your "
-                "checkpoints.",
-            )
+        # Another process may commit and prune between our reading the manifest and the file:
+        # then the manifest has changed, and we read again rather than report a missing file.
+        for attempt in range(READ_ATTEMPTS):
+            manifest = self._manifest()
+            entries = sorted(manifest["checkpoints"].values(), key=order_key, reverse=True)
+            if not entries:
+                raise CheckpointNotFoundError(
+                    self.checkpoint_dir,
+                    f"no checkpoint has been committed here ({MANIFEST_NAME} lists none).",
+                    "save one with manager.save(...) first, or pass the folder that holds your "
+                    "checkpoints.",
+                )
 
-        def none_loads(problems: list[CheckpointError]) -> CheckpointError:
-            return CorruptCheckpointError(
-                self.checkpoint_dir,
-                f"none of the {len(entries)} checkpoints in {MANIFEST_NAME} loads: "
-                + "; ".join(f"{p.path.name}: {p.problem}" for p in problems),
-                "restore the files from a backup, or start training afresh in a new folder.",
-            )
+            def none_loads(
+                problems: list[CheckpointError], count: int = len(entries)
+            ) -> CheckpointError:
+                return CorruptCheckpointError(
+                    self.checkpoint_dir,
+                    f"none of the {count} checkpoints in {MANIFEST_NAME} loads: "
+                    + "; ".join(f"{p.path.name}: {p.problem}" for p in problems),
+                    "restore the files from a backup, or start training afresh in a new folder.",
+                )
 
-        path, checkpoint = self._read_first_good(
-            [(self.checkpoint_dir / entry["file"], entry) for entry in entries],
-            device,
-            lambda index: "Falling back to the previous checkpoint.",
-            none_loads,
-        )
+            failure: CheckpointError | None = None
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    path, checkpoint = self._read_first_good(
+                        [(self.checkpoint_dir / entry["file"], entry) for entry in entries],
+                        device,
+                        lambda index: "Falling back to the previous checkpoint.",
+                        none_loads,
+                    )
+                except CheckpointError as exc:
+                    failure = exc
+            if (failure or caught) and attempt < READ_ATTEMPTS - 1:
+                if self._manifest()["checkpoints"].keys() != manifest["checkpoints"].keys():
+                    continue  # a newer commit: read that one instead
+            for warning in caught:
+                warnings.warn(warning.message, warning.category, stacklevel=2)
+            if failure is not None:
+                raise failure
+            break
         return self._apply(checkpoint, path, model, optimizer, scheduler, scaler, restore_rng)
 
     def load_best(

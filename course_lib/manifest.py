@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from course_lib.checkpoint_files import (
 )
 from course_lib.retention import order_key
 from course_lib.safe_io import (
+    CheckpointError,
     CheckpointNotFoundError,
     CorruptCheckpointError,
     ForeignFileError,
@@ -43,6 +45,11 @@ try:  # POSIX; on Windows two managers on one folder are not serialised
     import fcntl
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
+
+
+class CheckpointLockTimeoutError(CheckpointError):
+    """The folder's lock was held by another process for longer than the timeout."""
+
 
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = ".manager.lock"
@@ -207,16 +214,39 @@ class FolderLock:
     """``with FolderLock(folder):`` holds ``folder/.manager.lock`` (``fcntl.flock``).
 
     One manager at a time commits or reconciles, so two on one folder take turns. Creating it
-    opens the lock file, which raises ``OSError`` in a folder that cannot be written.
+    opens the lock file, which raises ``OSError`` in a folder that cannot be written. With a
+    ``timeout`` (seconds), a lock held longer than that (by a stopped or hung process) raises a
+    ``CheckpointLockTimeoutError`` instead of waiting for ever.
     """
 
-    def __init__(self, folder: Path) -> None:
-        self._handle = open(folder / LOCK_NAME, "a+b")  # noqa: SIM115 (closed by __exit__)
+    def __init__(self, folder: Path, timeout: float | None = None) -> None:
+        self._path = folder / LOCK_NAME
+        self._timeout = timeout
+        self._handle = open(self._path, "a+b")  # noqa: SIM115 (closed by __exit__)
 
     def __enter__(self) -> None:
         try:
-            if fcntl is not None:
+            if fcntl is None:
+                return
+            if self._timeout is None:
                 fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX)
+                return
+            deadline = time.monotonic() + self._timeout
+            while True:
+                try:
+                    fcntl.flock(self._handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    return
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise CheckpointLockTimeoutError(
+                            self._path,
+                            f"another process holds the folder's lock for more than "
+                            f"{self._timeout:g} s (a writer that is stopped, hung, or saving "
+                            "a very large checkpoint).",
+                            f"find it (fuser {self._path}), then resume or end it; or pass a "
+                            "longer lock_timeout= to CheckpointManager.",
+                        ) from None
+                    time.sleep(0.05)
         except BaseException:
             self._handle.close()
             raise
