@@ -149,6 +149,8 @@ class CheckpointManager:
         self.verbose = verbose
         self.lock_timeout = lock_timeout
         self.read_only = False
+        # The repaired manifest a full disk kept us from writing: what loading uses meanwhile.
+        self._unwritten_manifest: dict[str, Any] | None = None
         self._background = BackgroundWriter()
         try:
             self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +163,7 @@ class CheckpointManager:
             # A folder we may read but not write (a shared results folder), or a full disk:
             # the repair waits, and loading still works.
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._unwritten_manifest = getattr(exc, "repaired_manifest", None)
                 warnings.warn(
                     f"{self.checkpoint_dir}: the disk is full, so the folder's repairs were not "
                     "written; loading works, and saving will fail until space is freed.",
@@ -210,6 +213,8 @@ class CheckpointManager:
             raise write_error(self.checkpoint_dir, exc, None) from exc
 
     def _manifest(self) -> dict[str, Any]:
+        if self._unwritten_manifest is not None and not self.manifest_path.exists():
+            return self._unwritten_manifest
         return read_manifest_or_empty(self.checkpoint_dir)
 
     def _retention(

@@ -118,7 +118,11 @@ def reconcile(folder: Path, *, best_metric: str) -> None:
             stacklevel=3,
         )
     if changed:
-        write_manifest(folder, manifest)
+        try:
+            write_manifest(folder, manifest)
+        except OSError as exc:
+            exc.repaired_manifest = manifest  # type: ignore[attr-defined]  # usable for loading
+            raise
 
 
 def _best_is_current(folder: Path, best: Mapping[str, Any]) -> bool:

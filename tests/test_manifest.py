@@ -113,6 +113,30 @@ def test_a_good_manifest_still_reads(folder_with_a_checkpoint):
     assert torch.__version__
 
 
+@pytest.mark.parametrize("repair", ["pending_delete", "missing_manifest"])
+def test_a_full_disk_keeps_loading_whatever_the_repair(
+    folder_with_a_checkpoint, monkeypatch, repair
+):
+    import errno
+
+    from course_lib import reconcile
+
+    folder = folder_with_a_checkpoint
+    if repair == "missing_manifest":
+        (folder / MANIFEST_NAME).unlink()  # the manager adopts the files: a manifest to write
+    else:
+        _tamper(folder, lambda d: d.update(pending_delete=["checkpoint_epoch_0000.pth"]))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reconcile, "write_manifest", disk_full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manager = CheckpointManager(folder)
+    assert manager.load_latest(make_mlp(), None)["epoch"] == 1
+
+
 @pytest.mark.parametrize("planted", ["best_model.pth", "checkpoint_epoch_0002.pth", MANIFEST_NAME])
 def test_a_planted_link_is_replaced_never_written_through(folder_with_a_checkpoint, planted):
     folder = folder_with_a_checkpoint
