@@ -212,7 +212,7 @@ def _mount(
     _check(_libc.mount(*encoded[:3], flags, encoded[3]), f"mount {target}")
 
 
-def _wall_off(job: str) -> None:
+def _wall_off(job: str, keep_under_tmp: list[str]) -> None:
     """In the grandchild (PID 1 of its namespace): see only this job, then lock that view."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
     for source, target, read_only in (("job", "/grader", True), ("answers", "/answers", False),
@@ -222,7 +222,19 @@ def _wall_off(job: str) -> None:
             flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
             _mount(None, target, None, flags)
     _mount("tmpfs", "/jobs", "tmpfs", MS_NOSUID | MS_NODEV)  # every other job: out of sight
+    # A fresh /tmp would hide what the sandbox mounted below it (a course cloned under /tmp, its
+    # environment): hold those by file descriptor and mount them back on the new /tmp.
+    kept = [(path, os.open(path, os.O_PATH)) for path in keep_under_tmp if os.path.isdir(path)]
     _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=512m")
+    for path, descriptor in kept:
+        os.makedirs(path, exist_ok=True)
+        _mount(f"/proc/self/fd/{descriptor}", path, None, MS_BIND | MS_REC)
+        try:
+            flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
+            _mount(None, path, None, flags)
+        except OSError:
+            pass  # it came read-only from the sandbox's own bind; a refused remount keeps that
+        os.close(descriptor)
     if Path("/dev/shm").is_dir():
         _mount("tmpfs", "/dev/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m")
     # The sandbox's root (a tmpfs shared by every job of this zygote) becomes read-only here, so
@@ -250,7 +262,7 @@ def _child(request: dict) -> None:
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        _wall_off(job)
+        _wall_off(job, list(request.get("keep_under_tmp", [])))
         os.chdir("/submission")
         memory, files = request["memory_mb"] << 20, request["file_mb"] << 20
         import resource

@@ -89,6 +89,14 @@ def _python_paths() -> list[Path]:
     return chosen
 
 
+def _mounted_under_tmp() -> list[str]:
+    """What the sandbox binds below /tmp (a course or environment there), shallowest first."""
+    mounted = [*_python_paths(), PACKAGE_DIR.parent]
+    return [
+        str(p) for p in sorted(mounted, key=lambda p: len(p.parts)) if Path("/tmp") in p.parents
+    ]
+
+
 def _bwrap_prefix() -> list[str]:
     command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--uid", NOBODY, "--gid", NOBODY, "--hostname", "grader",
@@ -329,7 +337,8 @@ class WarmSandbox:
             self._start()
         assert self.process is not None and self.process.stdin is not None
         request = {"job": workdir.name, "cell_timeout": self.limits.cell_timeout,
-                   "memory_mb": self.limits.memory_mb, "file_mb": self.limits.file_mb}  # fmt: skip
+                   "memory_mb": self.limits.memory_mb, "file_mb": self.limits.file_mb,
+                   "keep_under_tmp": _mounted_under_tmp()}  # fmt: skip
         output = workdir / "output.txt"
         try:
             self.process.stdin.write(json.dumps(request).encode() + b"\n")
