@@ -286,12 +286,17 @@ _NAMESPACE_SCRIPT = textwrap.dedent(
     """
     import errno, json, os, sys, torch
     from pathlib import Path
-    from course_lib.safe_io import safe_save, safe_load
+    from course_lib.safe_io import safe_save, safe_load, save_with_backup
     where, kind = Path(sys.argv[1]), sys.argv[2]
     path = where / "model.pth"
     result = {}
     try:
-        if kind == "full":
+        if kind == "backup":
+            save_with_backup(torch.full((10,), 1.0), path)
+            save_with_backup(torch.full((10,), 2.0), path)
+            result["backup_before"] = safe_load(str(path) + ".backup", map_location="cpu").tolist()
+            save_with_backup(torch.full((4_000_000,), 3.0), path)  # 16 MB into 1 MiB
+        elif kind == "full":
             safe_save(torch.full((4_000_000,), 2.0), path)  # 16 MB into a 1 MiB file system
         else:
             safe_save(torch.full((10,), 2.0), path)
@@ -302,6 +307,8 @@ _NAMESPACE_SCRIPT = textwrap.dedent(
         result["message"] = str(exc).splitlines()[0]
         result["notes"] = getattr(exc, "__notes__", [])
     result["old"] = safe_load(path, map_location="cpu").tolist()
+    if kind == "backup":
+        result["backup"] = safe_load(str(path) + ".backup", map_location="cpu").tolist()
     result["names"] = sorted(os.listdir(where))
     print(json.dumps(result))
     """
@@ -313,7 +320,7 @@ def _in_private_mount_namespace(tmp_path: Path, mount: str, kind: str) -> dict:
         pytest.skip("needs root and unshare(1) for a private mount namespace")
     where = tmp_path / "mnt"
     where.mkdir()
-    if kind == "full":
+    if kind in ("full", "backup"):
         setup = f"mount -t tmpfs -o size=1m tmpfs {where}"
         prepare = (
             f"{sys.executable} -c 'import torch; torch.save(torch.ones(3), \"{where}/model.pth\")'"
@@ -407,3 +414,11 @@ def test_save_with_backup_on_a_full_disk_keeps_both_generations(tmp_path, monkey
     assert _assert_complete(path) == 2
     assert _assert_complete(tmp_path / "model.pth.backup") == 1
     assert _names(tmp_path) == ["model.pth", "model.pth.backup"]
+
+
+@pytest.mark.timeout(120)
+def test_real_full_disk_keeps_both_generations_of_save_with_backup(tmp_path):
+    result = _in_private_mount_namespace(tmp_path, "tmpfs", "backup")
+    assert result["error"] == errno.ENOSPC, result
+    assert result["old"] == [2.0] * 10 and result["backup"] == [1.0] * 10, result
+    assert result["names"] == ["model.pth", "model.pth.backup"]
