@@ -43,4 +43,21 @@ def start(section: str, *, seed: int = 0) -> tuple[torch.device, Path]:
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
     logging.getLogger("torch.export").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+    _short_tracebacks()
     return device, fresh_workdir(section)
+
+
+def _short_tracebacks() -> None:
+    """In a notebook, show an error as its last line: the exception and its message.
+
+    The cells that fail on purpose teach the message; the frames above it run through torch's
+    and this machine's files, whose absolute paths mean nothing on the learner's machine.
+    ``%xmode Context`` brings the full traceback back. (The magic itself would print a line.)
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None:
+        shell.InteractiveTB.set_mode(mode="Minimal")

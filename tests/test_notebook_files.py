@@ -6,6 +6,8 @@ executed. These checks make sure that every code cell has a committed output to 
 
 from __future__ import annotations
 
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -85,3 +87,22 @@ def test_strip_solutions_leaves_a_stub():
     assert build_notebooks.strip_solutions(body) == (
         "def f():\n    # YOUR CODE HERE\n    raise NotImplementedError\n"
     )
+
+
+MACHINE_PATH = re.compile(r"(?<![\w.~])/(?:work|tmp|home|root|usr|opt|var|Users|private)/[^\s'\"]*")
+TRACEBACK_LIMIT = 20  # lines: the exception and its message, not the frames of torch's files
+
+
+@pytest.mark.parametrize("target", EXECUTED, ids=_ids(EXECUTED))
+def test_committed_outputs_show_no_machine_paths_and_short_tracebacks(target):
+    nb = nbformat.read(target[0], as_version=4)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            text = json.dumps(output)
+            found = MACHINE_PATH.findall(text)
+            assert not found, f"cell {cell.id}: absolute paths of the building machine: {found[:3]}"
+            if output.output_type == "error":
+                lines = "\n".join(output.traceback).splitlines()
+                assert len(lines) <= TRACEBACK_LIMIT, (
+                    f"cell {cell.id}: a {len(lines)}-line traceback"
+                )

@@ -112,6 +112,42 @@ def execute(nb: nbformat.NotebookNode, where: Path) -> None:
     client.execute()
 
 
+# Rules of tests/nbval_sanitize.cfg that also rewrite the committed outputs: a learner must not
+# see the absolute paths of the machine that built the notebooks, and nbval, which applies the
+# same rules to a fresh run, still compares equal.
+MACHINE_PATH_RULES = ("export_absolute_scratch_paths", "kernel_paths", "site_packages")
+
+
+def _machine_path_rules() -> list[tuple[re.Pattern[str], str]]:
+    import configparser
+
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(ROOT / "tests" / "nbval_sanitize.cfg")
+    return [
+        (re.compile(config[name]["regex"]), config[name]["replace"]) for name in MACHINE_PATH_RULES
+    ]
+
+
+def strip_machine_paths(nb: nbformat.NotebookNode) -> None:
+    """Replace the building machine's absolute paths in every output (text, tracebacks, data)."""
+    rules = _machine_path_rules()
+
+    def clean(value):
+        if isinstance(value, str):
+            for pattern, replacement in rules:
+                value = pattern.sub(replacement, value)
+            return value
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        return value
+
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            cell.outputs = [nbformat.from_dict(clean(dict(o))) for o in cell.outputs]
+
+
 def all_sources() -> list[Path]:
     return sorted(SOURCE_ROOT.glob("notebooks/*.py")) + sorted(SOURCE_ROOT.glob("exercises/*.py"))
 
@@ -130,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             started = time.perf_counter()
             if run and not args.no_execute:
                 execute(nb, target.parent)
+                strip_machine_paths(nb)
             target.parent.mkdir(exist_ok=True)
             nbformat.write(nb, target)
             print(f"{target.relative_to(ROOT)}  ({time.perf_counter() - started:.1f} s)")
