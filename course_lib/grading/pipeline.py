@@ -106,31 +106,30 @@ class _Run:
         except SolutionError:
             raise
         except Exception as exc:  # noqa: BLE001 - one submission must never end the class's run
-            return GradeReport(
-                student=submission.student,
-                exercise=submission.exercise,
-                notebook=submission.path,
-                max_score=load_exercise(submission.exercise).max_score
-                if submission.exercise
-                else 0,
-                status=Status.CRASHED,
-                seed=self.seed,
-                problem=f"the grader could not grade this submission ({type(exc).__name__}: {exc})",
+            report = self._report(submission)
+            report.status = Status.CRASHED
+            report.problem = (
+                f"the grader could not grade this submission ({type(exc).__name__}: {exc})"
             )
+            return report
 
-    def _grade(self, submission: Submission) -> GradeReport:
-        started = time.perf_counter()
-        exercise = load_exercise(submission.exercise) if submission.exercise else None
-        report = GradeReport(
+    def _report(self, submission: Submission) -> GradeReport:
+        """The report before anything ran: missing, or unreadable until a run says otherwise."""
+        return GradeReport(
             student=submission.student,
             exercise=submission.exercise,
             notebook=submission.path,
-            max_score=exercise.max_score if exercise else 0.0,
+            max_score=load_exercise(submission.exercise).max_score if submission.exercise else 0.0,
             status=Status.MISSING if submission.path is None else Status.UNREADABLE,
             seed=self.seed,
             problem=submission.problem,
             note=submission.note,
         )
+
+    def _grade(self, submission: Submission) -> GradeReport:
+        started = time.perf_counter()
+        exercise = load_exercise(submission.exercise) if submission.exercise else None
+        report = self._report(submission)
         if exercise is None or submission.problem is not None:
             return report
         solution = self.solution_answers(exercise.name)

@@ -114,27 +114,29 @@ def _bwrap_prefix() -> list[str]:
     return command
 
 
-def _bwrap_command(
-    job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeout: int
-) -> list[str]:
+def _sandbox_command(mounts: list[str], program: list[str]) -> list[str]:
+    """bubblewrap with what every sandbox sees (the environment read-only, course_lib without
+    this package, a clean environment), plus ``mounts``, running ``program``."""
     command = _bwrap_prefix()
     for path in _python_paths():
         command += ["--ro-bind", str(path), str(path)]
     course_lib = PACKAGE_DIR.parent
     command += ["--ro-bind", str(course_lib), str(course_lib), "--tmpfs", str(PACKAGE_DIR)]
-    command += ["--ro-bind", str(job_dir), "/grader", "--bind", str(answers_dir), "/answers",
-                "--bind", str(home_dir), "/submission", "--chdir", "/submission", "--clearenv"]  # fmt: skip
+    command += [*mounts, "--clearenv"]
     for key, value in _environment("/submission").items():
         command += ["--setenv", key, value]
-    return [
-        *command,
-        sys.executable,
-        "-P",  # the script's folder is not put on sys.path
-        "/grader/run_notebook.py",
-        "/grader",
-        "/answers",
-        str(cell_timeout),
-    ]
+    # -P: the script's folder is not put on sys.path.
+    return [*command, sys.executable, "-P", *program]
+
+
+def _bwrap_command(
+    job_dir: Path, answers_dir: Path, home_dir: Path, cell_timeout: int
+) -> list[str]:
+    """A cold sandbox for one job."""
+    mounts = ["--ro-bind", str(job_dir), "/grader", "--bind", str(answers_dir), "/answers",
+              "--bind", str(home_dir), "/submission", "--chdir", "/submission"]  # fmt: skip
+    program = ["/grader/run_notebook.py", "/grader", "/answers", str(cell_timeout)]
+    return _sandbox_command(mounts, program)
 
 
 def _environment(home: str) -> dict[str, str]:
@@ -280,17 +282,9 @@ class WarmSandbox:
     def _start(self) -> None:
         runner = self.zone / "run_notebook.py"
         shutil.copyfile(RUNNER, runner)
-        command = _bwrap_prefix()
-        for path in _python_paths():
-            command += ["--ro-bind", str(path), str(path)]
-        course_lib = PACKAGE_DIR.parent
-        command += ["--ro-bind", str(course_lib), str(course_lib), "--tmpfs", str(PACKAGE_DIR),
-                    "--bind", str(self.zone), "/jobs", "--dir", "/submission", "--dir", "/answers",
-                    "--dir", "/grader", "--ro-bind", str(runner), "/runner.py", "--chdir", "/",
-                    "--clearenv"]  # fmt: skip
-        for key, value in _environment("/submission").items():
-            command += ["--setenv", key, value]
-        command += [sys.executable, "-P", "/runner.py", "--serve"]
+        mounts = ["--bind", str(self.zone), "/jobs", "--dir", "/submission", "--dir", "/answers",
+                  "--dir", "/grader", "--ro-bind", str(runner), "/runner.py", "--chdir", "/"]  # fmt: skip
+        command = _sandbox_command(mounts, ["/runner.py", "--serve"])
         self.process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
