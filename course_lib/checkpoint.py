@@ -454,9 +454,9 @@ def train_with_checkpoint(
     epochs: Sequence[int] = range(start_epoch, num_epochs)
     bar = None
     if progress:
-        from tqdm.auto import tqdm
+        from course_lib.progress import epoch_bar
 
-        bar = tqdm(total=num_epochs, initial=start_epoch, desc="epochs", unit="epoch")
+        bar = epoch_bar(num_epochs, initial=start_epoch)
     for epoch in epochs:
         train_loss, steps = _run_epoch(model, train_loader, criterion, device, optimizer, scaler)
         step += steps
