@@ -24,16 +24,15 @@ from course_lib import notebook
 device, workdir = notebook.start("6.3.3")
 
 # %%
+import os
 import shutil
-import subprocess
-import sys
-import time
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from torch import nn
 
-from course_lib import checkpoint, demo_job
+from course_lib import checkpoint, demo_job, interrupt, plots
 from course_lib.safe_io import safe_load
 
 # The models here are tiny: one thread is fastest, and gives the same numbers on every machine.
@@ -179,37 +178,20 @@ straight_model, straight = demo_job.demo_training(workdir / "straight", 12, prog
 
 # %% [markdown]
 # Now we start the job in **another process**, wait until it reports its 5th epoch (it prints
-# that line once the epoch's checkpoint is on disk), and kill it with `SIGKILL` (`kill -9`: no clean-up, no `finally`, like a power cut or the out-of-memory
-# killer). The job pauses 0.4 s between epochs, so we hit the same point every time.
+# that line once the epoch's checkpoint is on disk), and kill it with `SIGKILL` (`kill -9`: no
+# clean-up, no `finally`, like a power cut or the out-of-memory killer). The job pauses 0.4 s
+# between epochs, so we hit the same point every time. `course_lib.interrupt` holds the harness:
+# `subprocess.Popen` of `python -m course_lib.demo_job`, a loop that reads the job's log, then
+# `proc.kill()`.
 
 # %%
 run_dir = workdir / "interrupted"
 KILL_AFTER = 5  # epochs done
-
-
-def reported(epoch):
-    """Has the job printed the (whole) line for `epoch`?"""
-    whole_lines = (workdir / "interrupted.log").read_text().split("\n")[:-1]
-    return any(line.startswith(f"Epoch {epoch}:") for line in whole_lines)
-
-
-with open(workdir / "interrupted.log", "w") as log:
-    proc = subprocess.Popen(
-        [sys.executable, "-u", "-m", "course_lib.demo_job", run_dir, "--epoch-delay", "0.4"],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    while not reported(KILL_AFTER - 1):
-        if proc.poll() is not None:
-            raise RuntimeError("the job ended by itself: see interrupted.log")
-        time.sleep(0.02)
-    proc.kill()  # SIGKILL on Linux and macOS
-    proc.wait()
-print("killed:", proc.returncode != 0)
-print((workdir / "interrupted.log").read_text())
-print(
-    "last checkpoint on disk: epoch", safe_load(run_dir / "latest.pth", map_location="cpu")["epoch"]
-)
+killed = interrupt.kill_demo_job_after(run_dir, KILL_AFTER, workdir / "interrupted.log")
+print("killed:", killed.killed)
+print(killed.log)
+last = safe_load(run_dir / "latest.pth", map_location="cpu")
+print("last checkpoint on disk: epoch", last["epoch"])
 
 # %% [markdown]
 # The process is gone. Keep a copy of its folder (for the experiment after this one), then resume
@@ -253,21 +235,7 @@ print("   every parameter torch.equal:", all_equal(straight_model, no_rng_model)
 print("   loss history identical:     ", no_rng == straight)
 
 # %%
-import matplotlib.pyplot as plt
-
-fig, ax = plt.subplots(figsize=(7, 3.5))
-ax.plot(straight["epoch"], straight["val_loss"], "k-", lw=4, alpha=0.3, label="uninterrupted")
-ax.plot(resumed["epoch"], resumed["val_loss"], "o-", ms=4, label="killed, resumed (RNG restored)")
-ax.plot(
-    no_rng["epoch"][KILL_AFTER - 1 :],
-    no_rng["val_loss"][KILL_AFTER - 1 :],
-    "s--",
-    ms=4,
-    label="killed, resumed without RNG state",
-)
-ax.axvline(KILL_AFTER - 0.5, color="red", ls=":", label="kill -9")
-ax.set(xlabel="epoch", ylabel="validation loss", yscale="log", title="Resuming from a checkpoint")
-ax.legend()
+plots.plot_resume_curves(straight, resumed, no_rng, KILL_AFTER)
 plt.show()
 
 # %% [markdown]
@@ -277,33 +245,27 @@ plt.show()
 # ## Step 5: the chapter's `train_with_checkpoint`, and its resume bug
 #
 # The chapter's loop keeps `best_model.pth` by validation loss. Here it is as written (it calls
-# the chapter's `save_checkpoint`/`load_checkpoint` from Step 2):
+# the chapter's `save_checkpoint`/`load_checkpoint` from Step 2). It is one function, so it is one
+# cell, in the chapter's own layout:
+
 
 # %%
-import os
-
-
-def train_with_checkpoint(
-    model,
-    train_loader,
-    val_loader,
-    criterion,
-    optimizer,
-    scheduler,
-    num_epochs,
-    checkpoint_dir="checkpoints",
-    resume_from=None,
-):
+# fmt: off
+def train_with_checkpoint(model, train_loader, val_loader, criterion,
+                          optimizer, scheduler, num_epochs,
+                          checkpoint_dir='checkpoints', resume_from=None):
     """Training with checkpoint resume"""
 
     os.makedirs(checkpoint_dir, exist_ok=True)
 
     start_epoch = 0
-    best_val_loss = float("inf")
+    best_val_loss = float('inf')
 
     # try to resume
     if resume_from and os.path.exists(resume_from):
-        start_epoch, _ = load_checkpoint(resume_from, model, optimizer, scheduler)
+        start_epoch, _ = load_checkpoint(
+            resume_from, model, optimizer, scheduler
+        )
         start_epoch += 1  # start from the next epoch
 
     device = next(model.parameters()).device
@@ -346,24 +308,17 @@ def train_with_checkpoint(
         if val_loss < best_val_loss:
             best_val_loss = val_loss
             save_checkpoint(
-                model,
-                optimizer,
-                scheduler,
-                epoch,
-                val_loss,
-                os.path.join(checkpoint_dir, "best_model.pth"),
+                model, optimizer, scheduler, epoch, val_loss,
+                os.path.join(checkpoint_dir, 'best_model.pth')
             )
 
         # save a checkpoint periodically
         if (epoch + 1) % 10 == 0:
             save_checkpoint(
-                model,
-                optimizer,
-                scheduler,
-                epoch,
-                val_loss,
-                os.path.join(checkpoint_dir, f"checkpoint_epoch_{epoch}.pth"),
+                model, optimizer, scheduler, epoch, val_loss,
+                os.path.join(checkpoint_dir, f'checkpoint_epoch_{epoch}.pth')
             )
+# fmt: on
 
 
 # %% [markdown]
@@ -420,15 +375,50 @@ history = checkpoint.train_with_checkpoint(
 # %% [markdown]
 # ## Exercises
 #
-# The chapter's exercise 1 is "implement a complete checkpoint management system". Start small:
+# The chapter's exercise 1 is "implement a complete checkpoint management system" (its full form
+# is `exercises/ex1_checkpoint_manager.ipynb`, checked by `./course check`). Start small:
 #
-# 1. Resume the killed job with `restore_rng=True` but from a checkpoint saved *in the middle* of
-#    an epoch: what else would you have to store to resume exactly? (Hint: the sampler's order.)
-# 2. Give the `DataLoader` its own `generator=torch.Generator()`: the resumed run now diverges
-#    even with the RNGs restored. Save `generator.get_state()` in `extra=` and fix it.
+# 1. The demo job saves at the end of each epoch. What else would a checkpoint saved *in the
+#    middle* of an epoch need, to resume exactly?
+# 2. Give a `DataLoader` its own `generator=torch.Generator()`: it no longer draws from the
+#    global RNG that `capture_rng_state` saves, so a resumed epoch sees another order. Save
+#    `generator.get_state()` beside the checkpoint and restore it, and check that the resumed
+#    epoch sees the uninterrupted epoch's order.
 # 3. Read `course_lib/checkpoint.py` (`build_checkpoint`, `apply_checkpoint`) and
 #    `course_lib/rng.py` (`capture_rng_state`): they are short. 6.3.8 builds a checkpoint manager
-#    on them.
+#    on them. (Reading only: no solution.)
+#
+# <details><summary>Solution 1</summary>
+#
+# The position inside the epoch: the number of batches already done, and the order of this
+# epoch's samples (the sampler's permutation, or the RNG state from *before* the epoch began, so
+# the same permutation can be drawn again and its first batches skipped). Plus the global step
+# for the scheduler and logging. `torchdata`'s `StatefulDataLoader` stores exactly this in its
+# own `state_dict()`.
+#
+# </details>
+#
+# <details><summary>Solution 2 (run it: the last line checks it)</summary>
+#
+# ```python
+# import torch
+# from torch.utils.data import DataLoader
+# from course_lib.safe_io import safe_load, safe_save
+#
+# generator = torch.Generator().manual_seed(0)
+# loader = DataLoader(range(8), batch_size=4, shuffle=True, generator=generator)
+# first_epoch = [batch.tolist() for batch in loader]
+# safe_save({"loader_rng": generator.get_state()}, workdir / "loader_rng.pth")
+# second_epoch = [batch.tolist() for batch in loader]  # the uninterrupted run goes on
+#
+# restored = torch.Generator()  # a new process: a new generator, its state from the file
+# restored.set_state(safe_load(workdir / "loader_rng.pth")["loader_rng"])
+# resumed = DataLoader(range(8), batch_size=4, shuffle=True, generator=restored)
+# assert [batch.tolist() for batch in resumed] == second_epoch, "the resumed epoch saw another order"
+# print("the resumed epoch sees the same order:", second_epoch)
+# ```
+#
+# </details>
 #
 # ## Conclusion
 #
@@ -438,3 +428,16 @@ history = checkpoint.train_with_checkpoint(
 # - Restoring everything makes a resumed run identical, bit for bit, to one never interrupted;
 #   the test suite checks this in a fresh process.
 # - Next: 6.3.4, loading a `state_dict` that does not quite match the model.
+
+# %% [markdown]
+# ## Further reading
+#
+# - PyTorch tutorial: [Saving and loading a general checkpoint](https://pytorch.org/tutorials/recipes/recipes/saving_and_loading_a_general_checkpoint.html)
+# - PyTorch docs: [`torch.save`](https://pytorch.org/docs/stable/generated/torch.save.html),
+#   [`torch.load`](https://pytorch.org/docs/stable/generated/torch.load.html) and its
+#   [`weights_only` allowlist](https://pytorch.org/docs/stable/notes/serialization.html#weights-only)
+# - PyTorch docs: [Reproducibility](https://pytorch.org/docs/stable/notes/randomness.html) (RNG
+#   states, `DataLoader` generators and workers)
+# - PyTorch docs: [`torch.get_rng_state`](https://pytorch.org/docs/stable/generated/torch.get_rng_state.html),
+#   [`torch.Generator`](https://pytorch.org/docs/stable/generated/torch.Generator.html),
+#   [optimizer `state_dict`](https://pytorch.org/docs/stable/generated/torch.optim.Optimizer.state_dict.html)

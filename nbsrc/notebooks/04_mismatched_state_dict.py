@@ -56,6 +56,12 @@ class Classifier(nn.Module):
         return self.head(self.backbone(x))
 
 
+# %% [markdown]
+# Two small helpers: a training loop (over `parameters`, all of the model's by default) and the
+# accuracy on held-out images.
+
+
+# %%
 def train(model, x, y, epochs, parameters=None):
     optimizer = torch.optim.Adam(parameters or model.parameters(), lr=0.01)
     model.train()
@@ -74,6 +80,10 @@ def accuracy(model, x, y):
     return round((model(x).argmax(dim=1) == y).float().mean().item(), 2)
 
 
+# %% [markdown]
+# Pretrain on the first 256 images, measure on the last 128, and save the `state_dict`:
+
+# %%
 images, labels = make_image_data(512, num_classes=10, image_size=8, seed=0).tensors
 images, labels = images.to(device), labels.to(device)
 
@@ -341,10 +351,50 @@ print(inspect_checkpoint(workdir / "pretrained_model.pth"))
 # %% [markdown]
 # ## Exercises
 #
-# The chapter's exercise 3, *load weights partially from a pretrained model*: give `Classifier` a
-# wider head (`nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))`), load the
-# pretrained checkpoint into it and read the report. Then rename the checkpoint's `backbone.*`
-# keys to `features.*` with a prefix rule and load it into a model that uses that name.
+# The chapter's exercise 3, *load weights partially from a pretrained model* (its graded form is
+# `exercises/ex3_partial_loading.ipynb`, checked by `./course check`):
+#
+# 1. Give `Classifier` a wider head (`nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))`),
+#    load the pretrained checkpoint into it and read the report.
+# 2. Rename the checkpoint's `backbone.*` keys to `features.*` with a prefix rule and load it into
+#    a model that uses that name.
+#
+# <details><summary>Solutions (run them: the asserts check them)</summary>
+#
+# ```python
+# import torch
+# from torch import nn
+# from course_lib.state_dict import load_partial_state_dict, rename_state_dict_keys
+#
+# class WideHead(Classifier):
+#     def __init__(self) -> None:
+#         super().__init__(num_classes=2)
+#         self.head = nn.Sequential(nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 2))
+#
+# wide = WideHead()
+# report = load_partial_state_dict(wide, torch.load(workdir / "pretrained_model.pth"))
+# print(report.table())
+# assert all(k.startswith("backbone.") for k in report.loaded)  # the whole backbone, no head
+# assert sorted(report.unexpected) == ["head.bias", "head.weight"]  # the old head has no place
+#
+# class Renamed(nn.Module):
+#     def __init__(self) -> None:
+#         super().__init__()
+#         self.features = Classifier(num_classes=10).backbone
+#         self.head = nn.Linear(32, 10)
+#
+#     def forward(self, x):
+#         return self.head(self.features(x))
+#
+# renamed_state = rename_state_dict_keys(
+#     torch.load(workdir / "pretrained_model.pth"), prefixes={"backbone.": "features."}
+# )
+# renamed = Renamed()
+# print(renamed.load_state_dict(renamed_state))  # strict: every key matched
+# assert torch.equal(renamed.features[1].weight, renamed_state["features.1.weight"])
+# ```
+#
+# </details>
 #
 # ## Conclusion
 #
@@ -356,3 +406,13 @@ print(inspect_checkpoint(workdir / "pretrained_model.pth"))
 # - `inspect_checkpoint` shows what a file holds before you build anything.
 #
 # Next: `05_data_parallel`, where every key suddenly starts with `module.`.
+
+# %% [markdown]
+# ## Further reading
+#
+# - PyTorch docs: [`Module.load_state_dict`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.load_state_dict)
+#   (`strict`, `assign`, the returned missing and unexpected keys)
+# - PyTorch tutorial: [Warmstarting a model using parameters from a different model](https://pytorch.org/tutorials/recipes/recipes/warmstarting_model_using_parameters_from_a_different_model.html)
+# - PyTorch tutorial: [Transfer learning for computer vision](https://pytorch.org/tutorials/beginner/transfer_learning_tutorial.html)
+# - PyTorch docs: [Serialization semantics](https://pytorch.org/docs/stable/notes/serialization.html)
+#   (what a `state_dict` holds, `_metadata` and versions)
