@@ -24,7 +24,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["LOAD_METHODS", "LoadMemory", "measure_load", "memory_rows", "memory_verdict"]
+__all__ = [
+    "LOAD_METHODS",
+    "LoadMemory",
+    "measure_load",
+    "measure_loads",
+    "memory_rows",
+    "memory_verdict",
+]
 
 # The ways of loading compared, in the order they are taught.
 LOAD_METHODS = (
@@ -83,6 +90,30 @@ def measure_load(
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise RuntimeError(f"the {method!r} load failed in its process: {last}")
     return LoadMemory(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def measure_loads(
+    torch_file: str | os.PathLike[str],
+    safetensors_file: str | os.PathLike[str],
+    methods: tuple[str, ...] = LOAD_METHODS,
+    factory: str = "course_lib.big_models:wide_mlp",
+    factory_kwargs: dict | None = None,
+    workers: int | None = None,
+) -> list[LoadMemory]:
+    """``measure_load`` for each method (its file chosen by format), ``workers`` processes at once.
+
+    Each process measures only itself, so running them side by side changes no figure; it
+    only saves time (mostly Python and ``torch`` starting). ``workers`` defaults to the CPU count.
+    Taught in ``notebooks/01_state_dict.ipynb``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(method: str) -> LoadMemory:
+        path = safetensors_file if "safetensors" in method else torch_file
+        return measure_load(method, path, factory, factory_kwargs)
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        return list(pool.map(one, methods))
 
 
 def memory_rows(results: list[LoadMemory]) -> list[dict[str, str]]:

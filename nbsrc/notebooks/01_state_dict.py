@@ -84,8 +84,8 @@ before = bn_model.state_dict()["1.running_mean"].clone()
 bn_model.train()
 bn_model(torch.randn(64, 10))
 print(
-    "running_mean unchanged after one training-mode forward:",
-    torch.equal(before, bn_model.state_dict()["1.running_mean"]),
+    "running_mean changed by one training-mode forward:",
+    not torch.equal(before, bn_model.state_dict()["1.running_mean"]),
 )
 print("num_batches_tracked:", bn_model.state_dict()["1.num_batches_tracked"].item())
 
@@ -225,10 +225,11 @@ else:
 
 # %%
 # Choose the device automatically
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-model.load_state_dict(torch.load(gpu_file, map_location=device))
-model.to(device)
-print("model is on the chosen device:", next(model.parameters()).device.type == device.type)
+# (named `target`: `device` stays the course device that notebook.start chose, used below)
+target = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+model.load_state_dict(torch.load(gpu_file, map_location=target))
+model.to(target)
+print("model is on the chosen device:", next(model.parameters()).device.type == target.type)
 
 # %% [markdown]
 # Two more forms of `map_location`: a dictionary that renames devices (here: whatever was on
@@ -238,8 +239,8 @@ print("model is on the chosen device:", next(model.parameters()).device.type == 
 # %%
 state = torch.load(gpu_file, map_location={"cuda:0": "cpu"})
 print("renamed devices:", {str(t.device) for t in state.values()})
-model.load_state_dict(state)  # CPU tensors into a model on `device`
-print("model stayed on its device:", next(model.parameters()).device.type == device.type)
+model.load_state_dict(state)  # CPU tensors into a model on `target`
+print("model stayed on its device:", next(model.parameters()).device.type == target.type)
 
 # %% [markdown]
 # ## The course's loader: `safe_load`
@@ -263,6 +264,123 @@ except CheckpointError as error:
     print(error)
 
 # %% [markdown]
+# ## Loading a model bigger than you would like to copy twice
+#
+# This belongs here, in 6.3.1, because it is the same recipe (build the model in code,
+# `torch.load` the `state_dict`, `load_state_dict`) with three arguments changed. A whole pickled
+# model (6.3.2) cannot use it: unpickling creates every tensor itself.
+#
+# The recipe above holds the weights twice at its peak: the constructor allocates and
+# initialises one copy, `torch.load` reads a second, and `load_state_dict` copies the second into
+# the first. For a 7-billion-parameter model in `bfloat16` that is 28 GB instead of 14 GB. Three
+# tools avoid the second copy:
+#
+# - building the model on the `meta` device: tensors with a shape and no data, so the
+#   constructor allocates nothing;
+# - `torch.load(path, mmap=True)`: the file is memory-mapped, and tensors are views of it whose
+#   pages are read when first used;
+# - `load_state_dict(state, assign=True)`: the model *takes* the loaded tensors as its
+#   parameters instead of copying them into its own.
+#
+# A model of a few hundred MB, made in code and saved both with `torch.save` and with
+# `safetensors` (a format of raw tensors that chapter 6.3.2 returns to):
+
+# %%
+from safetensors.torch import save_file
+
+from course_lib.big_models import wide_mlp
+
+big = wide_mlp()  # 12 x Linear(2048, 2048)
+big_file, big_safetensors = workdir / "big.pth", workdir / "big.safetensors"
+torch.save(big.state_dict(), big_file)
+save_file(big.state_dict(), big_safetensors)
+print(f"{sum(p.numel() for p in big.parameters()):,} parameters")
+print(f"{big_file.name}: {big_file.stat().st_size / 1e6:.0f} MB")
+del big
+
+# %% [markdown]
+# The raw PyTorch calls. On `meta` a parameter has a shape and no data:
+
+# %%
+with torch.device("meta"):
+    empty = wide_mlp()
+print(empty[0].weight.device, tuple(empty[0].weight.shape))
+
+# %%
+state = torch.load(big_file, mmap=True, weights_only=True)  # views of the file, read on use
+empty.load_state_dict(state, assign=True)  # the model takes these tensors: no copy
+print("parameter is the loaded tensor:", empty[0].weight.data_ptr() == state["0.weight"].data_ptr())
+print("still trainable:", empty[0].weight.requires_grad)
+
+# %% [markdown]
+# `safetensors.torch.load_file` maps its file the same way. The course's `load_big_model` does
+# the three steps for either format (through `safe_load(..., mmap=True)` for a `torch.save` file)
+# and checks that no tensor was left without data:
+
+# %%
+from course_lib.big_models import load_big_model
+
+from_pth = load_big_model(wide_mlp, big_file)
+from_safetensors = load_big_model(wide_mlp, big_safetensors)
+x = torch.randn(2, 2048)
+print("same outputs:", torch.equal(from_pth(x), from_safetensors(x)))
+del empty, state, from_pth, from_safetensors
+
+# %% [markdown]
+# ### Measuring it
+#
+# What is measured: each load runs in a fresh Python process that has already imported `torch`.
+# Its resident memory (RSS) at that point is the baseline; the figure is the peak RSS during the
+# load (Linux's `VmHWM`, reset just before) minus that baseline, divided by the checkpoint's size.
+# Each load ends by reading every weight once, as a forward pass would, so a lazy load is not
+# flattered by pages it never touched. RSS counts memory the process allocated *and* pages of a
+# memory-mapped file it touched; the last column says how much of the end state is such file
+# pages (the kernel's page cache: shared, and dropped and re-read under memory pressure). This
+# takes a few seconds (the processes run side by side, one per CPU core, each measuring only
+# itself); the figures vary a little from run to run (this cell's output is not
+# compared by the notebook check), and the verdict below them does not:
+
+# %% tags=["nbval-ignore-output"]
+from course_lib.display import show_table
+from course_lib.load_memory import measure_loads, memory_rows, memory_verdict
+
+results = measure_loads(big_file, big_safetensors)  # naive, mmap, meta + assign, ... each alone
+show_table(memory_rows(results))
+
+# %%
+for line in memory_verdict(results):
+    print(line)
+
+# %% [markdown]
+# Reading the verdict: the `naive` load holds two copies at its peak, and `mmap` alone does not
+# help, because the model built normally already owns one copy and the mapped file becomes the
+# second while it is copied in. Building on `meta` with `assign=True` is what removes the copy;
+# `mmap` then makes that one copy the file's own pages, read as they are used (the file-pages
+# column of the table). On a GPU, pass `map_location="cuda"` and the tensors go from the mapping
+# straight to the device.
+#
+# The catch: a buffer registered with `persistent=False` is not in any file, so it stays on
+# `meta`. The raw recipe then fails at the first forward pass; `load_big_model` refuses at once
+# and names it (this cell **fails on purpose**):
+
+
+# %% tags=["raises-exception"]
+class Masked(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.register_buffer("mask", torch.ones(4), persistent=False)
+
+
+torch.save(Masked().state_dict(), workdir / "masked.pth")
+load_big_model(Masked, workdir / "masked.pth")
+
+# %%
+for path in (big_file, big_safetensors):
+    path.unlink()  # 400 MB of scratch files
+print("removed the big files")
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. Add a `BatchNorm1d` to the chapter's model, train it for a few steps, save its `state_dict`,
@@ -270,9 +388,79 @@ except CheckpointError as error:
 # 2. Delete the `running_var` entry from the saved dictionary and load it: what does
 #    `load_state_dict` say? What does `strict=False` change? (Chapter 6.3.4 returns to this.)
 #
+# Try them in a new cell first. Each solution ends with its check: `assert` lines that pass
+# for any correct answer (paste them under your own code, with your variable names).
+#
+# <details><summary>Solution 1 (click to open)</summary>
+#
+# ```python
+# import torch
+# import torch.nn as nn
+#
+#
+# def make():
+#     return nn.Sequential(nn.Linear(10, 20), nn.BatchNorm1d(20), nn.ReLU(), nn.Linear(20, 5))
+#
+#
+# trained = make()
+# optimizer = torch.optim.SGD(trained.parameters(), lr=0.1)
+# for _ in range(5):  # training mode: the BatchNorm buffers move too
+#     optimizer.zero_grad()
+#     trained(torch.randn(32, 10)).square().mean().backward()
+#     optimizer.step()
+# torch.save(trained.state_dict(), workdir / "bn_weights.pth")
+#
+# fresh = make()
+# fresh.load_state_dict(torch.load(workdir / "bn_weights.pth"))
+# x = torch.randn(8, 10)
+# # Check: identical in eval mode, because the running statistics came along with the weights
+# assert torch.equal(trained.eval()(x), fresh.eval()(x))
+# assert torch.equal(trained[1].running_var, fresh[1].running_var)
+# print("exercise 1: checked")
+# ```
+# </details>
+#
+# <details><summary>Solution 2 (click to open; uses Solution 1's file)</summary>
+#
+# ```python
+# state = torch.load(workdir / "bn_weights.pth")
+# del state["1.running_var"]
+# try:
+#     make().load_state_dict(state)
+# except RuntimeError as error:
+#     message = str(error)
+# print(message)  # strict (the default) refuses and names the key
+# loose = make()
+# result = loose.load_state_dict(state, strict=False)
+# print(result)  # strict=False loads the rest and *returns* what it skipped
+# # Check: the key is named both ways, and the skipped buffer keeps its initial value (ones),
+# # so eval() predictions now differ from the trained model's
+# assert 'Missing key(s) in state_dict: "1.running_var"' in message
+# assert result.missing_keys == ["1.running_var"] and result.unexpected_keys == []
+# assert torch.equal(loose[1].running_var, torch.ones(20))
+# print("exercise 2: checked")
+# ```
+# </details>
+#
 # ## Conclusion
 #
 # A `state_dict` is the model's state as plain tensors under stable names: parameters *and* buffers.
 # Save it with `torch.save(model.state_dict(), path)`; load it into a model you build in code, then
 # call `eval()`. Use `map_location` whenever the loading machine may differ from the saving one.
+# For a model you would rather not hold twice, build it on `meta`, load with `mmap=True` and
+# `load_state_dict(..., assign=True)`.
 # Next: `02_whole_model.ipynb`, the alternative the chapter advises against.
+
+# %% [markdown]
+# ## Further reading
+#
+# - PyTorch tutorial: [Saving and loading models](https://pytorch.org/tutorials/beginner/saving_loading_models.html)
+#   and [What is a `state_dict`?](https://pytorch.org/tutorials/recipes/recipes/what_is_state_dict.html)
+# - PyTorch docs: [`torch.load`](https://pytorch.org/docs/stable/generated/torch.load.html)
+#   (`map_location`, `weights_only`, `mmap`) and [Serialization semantics](https://pytorch.org/docs/stable/notes/serialization.html)
+#   (the `weights_only` allowlist, `mmap`)
+# - PyTorch docs: [`Module.load_state_dict`](https://pytorch.org/docs/stable/generated/torch.nn.Module.html#torch.nn.Module.load_state_dict)
+#   (`strict`, `assign`) and the [meta device](https://pytorch.org/docs/stable/meta.html)
+# - PyTorch tutorial: [Tips for loading an `nn.Module` from a checkpoint](https://pytorch.org/tutorials/recipes/recipes/module_load_state_dict_tips.html)
+#   (`mmap`, `meta`, `assign`)
+# - [safetensors documentation](https://huggingface.co/docs/safetensors/index) (the format, `load_file`, `safe_open`)
