@@ -28,16 +28,22 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from course_lib.export import (
     EXPORT_LOGGERS,
+    ExportError,
+    InputCountError,
     Inputs,
-    _double_size_one_batches,
+    _positional_specs,
     as_tuple,
     batch_dynamic_shapes,
+    batched_inputs,
     check_input_shapes,
     exporting_in_eval_mode,
     quiet_loggers,
+    widen_size_one_dims,
+    write_atomically,
 )
 
 MIN_OPSET = 18
@@ -48,19 +54,38 @@ class MissingDependencyError(ImportError):
     """A package the ONNX path needs is not installed; the message says what to install."""
 
 
-class UnsupportedOperatorError(RuntimeError):
-    """The ONNX exporter has no translation for an operator the model uses."""
+class UnsupportedOperatorError(ExportError):
+    """The ONNX exporter has no translation for an operator the model uses (or for how it is used)."""
 
-    def __init__(self, model_name: str, operator: str, node: str | None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        model_name: str,
+        operator: str,
+        node: str | None,
+        reason: str | None = None,
+    ) -> None:
         self.operator = operator
+        self.node = node
+        self.reason = reason
         where = f" (graph node {node!r})" if node else ""
+        why = f": {reason}" if reason else ""
         super().__init__(
+            path,
             f"export_onnx({model_name}): the ONNX exporter has no translation for the operator "
-            f"{operator}{where}.\n  How to fix: rewrite that part of forward() with operations "
-            "ONNX supports, or pass a translation written with onnxscript "
-            "(torch.onnx.export(..., custom_translation_table={torch.ops...: fn})); or deploy this "
-            "model with torch.export (.pt2) instead, which supports every PyTorch operator."
+            f"{operator}{where}{why}.",
+            "rewrite that part of forward() with operations ONNX supports, or pass a "
+            "translation written with onnxscript (torch.onnx.export(..., "
+            "custom_translation_table={torch.ops...: fn})); or deploy this model with "
+            "torch.export (.pt2) instead, which supports every PyTorch operator.",
         )
+
+
+class OnnxExportError(ExportError):
+    """The ONNX exporter failed for another reason; the exporter's own report is kept on it.
+
+    ``exporter_error`` holds the original exception (its long text, with the exporter's steps).
+    """
 
 
 class OnnxMismatchError(AssertionError):
@@ -172,19 +197,83 @@ def _describe(path: Path, exporter: str, log: str) -> OnnxFile:
 
 
 _OP_PATTERN = re.compile(r"OpOverload\(op='(?P<op>[\w.]+)', overload='(?P<overload>\w+)'\)")
+_TARGET_PATTERN = re.compile(r"target=torch\.ops\.(?P<op>\w+\.\w+)\.(?P<overload>\w+)")
 _NODE_PATTERN = re.compile(r"translating node %(?P<node>\w+)")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_SUMMARY_LINE = re.compile(r"^<class '(?P<cls>[\w.]+)'>: (?P<message>.+)$", re.MULTILINE)
 
 
-def _unsupported_operator(exc: BaseException) -> tuple[str, str | None] | None:
-    """The operator (``aten::median.dim``) and graph node named in an exporter error, if any."""
-    text = str(exc)
-    match = _OP_PATTERN.search(text)
+def _plain(text: str) -> str:
+    """The exporter's text without terminal colour codes."""
+    return _ANSI.sub("", text)
+
+
+def _root_cause(text: str) -> str | None:
+    """The first line of the exporter's "Exception summary" (the innermost error), if any."""
+    match = _SUMMARY_LINE.search(text)
+    if match is None:
+        return None
+    cls = match["cls"].rsplit(".", 1)[-1]
+    return f"{cls}: {match['message'].strip()}"
+
+
+def _unsupported_operator(exc: BaseException) -> tuple[str, str | None, str | None] | None:
+    """The operator (``aten::median.dim``), graph node and reason named in an exporter error."""
+    text = _plain(str(exc))
+    match = _OP_PATTERN.search(text) or _TARGET_PATTERN.search(text)
     if match is None:
         return None
     namespace, _, name = match["op"].partition(".")
     overload = "" if match["overload"] == "default" else f".{match['overload']}"
     node = _NODE_PATTERN.search(text)
-    return f"{namespace}::{name}{overload}", node["node"] if node else None
+    reason = _root_cause(text)
+    if reason is not None and ("OpOverload(" in reason or "GraphConstructionError" in reason):
+        reason = None  # only restates the operator
+    return f"{namespace}::{name}{overload}", node["node"] if node else None, reason
+
+
+def _export_failure(path: Path, model: nn.Module, exc: BaseException) -> ExportError:
+    """The house-style error for an exporter failure: short, no colour codes, with the fix."""
+    found = _unsupported_operator(exc)
+    name = type(model).__name__
+    if found is not None:
+        error: ExportError = UnsupportedOperatorError(path, name, *found)
+    else:
+        text = _plain(str(exc))
+        cause = _root_cause(text)
+        first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        problem = cause or first
+        if len(problem) > 400:
+            problem = problem[:400] + " ..."
+        if "data-dependent" in text or "GuardOnDataDependent" in text:
+            fix = (
+                "forward() branches on tensor values (a Python if on the data): write the branch "
+                "with torch.cond, or compute the condition outside the model."
+            )
+        else:
+            fix = (
+                "export with torch.export.export(model, args, dynamic_shapes=...) first (its error "
+                "names the line of forward() at fault); the exporter's full report is on this "
+                "error's .exporter_error."
+            )
+        error = OnnxExportError(
+            path, f"export_onnx({name}): the ONNX exporter failed: {problem}", fix
+        )
+    error.exporter_error = exc
+    return error
+
+
+def _legacy_dynamic_axes(
+    names: Sequence[str], specs: Sequence[Any]
+) -> dict[str, dict[int, str]] | None:
+    """``dynamic_axes`` for the legacy exporter from per-input ``dynamic_shapes`` specs."""
+    axes = {}
+    for name, spec in zip(names, specs, strict=False):
+        items = spec.items() if isinstance(spec, dict) else enumerate(spec or ())
+        dims = {d: getattr(v, "__name__", None) or f"dim{d}" for d, v in items if v is not None}
+        if dims:
+            axes[name] = dims
+    return axes or None
 
 
 def export_onnx(
@@ -198,15 +287,23 @@ def export_onnx(
     output_names: Sequence[str] | None = None,
     external_data: bool = False,
     legacy: bool = False,
+    dynamic_shapes: Any = None,
 ) -> OnnxFile:
     """Export ``model`` to ONE ONNX file at ``path`` with a dynamic batch dimension.
 
     Current exporter (``dynamo=True``): opset ``opset_version`` (default: the exporter's, 18 or
-    newer; older opsets raise ``ValueError``), graph optimisation and constant folding on. An
-    example batch of 1 is repeated to 2 (size-1 dimensions cannot be dynamic). ``legacy=True``
-    uses the deprecated TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``), for old
-    runtimes only. A model in training mode is exported in eval mode, with a warning.
-    The exporter's output is captured into ``OnnxFile.log`` instead of being printed.
+    newer; older opsets raise ``ValueError``), graph optimisation and constant folding on.
+    ``dynamic_shapes`` (torch.export's format, e.g. ``{"x": {0: Dim("batch"), 1: Dim("seq")}}``
+    to make a sequence length dynamic too) replaces the default, which makes dimension 0 of the
+    inputs that carry the batch dynamic (see ``export.batched_inputs``: an input of shape ``(1,)``
+    beside a batch of 1 is taken as a setting, not a batch). A dynamic dimension of size 1 in the
+    example is repeated to 2 (size-1 dimensions cannot be dynamic). ``legacy=True`` uses the
+    deprecated TorchScript-based exporter (``dynamo=False``, ``dynamic_axes``), for old runtimes
+    only. A model with any module in training mode is exported in eval mode, with a warning.
+    The file is written atomically (a failed export keeps the previous file, ``ExportWriteError``);
+    an exporter failure raises ``UnsupportedOperatorError`` or ``OnnxExportError``, short and
+    without colour codes. The exporter's output is captured into ``OnnxFile.log``.
+    Taught in notebooks/07_onnx.ipynb.
     """
     path = Path(path)
     args = as_tuple(example_inputs)
@@ -220,42 +317,46 @@ def export_onnx(
         _require("onnxscript", "ONNX export with the current (dynamo) exporter")
     _require("onnx", "ONNX export")
     exporter = "legacy TorchScript-based" if legacy else "dynamo"
+    if dynamic_shapes is None and dynamic_batch:
+        dynamic_shapes = batch_dynamic_shapes(model, args)
     with exporting_in_eval_mode(model, "ONNX export"), _quiet_exporter() as log:
         try:
             if legacy:
                 names = list(input_names or [f"input_{i}" for i in range(len(args))])
-                torch.onnx.export(
-                    model,
-                    args,
-                    str(path),
-                    dynamo=False,
-                    opset_version=opset_version or 17,
-                    input_names=names,
-                    output_names=list(output_names) if output_names else None,
-                    dynamic_axes={n: {0: "batch"} for n in names} if dynamic_batch else None,
-                    verbose=False,
-                )
+                specs = _positional_specs(model, args, dynamic_shapes)
+
+                def write(temp: Path) -> None:
+                    torch.onnx.export(
+                        model,
+                        args,
+                        str(temp),
+                        dynamo=False,
+                        opset_version=opset_version or 17,
+                        input_names=names,
+                        output_names=list(output_names) if output_names else None,
+                        dynamic_axes=_legacy_dynamic_axes(names, specs),
+                        verbose=False,
+                    )
             else:
-                if dynamic_batch:
-                    args = _double_size_one_batches(args)
                 program = torch.onnx.export(
                     model,
-                    args,
+                    widen_size_one_dims(model, args, dynamic_shapes),
                     dynamo=True,
                     opset_version=opset_version,
                     input_names=list(input_names) if input_names else None,
                     output_names=list(output_names) if output_names else None,
-                    dynamic_shapes=batch_dynamic_shapes(model, args) if dynamic_batch else None,
+                    dynamic_shapes=dynamic_shapes,
                     optimize=True,
                     verbose=False,
                 )
                 _drop_stack_traces(program.model)
-                program.save(str(path), external_data=external_data)
+
+                def write(temp: Path) -> None:
+                    program.save(str(temp), external_data=external_data)
+
+            write_atomically(path, write, "ONNX file")
         except torch.onnx.OnnxExporterError as exc:
-            found = _unsupported_operator(exc)
-            if found is None:
-                raise
-            raise UnsupportedOperatorError(type(model).__name__, *found) from exc
+            raise _export_failure(path, model, exc) from None
     sidecar = path.with_name(path.name + ".data")
     if not external_data and sidecar.exists():
         sidecar.unlink()  # a stale sidecar from an earlier export would only mislead
@@ -310,6 +411,8 @@ class OnnxModel:
 
     def run_numpy(self, *inputs: np.ndarray) -> list[np.ndarray]:
         """Run on NumPy arrays (the cheapest call, used for timing)."""
+        if len(inputs) != len(self.input_names):
+            raise InputCountError(self.path, self.input_names, len(inputs))
         check_input_shapes(str(self.path), self.fixed_shapes, inputs)
         return self.session.run(None, dict(zip(self.input_names, inputs, strict=True)))
 
@@ -367,21 +470,65 @@ class VerificationReport:
         )
 
 
-def _batch_of(example: tuple[Any, ...], batch: int, seed: int) -> tuple[Any, ...]:
-    """Random inputs shaped like ``example`` but with ``batch`` rows (same dtype)."""
+def _batch_of(
+    example: tuple[Any, ...], batch: int, seed: int, batched: Sequence[bool]
+) -> tuple[Any, ...]:
+    """Random inputs shaped like ``example``, with ``batch`` rows where ``batched`` says so.
+
+    Floats are random normal; integers random within the example's range (token ids, classes);
+    booleans (masks) are the example's rows, repeated and shuffled, so a padding mask stays one
+    that the model can take (a row that masks everything gives NaN in any runtime).
+    """
     gen = torch.Generator().manual_seed(seed)
     out = []
-    for x in example:
-        if isinstance(x, torch.Tensor) and x.dim() > 0:
-            shape = (batch, *x.shape[1:])
-            if x.is_floating_point():
-                out.append(torch.randn(shape, generator=gen, dtype=x.dtype))
-            else:
-                low, high = int(x.min()), int(x.max()) + 1
-                out.append(torch.randint(low, high, shape, generator=gen, dtype=x.dtype))
-        else:
+    for x, is_batched in zip(example, batched, strict=True):
+        if not (isinstance(x, torch.Tensor) and x.dim() > 0 and is_batched):
             out.append(x)
+            continue
+        shape = (batch, *x.shape[1:])
+        if x.is_floating_point():
+            out.append(torch.randn(shape, generator=gen, dtype=x.dtype))
+        elif x.dtype == torch.bool:
+            rows = torch.randint(0, x.shape[0], (batch,), generator=gen)
+            out.append(x[rows])
+        else:
+            low, high = int(x.min()), int(x.max()) + 1
+            out.append(torch.randint(low, high, shape, generator=gen, dtype=x.dtype))
     return tuple(out)
+
+
+def _inputs_to_vary(
+    example: tuple[Any, ...], file_shapes: Sequence[tuple[int | None, ...]]
+) -> list[bool]:
+    """Which example inputs get ``batch`` rows: the file's dynamic dimension 0s, if it has any.
+
+    A file exported with a fixed batch has none: then the inputs that carry the batch are guessed
+    as ``export_onnx`` does, so the check meets the fixed batch and says so (``StaticShapeError``).
+    """
+    tensors = [i for i, x in enumerate(example) if isinstance(x, torch.Tensor)]
+    dynamic = [bool(shape) and shape[0] is None for shape in file_shapes]
+    flags = [False] * len(example)
+    if any(dynamic):
+        for i, is_dynamic in zip(tensors, dynamic, strict=False):
+            flags[i] = is_dynamic
+        return flags
+    return batched_inputs(example)
+
+
+def _compare(
+    batch: int, name: str, got: torch.Tensor, expected: torch.Tensor, atol: float, rtol: float
+) -> OutputCheck:
+    g, e = got.double(), expected.double()
+    if g.shape != e.shape:
+        return OutputCheck(batch, name, tuple(g.shape), float("inf"), float("inf"), False)
+    both_nan = g.isnan() & e.isnan()  # the same NaN in both runtimes is agreement
+    g, e = g.masked_fill(both_nan, 0), e.masked_fill(both_nan, 0)
+    diff = (g - e).abs()
+    significant = e.abs() > atol
+    max_rel = float((diff[significant] / e.abs()[significant]).max()) if significant.any() else 0.0
+    ok = bool((diff <= atol + rtol * e.abs()).all())
+    max_abs = float(diff.max()) if diff.numel() else 0.0
+    return OutputCheck(batch, name, tuple(g.shape), max_abs, max_rel, ok)
 
 
 def verify_onnx(
@@ -411,35 +558,23 @@ def verify_onnx(
     runner = OnnxModel(path)
     reference = copy.deepcopy(model).cpu().eval()
     example = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in as_tuple(example_inputs))
+    vary = _inputs_to_vary(example, list(runner.fixed_shapes.values()))
     checks = []
     for i, batch in enumerate(batch_sizes):
-        inputs = _batch_of(example, batch, seed + i)
+        inputs = _batch_of(example, batch, seed + i, vary)
         got = runner(*[x for x in inputs if isinstance(x, torch.Tensor)])
         with torch.inference_mode():
             expected = reference(*inputs)
+        # The exporter flattens outputs (a dict's values, a nested tuple's leaves) in this order.
         got = as_tuple(got)
-        expected = as_tuple(expected)
+        expected = tuple(x for x in pytree.tree_leaves(expected) if isinstance(x, torch.Tensor))
         if len(got) != len(expected):
             raise RuntimeError(
-                f"{path}: the file has {len(got)} outputs, the model returns {len(expected)}: "
-                "is this the file exported from this model?"
+                f"{path}: the file has {len(got)} outputs, the model returns {len(expected)} "
+                "tensors: is this the file exported from this model?"
             )
         for name, g, e in zip(runner.output_names, got, expected, strict=True):
-            g, e = g.double(), e.double()
-            if g.shape != e.shape:
-                checks.append(
-                    OutputCheck(batch, name, tuple(g.shape), float("inf"), float("inf"), False)
-                )
-                continue
-            diff = (g - e).abs()
-            significant = e.abs() > atol
-            max_rel = (
-                float((diff[significant] / e.abs()[significant]).max())
-                if significant.any()
-                else 0.0
-            )
-            ok = bool((diff <= atol + rtol * e.abs()).all())
-            checks.append(OutputCheck(batch, name, tuple(g.shape), float(diff.max()), max_rel, ok))
+            checks.append(_compare(batch, name, g, e, atol, rtol))
     report = VerificationReport(path, tuple(checks), atol, rtol)
     if raise_on_mismatch and not report.passed:
         raise OnnxMismatchError(report)

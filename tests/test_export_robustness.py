@@ -1,0 +1,341 @@
+"""Issue 11's defects of the export helpers, each reproduced on a real model and a real file.
+
+Mode flags and buffers left as found, atomic writes on a real full disk, dict outputs, no machine
+paths in .pt2 files, and the messages a learner meets (input count, shapes, operators, traces).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from export_models import TwoInputsTupleOutput, _tagger, trained_cnn
+from torch import nn
+
+from course_lib import export, onnx_export
+from course_lib.models import make_mlp
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _flags(model: nn.Module) -> dict[str, bool]:
+    return {name: module.training for name, module in model.named_modules()}
+
+
+def _fine_tuning_cnn() -> nn.Module:
+    """Training, with its BatchNorms frozen in eval mode (as when fine-tuning a backbone)."""
+    model = trained_cnn().train()
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.eval()
+    return model
+
+
+def _onnx(model, x, path):
+    return onnx_export.export_onnx(model, x, path)
+
+
+@pytest.mark.parametrize(
+    "helper",
+    [
+        lambda m, x, p: export.trace_model(m, x),
+        lambda m, x, p: export.script_model(m),
+        lambda m, x, p: export.export_program(m, x),
+        lambda m, x, p: _onnx(m, x, p / "m.onnx"),
+    ],
+    ids=["trace", "script", "export", "onnx"],
+)
+def test_every_submodules_mode_is_restored_exactly(tmp_path, helper):
+    model = _fine_tuning_cnn()
+    before = _flags(model)
+    assert not before["features.1"] and before[""]  # a frozen BatchNorm in a training model
+    with pytest.warns(export.TrainingModeWarning):
+        helper(model, torch.randn(2, 3, 32, 32), tmp_path)
+    assert _flags(model) == before, "the frozen BatchNorm was unfrozen (model.train())"
+
+
+def test_an_eval_model_with_a_training_dropout_is_named_and_exported_without_dropout():
+    model = trained_cnn().eval()
+    model.classifier[1].train()  # the Dropout, easy to miss
+    x = torch.randn(4, 3, 32, 32)
+    with pytest.warns(export.TrainingModeWarning, match=r"classifier\.1 \(Dropout\)"):
+        program = export.export_program(model, x)
+    with pytest.warns(export.TrainingModeWarning, match=r"classifier\.1 \(Dropout\)"):
+        traced = export.trace_model(model, x)
+    assert model.classifier[1].training and not model.training
+    model.classifier[1].eval()
+    with torch.inference_mode():
+        expected = model(x)
+        torch.testing.assert_close(program.module()(x), expected)
+        torch.testing.assert_close(traced(x), expected)
+
+
+def test_trace_leaves_a_training_batchnorms_running_statistics_alone():
+    model = trained_cnn().eval()
+    model.features[1].train()
+    before = {name: b.clone() for name, b in model.named_buffers()}
+    with pytest.warns(export.TrainingModeWarning, match=r"features\.1 \(BatchNorm2d\)"):
+        export.trace_model(model, torch.randn(4, 3, 32, 32) * 3 + 1)
+    after = dict(model.named_buffers())
+    for name, value in before.items():
+        assert torch.equal(after[name], value), f"{name} changed"
+
+
+_FULL_DISK_SCRIPT = r"""
+import errno, json, os, sys, torch
+from torch import nn
+from course_lib import export, onnx_export
+where = sys.argv[1]
+small = nn.Linear(4, 2).eval()
+big = nn.Sequential(nn.Linear(300, 800), nn.ReLU(), nn.Linear(800, 300)).eval()  # 1.9 MB
+writers = {
+    "m.onnx": lambda m, x, p: onnx_export.export_onnx(m, x, p),
+    "m.pt2": lambda m, x, p: export.export_program(m, x, p),
+    "m.pt": lambda m, x, p: export.trace_model(m, x, p),
+}
+result = {}
+for name, write in writers.items():
+    path = os.path.join(where, name)
+    write(small, torch.randn(2, 4), path)
+    good = open(path, "rb").read()
+    try:
+        write(big, torch.randn(2, 300), path)
+        outcome = {"raised": None}
+    except Exception as exc:
+        outcome = {"raised": type(exc).__name__, "errno": getattr(exc, "errno", None),
+                   "message": str(exc), "is_oserror": isinstance(exc, OSError)}
+    outcome["kept"] = open(path, "rb").read() == good
+    result[name] = outcome
+result["left"] = sorted(os.listdir(where))
+y = torch.randn(3, 4)
+result["loads"] = [
+    torch.allclose(onnx_export.OnnxModel(os.path.join(where, "m.onnx"))(y), small(y), atol=1e-6),
+    torch.allclose(export.load_program(os.path.join(where, "m.pt2")).module()(y), small(y)),
+    torch.allclose(export.load_torchscript(os.path.join(where, "m.pt"))(y), small(y)),
+]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.timeout(180)
+def test_a_full_disk_keeps_the_previous_exports_and_the_interpreter_alive(tmp_path):
+    """A real 1 MiB tmpfs: before the fix, .pt2 and TorchScript saves aborted Python (exit 134)."""
+    if shutil.which("unshare") is None or os.geteuid() != 0:
+        pytest.skip("needs root and unshare(1) for a private mount namespace")
+    where = tmp_path / "mnt"
+    where.mkdir()
+    script = tmp_path / "job.py"
+    script.write_text(_FULL_DISK_SCRIPT)
+    command = f"mount -t tmpfs -o size=1m tmpfs {where} && {sys.executable} {script} {where}"
+    done = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=170,
+    )
+    if done.returncode != 0 and "mount" in done.stderr and "permission" in done.stderr.lower():
+        pytest.skip(f"mounts not allowed here: {done.stderr.strip()[-200:]}")
+    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-1500:]}"
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for name in ("m.onnx", "m.pt2", "m.pt"):
+        outcome = result[name]
+        assert outcome["raised"] == "ExportWriteError" and outcome["is_oserror"], outcome
+        assert outcome["errno"] == errno.ENOSPC, outcome
+        assert name in outcome["message"] and "previous file is unchanged" in outcome["message"]
+        assert "How to fix: free space" in outcome["message"]
+        assert outcome["kept"], f"{name}: the previous good export was destroyed"
+    assert result["left"] == ["m.onnx", "m.pt", "m.pt2"], "temporary files were left behind"
+    assert result["loads"] == [True, True, True]
+
+
+class DictOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc(x)
+        return {"logits": logits, "probs": logits.softmax(-1)}
+
+
+class NestedOutput(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor):
+        y = self.fc(x)
+        return y, {"pair": (y.relu(), y.sigmoid())}
+
+
+def test_verify_onnx_counts_a_dicts_outputs(tmp_path):
+    for model in (DictOutput().eval(), NestedOutput().eval()):
+        path = tmp_path / f"{type(model).__name__}.onnx"
+        onnx_file = onnx_export.export_onnx(model, torch.randn(2, 6), path)
+        report = onnx_export.verify_onnx(path, model, torch.randn(2, 6))
+        assert report.passed
+        assert {c.output for c in report.checks} == set(onnx_file.output_names)
+
+
+@pytest.mark.timeout(180)
+def test_fresh_process_returns_dict_and_nested_outputs(tmp_path):
+    dict_model, nested = DictOutput().eval(), NestedOutput().eval()
+    export.export_program(dict_model, torch.randn(2, 6), tmp_path / "dict.pt2")
+    export.export_program(nested, torch.randn(2, 6), tmp_path / "nested.pt2")
+    onnx_export.export_onnx(dict_model, torch.randn(2, 6), tmp_path / "dict.onnx")
+    x = torch.randn(3, 6)
+    runs = export.run_all_in_fresh_process(
+        [(tmp_path / "dict.pt2", x), (tmp_path / "nested.pt2", x), (tmp_path / "dict.onnx", x)]
+    )
+    with torch.inference_mode():
+        expected_dict, expected_nested = dict_model(x), nested(x)
+    assert set(runs[0].value) == {"logits", "probs"}
+    torch.testing.assert_close(runs[0].value["probs"], expected_dict["probs"])
+    torch.testing.assert_close(runs[1].value[1]["pair"][1], expected_nested[1]["pair"][1])
+    assert len(runs[1].outputs) == 3
+    torch.testing.assert_close(runs[2].outputs[1], expected_dict["probs"])
+
+
+class SourcePathModel(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda t: self.fc(t), lambda t: -self.fc(t), (x,))
+
+
+def test_pt2_file_carries_no_paths_of_the_exporting_machine(tmp_path):
+    path = tmp_path / "model.pt2"
+    program = export.export_program(SourcePathModel().eval(), torch.randn(2, 5), path)
+    data = path.read_bytes()
+    for machine_path in (
+        Path(__file__).resolve(),  # the model's source file
+        Path(torch.__file__).resolve().parent.parent,  # site-packages
+        ROOT,
+    ):
+        assert str(machine_path).encode() not in data, f"{machine_path} is in the .pt2 file"
+    assert b"stack_trace" not in data
+    assert any("stack_trace" in n.meta for n in program.graph.nodes), "the caller's program changed"
+    x = torch.randn(4, 5)
+    torch.testing.assert_close(export.load_program(path).module()(x), program.module()(x))
+
+
+@pytest.fixture(scope="module")
+def two_input_file(tmp_path_factory):
+    torch.manual_seed(0)
+    model = TwoInputsTupleOutput().eval()
+    path = tmp_path_factory.mktemp("two") / "two.onnx"
+    onnx_export.export_onnx(model, (torch.randn(2, 1, 8, 8), torch.randn(2, 5)), path)
+    return model, path
+
+
+def test_onnx_model_called_with_too_few_inputs_names_the_inputs(two_input_file):
+    _, path = two_input_file
+    with pytest.raises(export.InputCountError) as info:
+        onnx_export.OnnxModel(path)(torch.randn(2, 1, 8, 8))
+    message = str(info.value)
+    assert "2 inputs (image, features), but 1 was given" in message
+    assert "two.onnx" in message and "How to fix" in message and "zip()" not in message
+
+
+def test_shape_error_on_a_dynamic_batch_names_the_wrong_dimension(two_input_file):
+    _, path = two_input_file
+    with pytest.raises(export.StaticShapeError) as info:
+        onnx_export.OnnxModel(path)(torch.randn(3, 1, 8, 8), torch.randn(3, 7))
+    message = str(info.value)
+    assert "'features'" in message and "dimension 1 is 7, the program has 5 there" in message
+    assert "dynamic_batch" not in message and "(batch, 5)" in message
+
+
+def test_dynamic_sequence_length(tmp_path):
+    torch.manual_seed(0)
+    model = _tagger()
+    seq = {"x": {0: torch.export.Dim("batch"), 1: torch.export.Dim("seq")}}
+    onnx_file = onnx_export.export_onnx(
+        model, torch.randn(2, 1, 6), tmp_path / "seq.onnx", dynamic_shapes=seq
+    )
+    (shape,) = onnx_file.input_shapes.values()
+    assert isinstance(shape[0], str) and isinstance(shape[1], str) and shape[2] == 6
+    runner = onnx_export.OnnxModel(onnx_file.path)
+    for batch, length in ((1, 1), (3, 4), (5, 11)):
+        x = torch.randn(batch, length, 6)
+        with torch.inference_mode():
+            torch.testing.assert_close(runner(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+class Scaled(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(10, 5)
+
+    def forward(self, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        return self.fc(x) * scale
+
+
+def test_a_size_one_setting_is_not_taken_for_a_batch(tmp_path):
+    model = Scaled().eval()
+    example = (torch.randn(1, 10), torch.tensor([2.0]))
+    onnx_file = onnx_export.export_onnx(model, example, tmp_path / "scaled.onnx")
+    assert onnx_file.input_shapes["scale"] == (1,)
+    assert isinstance(onnx_file.input_shapes["x"][0], str)
+    x = torch.randn(4, 10)
+    with torch.inference_mode():
+        expected = model(x, torch.tensor([3.0]))
+    got = onnx_export.OnnxModel(onnx_file.path)(x, torch.tensor([3.0]))
+    torch.testing.assert_close(got, expected)
+    assert onnx_export.verify_onnx(onnx_file.path, model, example).passed
+    program = export.export_program(model, example)
+    assert export.program_input_shapes(program) == {"x": (None, 10), "scale": (1,)}
+
+
+class Histogram(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.histc(x, bins=4)
+
+
+def test_unsupported_histc_gives_a_short_plain_house_style_error(tmp_path):
+    with pytest.raises(onnx_export.UnsupportedOperatorError) as info:
+        onnx_export.export_onnx(Histogram().eval(), torch.randn(3, 5), tmp_path / "h.onnx")
+    error = info.value
+    message = str(error)
+    assert error.operator == "aten::histc"
+    assert "\x1b[" not in message, "terminal colour codes in the message"
+    assert len(message) < 800 and "h.onnx" in message.splitlines()[0]
+    assert "min == max" in message and "How to fix" in message
+    assert error.__cause__ is None and error.__suppress_context__
+    assert isinstance(error.exporter_error, torch.onnx.OnnxExporterError)
+    assert not (tmp_path / "h.onnx").exists()
+
+
+class SignBranch(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return -x
+
+
+def test_a_trace_that_baked_in_a_branch_warns_loudly_or_raises():
+    positive = torch.ones(3, 4)
+    with pytest.warns(export.TraceMismatchWarning, match="TRACE IS WRONG") as caught:
+        export.trace_model(SignBranch().eval(), positive)
+    (message,) = [str(w.message) for w in caught if w.category is export.TraceMismatchWarning]
+    assert "script_model" in message and "torch.cond" in message and "max |traced" in message
+    with pytest.raises(export.TraceMismatchError, match="torch.cond"):
+        export.trace_model(SignBranch().eval(), positive, on_mismatch="raise")
+
+
+def test_a_faithful_trace_does_not_warn():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", export.TraceMismatchWarning)
+        export.trace_model(make_mlp().eval(), torch.randn(3, 10))
+        export.trace_model(trained_cnn().eval(), torch.randn(2, 3, 32, 32))
