@@ -26,18 +26,26 @@
 # %% [markdown]
 # ## How to use this course
 #
+# **No time?** Read [`01a_fast_path`](01a_fast_path.ipynb) alone (15 minutes): the five things
+# everyone must know about saving and loading, each with its shortest correct code and a link to
+# the notebook that goes deeper.
+#
 # | notebook | section | what it covers |
 # |---|---|---|
-# | `01_state_dict` | 6.3.1 | what a `state_dict` is; the recommended save/load; `map_location` |
-# | `02_whole_model` | 6.3.2 | pickling a whole model, why it breaks, and why it is a security risk |
-# | `03_checkpoints` | 6.3.3 | full training checkpoints; resuming an interrupted run exactly |
-# | `04_mismatched_state_dict` | 6.3.4 | partial loading for transfer learning; renaming keys |
-# | `05_data_parallel` | 6.3.5 | the `module.` prefix; `DistributedDataParallel`; sharded checkpoints |
-# | `06_torchscript` | 6.3.6 | TorchScript (deprecated) and its successor `torch.export` |
-# | `07_onnx` | 6.3.7 | exporting to ONNX and checking it with onnxruntime |
-# | `08_checkpoint_manager` | 6.3.8 | a checkpoint manager: numbered, atomic, with retention policies |
-# | `09_safe_saving` | 6.3.9 | saves that survive a crash |
-# | `10_summary` | summary | a physicist's view |
+# | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | what a `state_dict` is; the recommended save/load; `map_location` |
+# | [`01a_fast_path`](01a_fast_path.ipynb) | all | the five essentials in 15 minutes |
+# | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | pickling a whole model, why it breaks, and why it is a security risk |
+# | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | full training checkpoints; resuming an interrupted run exactly |
+# | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | partial loading for transfer learning; renaming keys |
+# | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | *optional*: the `module.` prefix; `DistributedDataParallel`; sharded checkpoints (for training on several GPUs) |
+# | [`06_torchscript`](06_torchscript.ipynb) | 6.3.6 | TorchScript (deprecated) and its successor `torch.export` |
+# | [`07_onnx`](07_onnx.ipynb) | 6.3.7 | exporting to ONNX and checking it with onnxruntime |
+# | [`08_checkpoint_manager`](08_checkpoint_manager.ipynb) | 6.3.8 | a checkpoint manager: numbered, atomic, with retention policies (steps 1 to 3 are the core; the later steps, on retention policies, damaged files and big models, are *optional*) |
+# | [`09_safe_saving`](09_safe_saving.ipynb) | 6.3.9 | saves that survive a crash (steps 1 to 3 are the core; step 4's measurement and step 5's checksums are *optional*) |
+# | [`10_summary`](10_summary.ipynb) | summary | a physicist's view |
+#
+# *Optional* marks what a first reading can skip: it matters once you train on several GPUs,
+# keep many checkpoints, or want to see the costs measured. Nothing later depends on it.
 #
 # Each chapter notebook follows the same shape: what you will learn, the steps (the chapter's own
 # code first, run as written, then the corrected version where PyTorch has changed), and a
@@ -82,4 +90,14 @@ print(
 # %% [markdown]
 # ## Conclusion
 #
-# You are set up. Start with `01_state_dict.ipynb`.
+# You are set up. Start with [`01_state_dict`](01_state_dict.ipynb), or, short of time, with
+# [`01a_fast_path`](01a_fast_path.ipynb).
+
+# %% [markdown]
+# ## Further reading
+#
+# - PyTorch tutorial: [Saving and loading models](https://pytorch.org/tutorials/beginner/saving_loading_models.html),
+#   the official overview of what this course covers in depth
+# - PyTorch docs: [Serialization semantics](https://pytorch.org/docs/stable/notes/serialization.html)
+# - PyTorch docs: [CUDA semantics](https://pytorch.org/docs/stable/notes/cuda.html) and
+#   [MPS backend](https://pytorch.org/docs/stable/notes/mps.html) (the devices `notebook.start` chooses from)

@@ -164,11 +164,59 @@ print(
 #
 # ## Exercises
 #
-# The chapter's three exercises are in `exercises/` (solved in `solutions/`): a complete checkpoint
-# management system, exporting a trained model to ONNX and verifying it, and loading weights
-# partially from a pretrained model.
+# The chapter's exercises are notebooks in `exercises/`, solved in `solutions/`: a complete
+# checkpoint management system (`ex1`), exporting a trained model to ONNX and verifying it
+# (`ex2`), loading weights partially from a pretrained model (`ex3`), and three from this
+# course's additions (`ex4` weights-only checkpoints, `ex5` wrapper prefixes, `ex6` an atomic
+# save). Check one from a terminal in the course folder:
+# `./course check exercises/ex1_checkpoint_manager.ipynb` runs it in a fresh kernel and reports
+# its self-check (and your teacher's hidden checks, where they are installed).
+#
+# One more for this notebook: snapshot the simulation at step 300 *without* `capture_rng_state`,
+# but so that the restart is still exact. (Hint: draw the noise from a `torch.Generator` of
+# your own and store its state.)
+#
+# <details><summary>Solution (run it after the cells above: the assert checks it)</summary>
+#
+# ```python
+# import torch
+# from course_lib.safe_io import safe_load, safe_save
+#
+# def simulate_with(generator, state, n_steps):
+#     step, x, v = LangevinStep(), state["x"], state["v"]
+#     for _ in range(n_steps):
+#         noise = torch.randn(v.shape, generator=generator).to(v.device)
+#         x, v = step(x, v, noise)
+#     return {"t": state["t"] + n_steps, "x": x, "v": v}
+#
+# generator = torch.Generator().manual_seed(0)
+# straight = simulate_with(generator, start, 600)
+#
+# generator = torch.Generator().manual_seed(0)
+# half = simulate_with(generator, start, 300)
+# safe_save({**half, "noise_rng": generator.get_state()}, workdir / "own_rng.pth")
+#
+# snap = safe_load(workdir / "own_rng.pth", map_location=device)
+# restarted_rng = torch.Generator()
+# restarted_rng.set_state(snap["noise_rng"])
+# restarted = simulate_with(restarted_rng, snap, 300)
+# assert torch.equal(restarted["x"], straight["x"]), "the restart is not exact"
+# print("exact restart with the generator's own state:", torch.equal(restarted["x"], straight["x"]))
+# ```
+#
+# </details>
 #
 # ## Next
 #
 # Section 6.4 of the source course trains on several GPUs. Chapter 6.3.5 (`05_data_parallel.ipynb`)
 # already showed how such runs save and load their checkpoints.
+
+# %% [markdown]
+# ## Further reading
+#
+# - PyTorch docs: [Reproducibility](https://pytorch.org/docs/stable/notes/randomness.html) and
+#   [`torch.Generator`](https://pytorch.org/docs/stable/generated/torch.Generator.html)
+#   (`get_state`, `set_state`)
+# - PyTorch docs: [`torch.export`](https://pytorch.org/docs/stable/export.html) (the exported
+#   program, its graph and `torch.export.save`/`load`)
+# - PyTorch tutorial: [Saving and loading models](https://pytorch.org/tutorials/beginner/saving_loading_models.html)
