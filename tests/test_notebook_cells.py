@@ -30,14 +30,17 @@ LONG_CELL_EXCEPTIONS: dict[tuple[str, str], str] = {
         "03_checkpoints.ipynb",
         "# fmt: off",
     ): "the chapter's train_with_checkpoint, in the chapter's own layout (67 lines there)",
-    (
-        "08_checkpoint_manager.ipynb",
-        "class CheckpointManager:",
-    ): "being split by the manager restructuring",
-    (
-        "08_checkpoint_manager.ipynb",
-        "policies = {",
-    ): "being split by the manager restructuring",
+}
+# Long cells in notebooks that others are reworking now: tolerated until then, and not required
+# to stay long (remove an entry once its cell is split).
+PENDING_SPLITS: dict[tuple[str, str], str] = {
+    ("08_checkpoint_manager.ipynb", "class CheckpointManager:"): (
+        "being split by the manager restructuring"
+    ),
+    ("08_checkpoint_manager.ipynb", "policies = {"): "being split by the manager restructuring",
+    ("07_onnx.ipynb", "import contextlib"): (
+        "the chapter's export call inside a log-capturing harness, being reworked with 07"
+    ),
 }
 
 # tqdm's text: "desc:  42%|####1     | 5/12 [...]"
@@ -55,7 +58,8 @@ def long_cells(nb: nbformat.NotebookNode, name: str) -> list[str]:
         if cell.cell_type != "code":
             continue
         lines = cell.source.splitlines()
-        if len(lines) > CELL_LINE_LIMIT and (name, lines[0]) not in LONG_CELL_EXCEPTIONS:
+        listed = (name, lines[0]) in LONG_CELL_EXCEPTIONS or (name, lines[0]) in PENDING_SPLITS
+        if len(lines) > CELL_LINE_LIMIT and not listed:
             found.append(f"{cell.get('id')}: {len(lines)} lines, starting {lines[0]!r}")
     return found
 
