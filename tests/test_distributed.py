@@ -1,177 +1,226 @@
-"""course_lib.distributed: the launcher, DDP save/load, and DCP checkpoints resharded (gloo, CPU).
+"""course_lib.distributed under real torchrun (gloo, CPU): elastic restarts, 2 nodes, resharding.
 
-Each launch starts fresh Python processes that import torch (several seconds each), so the suite
-launches four times: DDP training + saving (shared by several tests), a 2-rank DCP load, a rank
-that raises, and a rank that hangs. Every test has a pytest timeout on top of the launcher's own.
+Each torchrun run starts fresh Python processes that import torch (about 8 s on 2 cores), so the
+runs are shared where they can be: one uninterrupted run (module fixture) is the reference that the
+killed-and-restarted run, the two-node run and the resharded loads are compared with, bit for bit.
+The fault tests (a worker that raises, exits, hangs; a restart budget used up) are in
+tests/test_launcher_orphans.py, with the process-table checks.
 """
 
 from __future__ import annotations
 
-import time
+import json
+import shutil
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from course_lib.distributed import (
-    DistributedLaunchError,
-    LaunchTimeoutError,
+    IncompleteStepError,
+    check_step_folder,
     choose_backend,
-    dcp_load_on_ranks,
-    ddp_train_and_save,
     example_table,
-    free_port,
-    launch,
-    launch_ranks,
+    newest_complete_step,
+    run_torchrun,
+    save_step,
+    step_folder,
+    torchrun_command,
 )
 from course_lib.models import make_mlp
 from course_lib.safe_io import safe_load
-from course_lib.state_dict import inspect_checkpoint, load_state_dict_any_prefix
+
+JOB = "course_lib.distributed.elastic_job"
+STEPS = ["--steps", "12", "--save-every", "4"]
 
 
-# Rank functions for the launcher's failure tests: module level, so the ranks can import them.
-def fail_on_rank_zero(rank: int, world_size: int) -> str:
-    if rank == 0:
-        raise ValueError("boom on rank 0")
-    time.sleep(600)  # a peer that would wait forever (as in a collective with a dead rank)
-    return "never"
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return safe_load(path, map_location="cpu")
 
 
-def hang(rank: int, world_size: int) -> None:
-    print("rank function started", flush=True)
-    time.sleep(600)
+def _bitwise_equal(a: Path, b: Path) -> bool:
+    first, second = _weights(a), _weights(b)
+    return first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def _losses(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "losses.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("ddp")
-    results = launch(ddp_train_and_save, 2, args=(str(workdir),), timeout=120)
-    return workdir, results
+def baseline(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    result = run_torchrun(JOB, ["--workdir", str(workdir), *STEPS], timeout=150)
+    return workdir, result
 
 
-@pytest.mark.timeout(180)
-def test_ddp_ranks_train_in_step_and_rank0_saves_for_everyone(trained):
-    workdir, results = trained
-    assert [r["rank"] for r in results] == [0, 1]
-    assert all(r["device"] == "cpu" for r in results)
-    # Each rank saw half the data; the all-reduced epoch losses are identical and decreasing.
-    assert [r["samples_seen"] for r in results] == [384, 384]
-    assert results[0]["losses"] == results[1]["losses"]
-    assert results[0]["losses"] == sorted(results[0]["losses"], reverse=True)
-    # Rank 0 wrote, every rank read it back after the barrier and found its own weights.
-    assert all(r["reloaded_equal"] for r in results)
-    assert [r["first_key_ddp"] for r in results] == ["module.0.weight"] * 2
-    assert [r["first_key_get_state_dict"] for r in results] == ["0.weight"] * 2
-    assert (workdir / "ddp_model.pth").exists()
-    assert not list(workdir.glob("*.tmp"))
+@pytest.mark.timeout(200)
+def test_an_uninterrupted_run_saves_complete_steps_and_its_weights(baseline):
+    workdir, result = baseline
+    assert result.job_lines() == [
+        "[job] 2 workers (gloo) started from scratch",
+        "[job] saved step 4",
+        "[job] saved step 8",
+        "[job] saved step 12",
+        "[job] finished step 12; rank 0 wrote final.pth",
+    ]
+    folders = sorted(p.name for p in (workdir / "checkpoints").iterdir())
+    assert folders == ["step_000004", "step_000008", "step_000012"]  # nothing left .incomplete
+    for name in folders:
+        check_step_folder(workdir / "checkpoints" / name)
+        files = sorted(p.name for p in (workdir / "checkpoints" / name).iterdir())
+        assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # one shard per rank
+    assert [r["step"] for r in _losses(workdir)] == list(range(1, 13))
+    make_mlp().load_state_dict(_weights(workdir / "final.pth"))
 
 
-@pytest.mark.timeout(180)
-def test_the_prefixed_ddp_file_loads_into_plain_and_wrapped_models(trained):
-    workdir, _ = trained
-    info = inspect_checkpoint(workdir / "ddp_model_prefixed.pth")
-    assert info.prefixes == {"": "module."}
-    expected = safe_load(workdir / "ddp_model.pth", map_location="cpu")
-    prefixed = safe_load(workdir / "ddp_model_prefixed.pth", map_location="cpu")
-    for wrap in (lambda m: m, torch.nn.DataParallel):
-        model = make_mlp()
-        assert load_state_dict_any_prefix(wrap(model), prefixed).ok
-        assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.timeout(180)
-def test_dcp_checkpoint_is_written_by_both_ranks_and_sharded(trained):
-    workdir, results = trained
-    assert results[0]["dcp_files"] == [".metadata", "__0_0.distcp", "__1_0.distcp"]
-    assert [r["table_local_shape"] for r in results] == [(4, 6), (4, 6)]  # each rank: its rows
-    assert all((workdir / "dcp" / name).stat().st_size > 0 for name in results[0]["dcp_files"])
-    info = inspect_checkpoint(workdir / "dcp")
-    by_key = {r["key"]: r for r in info.rows}
-    assert by_key["model.0.weight"]["shape"] == "[20, 10]"
-    assert by_key["table"]["chunks"] == 2  # saved as two pieces, one per rank
-
-
-@pytest.mark.timeout(180)
-@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
-def test_dcp_checkpoint_of_two_ranks_loads_in_one_process(trained):
-    workdir, results = trained
-    assert not dist.is_initialized()
-    model = make_mlp()
-    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-    model_sd, optim_sd = get_state_dict(model, optimizer)
-    to_fill = {"model": model_sd, "optim": optim_sd, "table": torch.zeros(8, 6)}
-    dcp.load(to_fill, checkpoint_id=workdir / "dcp", no_dist=True)
-    set_state_dict(
-        model, optimizer, model_state_dict=to_fill["model"], optim_state_dict=to_fill["optim"]
+@pytest.mark.timeout(240)
+def test_a_killed_worker_is_restarted_and_the_result_is_bitwise_the_same(baseline, tmp_path):
+    """Rank 1 truncates its own shard of step 8, then SIGKILLs itself at step 10: torchrun
+    restarts both workers, which refuse step 8, resume from step 4 and end with the same bits."""
+    reference, _ = baseline
+    result = run_torchrun(
+        JOB,
+        ["--workdir", str(tmp_path), *STEPS, "--fault", "corrupt-kill:1:10"],
+        max_restarts=3,  # the first restart may fail in gloo's connectFullMesh (platform facts)
+        timeout=200,
     )
-    expected = safe_load(workdir / "ddp_model.pth", map_location="cpu")
-    assert all(torch.equal(expected[k], v) for k, v in model.state_dict().items())
-    assert torch.equal(to_fill["table"], example_table())  # both ranks' rows, reassembled
-    step = optimizer.state_dict()["state"][0]["step"].item()
-    assert step == results[0]["optimizer_step"] == 12
+    lines = result.job_lines()
+    assert lines[:3] == ["[job] 2 workers (gloo) started from scratch"] + [
+        f"[job] saved step {s}" for s in (4, 8)
+    ]
+    assert "[job] refused step 8: rank 1's shard __1_0.distcp is truncated" in "\n".join(lines), (
+        lines
+    )
+    assert "[job] 2 workers resumed from step 4" in lines
+    assert lines[-1] == "[job] finished step 12; rank 0 wrote final.pth"
+    assert _bitwise_equal(tmp_path / "final.pth", reference / "final.pth")
+    # The loss of every step, recomputed after the restart, is the first run's to the last bit.
+    records = _losses(tmp_path)
+    resumed = [r for r in records if r["attempt"] > 0]
+    assert resumed[0]["step"] == 5 and resumed[-1]["step"] == 12
+    first_run = {r["step"]: r["loss"] for r in _losses(reference)}
+    assert all(r["loss"] == first_run[r["step"]] for r in records)
+    check_step_folder(tmp_path / "checkpoints" / "step_000008")  # saved again, complete
 
 
-@pytest.mark.timeout(180)
-def test_dcp_checkpoint_converts_to_one_ordinary_file(trained, tmp_path):
-    workdir, _ = trained
-    dcp_to_torch_save(workdir / "dcp", tmp_path / "full.pth")
+@pytest.mark.timeout(200)
+def test_two_nodes_of_one_process_each_give_the_same_bits(baseline, tmp_path):
+    reference, _ = baseline
+    result = run_torchrun(
+        JOB, ["--workdir", str(tmp_path), *STEPS], nnodes=2, nproc_per_node=1, timeout=150
+    )
+    assert all("--rdzv-backend=c10d" in c and "--nnodes=2" in c for c in result.commands)
+    assert "[job] 2 workers (gloo) started from scratch" in result.job_lines()
+    assert _bitwise_equal(tmp_path / "final.pth", reference / "final.pth")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("ranks, rows", [(1, [8]), (3, [3, 3, 2])])
+def test_a_checkpoint_of_two_ranks_loads_on_one_and_on_three(baseline, tmp_path, ranks, rows):
+    reference, _ = baseline
+    report = tmp_path / "report.json"
+    run_torchrun(
+        "course_lib.distributed.reshard_job",
+        [
+            "--checkpoint",
+            str(step_folder(reference / "checkpoints", 12)),
+            "--expect",
+            str(reference / "final.pth"),
+            "--report",
+            str(report),
+        ],
+        nproc_per_node=ranks,
+        timeout=150,
+    )
+    loaded = json.loads(report.read_text())
+    assert loaded["world_size"] == ranks
+    assert [r["table_rows"] for r in loaded["ranks"]] == rows  # 2 row blocks read as `ranks`
+    for r in loaded["ranks"]:
+        assert r["model_equal"] and r["table_equal"] and r["optimizer_step"] == 12
+
+
+@pytest.mark.timeout(200)
+def test_a_checkpoint_converts_to_one_torch_save_file(baseline, tmp_path):
+    reference, _ = baseline
+    dcp_to_torch_save(step_folder(reference / "checkpoints", 12), tmp_path / "full.pth")
     full = safe_load(tmp_path / "full.pth", map_location="cpu")
-    assert set(full) == {"model", "optim", "table"}
-    expected = safe_load(workdir / "ddp_model.pth", map_location="cpu")
+    assert set(full) == {"model", "optim", "table", "rng"}
+    assert set(full["rng"]) == {"rank0", "rank1"}  # each rank's own RNG state
+    assert not torch.equal(full["rng"]["rank0"], full["rng"]["rank1"])
+    expected = _weights(reference / "final.pth")
     assert full["model"].keys() == expected.keys()
     assert all(torch.equal(full["model"][k], expected[k]) for k in expected)
-    make_mlp().load_state_dict(full["model"])
+    assert torch.equal(full["table"], example_table())
 
 
-@pytest.mark.timeout(180)
-def test_dcp_checkpoint_loads_on_two_ranks_resharded(trained):
-    workdir, _ = trained
-    results = launch(dcp_load_on_ranks, 2, args=(str(workdir),), timeout=120)
-    for r in results:
-        assert r["params_equal"] and r["table_equal"]
-        assert r["optimizer_step"] == 12
-        assert r["table_local_shape"] == (8, 3)  # saved split by rows, loaded split by columns
+# ---- step folders, in this process (no torchrun: dcp.save runs without a process group) ----
 
 
-@pytest.mark.timeout(120)
-def test_a_rank_that_raises_is_reported_and_its_waiting_peer_killed():
-    started = time.monotonic()
-    with pytest.raises(DistributedLaunchError) as info:
-        launch(fail_on_rank_zero, 2, timeout=90)
-    assert time.monotonic() - started < 60  # stopped soon after the failure, not at the timeout
-    assert not isinstance(info.value, LaunchTimeoutError)
-    first, second = info.value.results
-    assert (first.status, first.error) == ("error", "ValueError: boom on rank 0")
-    assert "fail_on_rank_zero" in first.traceback
-    assert second.status == "killed"
-    assert "rank 0: error: ValueError: boom on rank 0" in str(info.value)
-    assert "rank 1: killed" in str(info.value)
+@pytest.fixture
+def two_steps(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "torch.distributed is disabled..."
+        for step in (1, 2):
+            save_step({"w": torch.full((64,), float(step))}, tmp_path, step)
+    return tmp_path
 
 
-@pytest.mark.timeout(90)
-def test_the_launcher_timeout_kills_a_hung_rank():
-    with pytest.raises(LaunchTimeoutError) as info:
-        launch(hang, 1, timeout=12)
-    (result,) = info.value.results
-    assert result.status == "timeout"
-    assert "rank function started" in result.output  # it hung inside the function, not before
-    assert "ran past 12 s" in str(info.value)
+def test_a_step_with_a_missing_shard_is_refused_and_the_previous_one_chosen(two_steps):
+    (step_folder(two_steps, 2) / "__0_0.distcp").unlink()
+    with pytest.raises(IncompleteStepError, match="rank 0's shard __0_0.distcp is missing") as e:
+        check_step_folder(step_folder(two_steps, 2))
+    assert "load the previous step" in str(e.value)
+    choice = newest_complete_step(two_steps)
+    assert (choice.step, choice.path) == (1, step_folder(two_steps, 1))
+    assert choice.refused == [
+        "step 2: rank 0's shard __0_0.distcp is missing (the metadata lists it)"
+    ]
 
 
-def test_a_function_defined_in_a_notebook_is_refused_before_launching():
-    def local(rank, world_size):
-        return rank
+def test_a_truncated_shard_and_a_missing_metadata_are_refused(two_steps):
+    shard = step_folder(two_steps, 2) / "__0_0.distcp"
+    size = shard.stat().st_size
+    with shard.open("r+b") as f:
+        f.truncate(size - 10)
+    with pytest.raises(IncompleteStepError, match=f"truncated: {size - 10} bytes, the metadata"):
+        check_step_folder(step_folder(two_steps, 2))
+    (step_folder(two_steps, 1) / ".metadata").unlink()
+    with pytest.raises(IncompleteStepError, match="no .metadata file"):
+        check_step_folder(step_folder(two_steps, 1))
+    assert newest_complete_step(two_steps).step is None  # start from scratch
 
-    with pytest.raises(ValueError, match="put the function in a .py file"):
-        launch_ranks(local, 2)
-    with pytest.raises(ValueError, match="put the function in a .py file"):
-        launch_ranks(lambda rank, world_size: rank, 2)
+
+def test_an_unfinished_step_folder_is_never_chosen(two_steps):
+    shutil.copytree(step_folder(two_steps, 2), two_steps / "step_000003.incomplete")
+    assert newest_complete_step(two_steps).step == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        save_step({"w": torch.zeros(64)}, two_steps, 3)
+    assert not list(two_steps.glob("*.incomplete"))
+    assert newest_complete_step(two_steps).step == 3
 
 
-def test_backend_and_port_choice():
-    assert choose_backend(2) == ("nccl" if torch.cuda.device_count() >= 2 else "gloo")
-    port = free_port()
-    assert 1024 < port < 65536
+def test_commands_for_one_node_and_for_several():
+    one = torchrun_command(JOB, ["--steps", "3"], nproc_per_node=2, max_restarts=3)
+    assert one[1:] == [
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "--max-restarts=3",
+        "-m",
+        JOB,
+        "--steps",
+        "3",
+    ]
+    node = torchrun_command(JOB, [], nproc_per_node=1, nnodes=2, rdzv_endpoint="127.0.0.1:29500")
+    assert "--standalone" not in node
+    assert "--rdzv-endpoint=127.0.0.1:29500" in node and "--nnodes=2" in node
+
+
+def test_backend_choice():
+    expected = "nccl" if torch.cuda.device_count() >= 2 else "gloo"
+    assert choose_backend(2) == expected

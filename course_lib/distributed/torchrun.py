@@ -1,0 +1,319 @@
+"""Starting torchrun from a notebook or a test: a deadline, a clear error, no process left behind.
+
+torchrun (``python -m torch.distributed.run``) does the distributed work: it starts one worker per
+rank, runs the rendezvous, sets RANK/WORLD_SIZE/MASTER_ADDR, restarts the workers
+(``--max-restarts``) and reports which rank failed. What it cannot do for a notebook is what this
+module adds: run it as a subprocess in its own process group with a deadline, kill that whole group
+(torchrun, its workers and whatever they started) when the run ends, times out or the notebook's
+kernel dies, and turn torchrun's failure report into one exception that names the rank and what it
+did.
+
+Taught in notebooks/05_data_parallel.ipynb, section 2.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "RankFailure",
+    "TorchrunError",
+    "TorchrunResult",
+    "TorchrunTimeoutError",
+    "free_port",
+    "run_torchrun",
+    "torchrun_command",
+]
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class RankFailure:
+    """One failed worker, from torchrun's report: its global rank and what it did."""
+
+    rank: int
+    exitcode: int
+    what: str
+    traceback: str = ""
+
+
+@dataclass
+class TorchrunResult:
+    """A finished torchrun run: its commands (one per node), exit codes, output and duration."""
+
+    commands: list[list[str]]
+    returncodes: list[int]
+    output: str
+    seconds: float
+    failures: list[RankFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(code == 0 for code in self.returncodes)
+
+    def job_lines(self, prefix: str = "[job]") -> list[str]:
+        """The lines the job printed with ``prefix``: what matters, without torchrun's logs."""
+        return [line for line in self.output.splitlines() if line.startswith(prefix)]
+
+
+class TorchrunError(RuntimeError):
+    """torchrun ended with a failure; ``.result`` has the output, ``.failures`` the failed ranks."""
+
+    def __init__(self, result: TorchrunResult, message: str) -> None:
+        self.result = result
+        self.failures = result.failures
+        super().__init__(message)
+
+
+class TorchrunTimeoutError(TorchrunError, TimeoutError):
+    """torchrun ran past the deadline; its whole process group was killed."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on now, for a multi-node rendezvous endpoint.
+
+    ``--standalone`` picks its own; with ``--rdzv-endpoint`` on a cluster you choose one (29500 is
+    the custom). Here several runs may share the machine, so the OS picks.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def torchrun_command(
+    module: str,
+    args: list[str],
+    *,
+    nproc_per_node: int = 2,
+    max_restarts: int = 0,
+    nnodes: int = 1,
+    rdzv_endpoint: str | None = None,
+    rdzv_id: str = "course",
+) -> list[str]:
+    """The torchrun command line: ``--standalone`` for one node, c10d rendezvous for several.
+
+    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    """
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if nnodes == 1 and rdzv_endpoint is None:
+        command.append("--standalone")
+    else:
+        command += [
+            f"--nnodes={nnodes}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={rdzv_endpoint}",
+            f"--rdzv-id={rdzv_id}",
+        ]
+    command += [f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}"]
+    return command + ["-m", module, *args]
+
+
+# The guardian: a small process in its own session. It reads process-group ids on stdin; when
+# stdin closes (the run finished, or the process that started it died: SIGKILL, a Jupyter kernel
+# restart) it kills every group, so neither torchrun nor a worker nor their children survive.
+_GUARDIAN = (
+    "import os, signal, sys\n"
+    "for line in sys.stdin.read().split():\n"
+    "    try:\n"
+    "        os.killpg(int(line), signal.SIGKILL)\n"
+    "    except OSError:\n"
+    "        pass\n"
+)
+
+_BLOCK = re.compile(
+    r"\[\d+\]:\s*\n\s*time\s*:[^\n]*\n\s*host\s*:[^\n]*\n\s*rank\s*:\s*(\d+)[^\n]*\n"
+    r"\s*exitcode\s*:\s*(-?\d+)[^\n]*\n\s*error_file:\s*(\S+)[^\n]*\n\s*traceback\s*:\s*(.*?)"
+    r"(?=\n-{20,}|\n={20,}|\n\[\d+\]:)",
+    re.S,
+)
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+_GLOO_SOURCE = re.compile(r"\[[^\]]*third_party/[^\]]*\] ")
+
+
+def _where(trace: str) -> str:
+    """The innermost line of the course's own code in a traceback: where the worker was."""
+    lines = trace.splitlines()
+    where = ""
+    for i, line in enumerate(lines):
+        match = re.search(r'File "[^"]*course_lib/([^"]+)", line \d+, in (\w+)', line)
+        if match and i + 1 < len(lines):
+            where = f"{match.group(2)}(): {lines[i + 1].split('#')[0].strip()}"
+    return where
+
+
+def _what(code: int, trace: str, messages: list[str]) -> str:
+    if code < 0:  # a signal; torchrun sends SIGTERM to the others after one worker failed
+        where = _where(trace)
+        return f"was killed by {_signal_name(code)}" + (f" in {where}" if where else "")
+    last = [line.strip() for line in trace.splitlines() if line.strip()]
+    if not (last and "Traceback" in trace):
+        # No traceback: the worker left without an exception (os._exit, a C++ abort...), or it
+        # did not decorate its main with @record; the agent's error file may still say more.
+        return f"raised {messages[0]}" if code == 1 and messages else f"exited with code {code}"
+    where = _where(trace)
+    return f"raised {_GLOO_SOURCE.sub('', last[-1])}" + (f" in {where}" if where else "")
+
+
+def _failures(output: str, error_files: list[Path]) -> list[RankFailure]:
+    """Parse torchrun's "Root Cause" / "Failures" report; the message comes from the error file."""
+    messages = []
+    for path in error_files:
+        try:
+            data = json.loads(path.read_text())
+            messages.append(
+                data["message"]["message"]
+                if isinstance(data["message"], dict)
+                else str(data["message"])
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    found: dict[int, RankFailure] = {}
+    for match in _BLOCK.finditer(output):
+        rank, code = int(match.group(1)), int(match.group(2))
+        trace = match.group(4).strip()
+        found.setdefault(rank, RankFailure(rank, code, _what(code, trace, messages), trace))
+    failures = sorted(found.values(), key=lambda f: f.rank)
+    return failures
+
+
+def _describe(failures: list[RankFailure]) -> str:
+    return "; ".join(f"rank {f.rank} {f.what}" for f in failures) or "no rank reported a failure"
+
+
+def _last_lines(output: str) -> str:
+    lines = [line for line in output.splitlines() if line.startswith(("[job]", "[fault]"))]
+    return "\n".join("    " + line for line in lines[-3:])
+
+
+def run_torchrun(
+    module: str,
+    args: list[str],
+    *,
+    nproc_per_node: int = 2,
+    nnodes: int = 1,
+    max_restarts: int = 0,
+    timeout: float = 120.0,
+    echo: bool = False,
+) -> TorchrunResult:
+    """Run ``torchrun ... -m module args`` (``nnodes`` torchrun "nodes" on this machine), wait.
+
+    Returns a ``TorchrunResult`` when every node exits 0. Otherwise raises ``TorchrunError`` naming
+    each failed rank and what it did (raised ..., exited with code ..., was killed by SIGKILL), or
+    ``TorchrunTimeoutError`` after ``timeout`` seconds; in every case torchrun, its workers and
+    their children are killed as one process group before this returns. ``echo`` prints the job's
+    own ``[job]`` lines. Taught in notebooks/05_data_parallel.ipynb, section 2.
+    """
+    endpoint = f"127.0.0.1:{free_port()}" if nnodes > 1 else None
+    commands = [
+        torchrun_command(
+            module,
+            args,
+            nproc_per_node=nproc_per_node,
+            max_restarts=max_restarts,
+            nnodes=nnodes,
+            rdzv_endpoint=endpoint,
+        )
+        for _ in range(nnodes)
+    ]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # torchrun sets one thread per worker only when a node runs several; here every "node" shares
+    # this machine's cores. The thread count also decides the order in which a matrix product
+    # adds its terms, so the same job on 1 x 2 and 2 x 1 processes gives the same bits only when
+    # it is the same.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_ROOT), env.get("PYTHONPATH")]))
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="course_torchrun_") as tmp:
+        folder = Path(tmp)
+        guardian = subprocess.Popen(
+            [sys.executable, "-c", _GUARDIAN], stdin=subprocess.PIPE, start_new_session=True
+        )
+        assert guardian.stdin is not None
+        procs: list[subprocess.Popen[bytes]] = []
+        logs = []
+        timed_out = False
+        try:
+            for node, command in enumerate(commands):
+                log = (folder / f"node{node}.log").open("wb")
+                logs.append(log)
+                node_env = dict(env, TORCHELASTIC_ERROR_FILE=str(folder / f"node{node}.error.json"))
+                procs.append(
+                    subprocess.Popen(
+                        command,
+                        env=node_env,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        start_new_session=True,  # its own process group, killed as a whole
+                    )
+                )
+                guardian.stdin.write(f"{procs[-1].pid}\n".encode())
+                guardian.stdin.flush()
+            deadline = started + timeout
+            while any(p.poll() is None for p in procs):
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                time.sleep(0.05)
+        finally:
+            for p in procs:  # also on Ctrl-C in the notebook: nothing survives the call
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                p.wait()
+            guardian.stdin.close()
+            guardian.wait()
+            for log in logs:
+                log.close()
+        output = "\n".join(
+            (folder / f"node{n}.log").read_text(errors="replace") for n in range(len(procs))
+        )
+        error_files = [folder / f"node{n}.error.json" for n in range(len(procs))]
+        result = TorchrunResult(
+            commands,
+            [-9 if timed_out and p.returncode is None else p.returncode for p in procs],
+            output,
+            time.monotonic() - started,
+            [] if timed_out else _failures(output, [f for f in error_files if f.exists()]),
+        )
+    if echo:
+        for line in result.job_lines():
+            print(line)
+    name = f"torchrun -m {module}"
+    if timed_out:
+        raise TorchrunTimeoutError(
+            result,
+            f"{name} ran past {timeout:g} s and was killed with all its workers.\n"
+            f"  The job's last lines:\n{_last_lines(output)}\n"
+            "  How to fix: a worker is stuck (a collective its peers never joined?); give the "
+            "process group a timeout (init_process_group(timeout=...)) shorter than this one.",
+        )
+    if not result.ok:
+        restarts = f" after {max_restarts} restart(s)" if max_restarts else ""
+        raise TorchrunError(
+            result,
+            f"{name} failed{restarts}: {_describe(result.failures)}.\n"
+            "  How to fix: read that rank's traceback in .failures (or .result.output); "
+            "checkpoints saved before the failure are intact.",
+        )
+    return result
