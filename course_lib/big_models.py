@@ -42,17 +42,23 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def open_weights(path: str | os.PathLike[str], map_location: MapLocation = "cpu") -> dict:
+def open_weights(
+    path: str | os.PathLike[str], map_location: MapLocation = "cpu", *, verify_crc: bool = True
+) -> dict:
     """A file's tensors, memory-mapped rather than read: ``.safetensors`` or a ``torch.save`` file.
 
     A ``torch.save`` file goes through ``safe_load(..., mmap=True)`` (``weights_only=True``, clear
     errors); a ``.safetensors`` file through ``safetensors.torch.load_file``, which cannot run code
     at all. On the CPU the tensors are views of the mapped file: pages are read when first used.
+    ``verify_crc`` (``torch.save`` files) checks the archive's CRC-32s first: one read of the
+    whole file through the page cache: no extra resident memory, but the time of reading it all,
+    which a lazy load otherwise avoids (compare the two ``meta + assign`` rows of
+    ``benchmarks/bench_memory.py``); safetensors files have no checksum.
     Taught in ``notebooks/01_state_dict.ipynb``.
     """
     path = Path(path)
     if path.suffix != ".safetensors":
-        return safe_load(path, map_location=map_location, mmap=True)
+        return safe_load(path, map_location=map_location, mmap=True, verify_crc=verify_crc)
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -79,6 +85,8 @@ def load_big_model(
     factory: Callable[[], nn.Module],
     path: str | os.PathLike[str],
     map_location: MapLocation = "cpu",
+    *,
+    verify_crc: bool = True,
 ) -> nn.Module:
     """Build ``factory()`` on ``meta`` and give it the file's tensors with ``assign=True``.
 
@@ -86,10 +94,10 @@ def load_big_model(
     load is strict: a missing or unexpected key raises as ``load_state_dict`` does. A tensor the
     file cannot provide (a buffer registered with ``persistent=False``) would stay on ``meta`` and
     fail at the first forward pass; this raises a ``CheckpointError`` naming it instead. Returns
-    the model in ``eval()`` mode. Taught in ``notebooks/01_state_dict.ipynb``.
+    the model in ``eval()`` mode; ``verify_crc`` as in ``open_weights``. Taught in ``notebooks/01_state_dict.ipynb``.
     """
     model = build_on_meta(factory)
-    model.load_state_dict(open_weights(path, map_location), assign=True)
+    model.load_state_dict(open_weights(path, map_location, verify_crc=verify_crc), assign=True)
     left = tensors_left_on_meta(model)
     if left:
         raise CheckpointError(
