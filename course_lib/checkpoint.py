@@ -335,17 +335,35 @@ def load_checkpoint(
 
 
 # ----------------------------------------------------------------------------------------------
-# Training with checkpoints
+# File names: one scheme, for train_with_checkpoint and the CheckpointManager
 # ----------------------------------------------------------------------------------------------
 
 LATEST_NAME = "latest.pth"
-BEST_NAME = "best_model.pth"
+BEST_STEM = "best_model"  # best_model.pth; with safetensors, best_model.safetensors + sidecar
+
+
+def checkpoint_filename(epoch: int, step: int | None = None, *, format: str = "torch") -> str:
+    """``checkpoint_epoch_0007.pth`` (or ``..._step_00001234.pth``, or ``.safetensors``).
+
+    Zero-padded so that names sort like epochs; the manager orders by the numbers in its
+    manifest, never by names or file times. Taught in notebooks/08_checkpoint_manager.ipynb.
+    """
+    suffix = ".safetensors" if format == "safetensors" else ".pth"
+    name = f"checkpoint_epoch_{int(epoch):04d}"
+    if step is not None:
+        name += f"_step_{int(step):08d}"
+    return name + suffix
+
+
+# ----------------------------------------------------------------------------------------------
+# Training with checkpoints
+# ----------------------------------------------------------------------------------------------
 
 
 def _best_from_existing(checkpoint_dir: Path) -> float | None:
     """The validation loss of an existing ``best_model.pth`` (for checkpoints that lack
     ``'best_metric'``, such as the chapter's)."""
-    best_path = checkpoint_dir / BEST_NAME
+    best_path = checkpoint_dir / f"{BEST_STEM}.pth"
     if not best_path.exists():
         return None
     try:
@@ -410,7 +428,7 @@ def train_with_checkpoint(
 
     Per epoch: train, validate, step the scheduler (``ReduceLROnPlateau`` gets the validation
     loss), then write ``latest.pth`` (every epoch, to resume from), ``best_model.pth`` when the
-    validation loss improved, and ``checkpoint_epoch_{epoch}.pth`` every ``save_every`` epochs.
+    validation loss improved, and ``checkpoint_epoch_{epoch:04d}.pth`` every ``save_every`` epochs.
     All writes are atomic.
 
     Fixed against the chapter: on resume the best validation loss is restored (the chapter reset
@@ -485,9 +503,9 @@ def train_with_checkpoint(
             extra={"history": history},
         )
         checkpoint["loss"] = val_loss  # the chapter's key
-        names = [BEST_NAME] if improved else []
+        names = [f"{BEST_STEM}.pth"] if improved else []
         if (epoch + 1) % save_every == 0:
-            names.append(f"checkpoint_epoch_{epoch}.pth")
+            names.append(checkpoint_filename(epoch))
         names.append(LATEST_NAME)  # last, so that it is always the newest complete state
         for name in names:
             safe_save(checkpoint, checkpoint_dir / name)

@@ -1,8 +1,9 @@
-"""The checkpoint manager's own error and warning (the others are ``safe_io``'s).
+"""The checkpoint manager's own errors and warning (the others are ``safe_io``'s).
 
 ``CheckpointWriteError`` says that a save failed and that nothing was committed, with the fix
-for its cause (a full disk, a folder that cannot be written); ``CheckpointFallbackWarning``
-says that a damaged or missing file was skipped and an older checkpoint used instead.
+for its cause (a full disk, a folder that cannot be written); ``CheckpointLockTimeoutError``
+that another process held the folder's lock too long; ``CheckpointFallbackWarning`` that a
+damaged or missing file was skipped and an older checkpoint used instead.
 """
 
 from __future__ import annotations
@@ -10,8 +11,19 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-from course_lib.manifest import MANIFEST_NAME
+from course_lib.manager.files import MANIFEST_NAME
 from course_lib.safe_io import CheckpointError
+
+__all__ = [
+    "CheckpointFallbackWarning",
+    "CheckpointLockTimeoutError",
+    "CheckpointWriteError",
+    "write_error",
+]
+
+
+class CheckpointLockTimeoutError(CheckpointError):
+    """The folder's lock was held by another process for longer than the timeout."""
 
 
 class CheckpointWriteError(CheckpointError, OSError):

@@ -1,4 +1,6 @@
-"""One checkpoint's files (chapter 6.3.8): names, durable writes with SHA-256, reading back.
+"""One checkpoint's files: names, durable writes with their SHA-256, reading back.
+
+For maintainers (read it after ``commit``).
 
 A checkpoint is one ``checkpoint_epoch_0007.pth``, or weights in
 ``checkpoint_epoch_0007.safetensors`` (memory-mapped on load) beside a
@@ -6,7 +8,7 @@ A checkpoint is one ``checkpoint_epoch_0007.pth``, or weights in
 counters. Every file goes through ``safe_io.atomic_write`` (unique temp file, fsync,
 ``os.replace``); the directory fsync is left to the manifest commit that follows in the same
 folder. Each file's SHA-256 is computed while it is written, for the manifest
-(``course_lib.manifest``) to record.
+(``manifest``) to record.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ import json
 import os
 import queue
 import re
+import shutil
 import struct
 import threading
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +38,25 @@ from course_lib.safe_io import (
     torch_save,
 )
 
+__all__ = [
+    "FORMATS",
+    "LOCK_NAME",
+    "MANIFEST_NAME",
+    "PRIMARY_PATTERN",
+    "SIDECAR_PATTERN",
+    "SIDECAR_SUFFIX",
+    "TEMP_PATTERN",
+    "FileRecord",
+    "read_checkpoint_files",
+    "sha256_file",
+    "sidecar_name",
+    "link_best",
+    "write_checkpoint_files",
+]
+
 FORMATS = ("torch", "safetensors")
-BEST_STEM = "best_model"
+MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".manager.lock"
 SIDECAR_SUFFIX = ".train_state.pth"
 PRIMARY_PATTERN = re.compile(
     r"^checkpoint_epoch_(?P<epoch>\d+)(?:_step_(?P<step>\d+))?\.(pth|safetensors)$"
@@ -45,17 +66,13 @@ TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")  # atomic_w
 _HASH_INLINE_BYTES = 1 << 20  # below this, hashing in a thread costs more than it saves
 
 
-def checkpoint_filename(epoch: int, step: int | None = None, *, format: str = "torch") -> str:
-    """``checkpoint_epoch_0007.pth`` (or ``..._step_00001234.pth``, or ``.safetensors``).
+@dataclass(frozen=True)
+class FileRecord:
+    """One file of a checkpoint: its size and SHA-256 (and, for ``best_model``, its source)."""
 
-    Zero-padded so that names sort like epochs, but the manager orders by the numbers in its
-    manifest, not by names or file times.
-    """
-    suffix = ".safetensors" if format == "safetensors" else ".pth"
-    name = f"checkpoint_epoch_{int(epoch):04d}"
-    if step is not None:
-        name += f"_step_{int(step):08d}"
-    return name + suffix
+    size: int
+    sha256: str
+    source_file: str | None = None
 
 
 def sidecar_name(primary: str) -> str:
@@ -79,8 +96,8 @@ def sha256_stream(handle: Any) -> str:
 # ----------------------------------------------------------------------------------------------
 
 
-def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
-    """``atomic_write(path, write)`` and return ``{'size', 'sha256'}`` of the bytes committed.
+def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
+    """``atomic_write(path, write)``, and the record (size, SHA-256) of the bytes committed.
 
     The checksum of a large file is computed by a thread that reads the finished temp file
     while ``atomic_write`` fsyncs it: hashing is hidden behind the disk flush instead of added.
@@ -115,10 +132,10 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> dict[str, Any]:
             state["handle"].close()
     if "error" in state:
         raise state["error"]
-    return {"size": state["size"], "sha256": state["sha256"]}
+    return FileRecord(state["size"], state["sha256"])
 
 
-def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
+def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> FileRecord:
     """Write ``chunks`` (bytes-like) to ``path`` through ``atomic_write``, hashing as they go.
 
     A thread hashes each chunk while this one hands it to the OS, and goes on hashing while
@@ -155,7 +172,7 @@ def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> dict[str, Any]:
         thread.join()
     if failed:
         raise failed[0]
-    return {"size": size, "sha256": digest.hexdigest()}
+    return FileRecord(size, digest.hexdigest())
 
 
 _SAFETENSORS_DTYPES = {
@@ -236,14 +253,14 @@ def _safetensors_save(tensors: Mapping[str, torch.Tensor], path: Path) -> None:
 
 def write_checkpoint_files(
     folder: Path, checkpoint: Mapping[str, Any], name: str
-) -> dict[str, dict[str, Any]]:
-    """Write ``checkpoint`` as ``folder/name`` (and its sidecar); return ``{file: {size, sha256}}``.
+) -> dict[str, FileRecord]:
+    """Write ``checkpoint`` as ``folder/name`` (and its sidecar); return each file's record.
 
     A ``.safetensors`` name gets the weights, the rest goes to the ``.train_state.pth`` sidecar.
     On failure the files this call wrote are removed again, and the error propagates.
     """
     written: list[Path] = []
-    files: dict[str, dict[str, Any]] = {}
+    files: dict[str, FileRecord] = {}
     try:
         if name.endswith(".safetensors"):
             weights = _unshared_cpu_tensors(checkpoint["model_state_dict"])
@@ -279,7 +296,7 @@ def write_checkpoint_files(
 def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
     """Read (never apply) the checkpoint ``path``, either format, ``weights_only``.
 
-    Unchecked: compare the files with their manifest record first (``manifest.verify_files``).
+    Unchecked: compare the files with their manifest record first (``loading.verify_files``).
     A file that holds something else than a training checkpoint raises ``ForeignFileError``.
     """
     if path.suffix == ".safetensors":
@@ -328,3 +345,32 @@ def _load_safetensors(path: Path, device: MapLocation) -> dict[str, torch.Tensor
             f"not a readable safetensors file ({type(exc).__name__}: {exc}).",
             "load an earlier checkpoint or a backup.",
         ) from None
+
+
+# ----------------------------------------------------------------------------------------------
+# The best_model pointer
+# ----------------------------------------------------------------------------------------------
+
+
+def link_best(folder: Path, best_files: Mapping[str, FileRecord]) -> None:
+    """Make each ``best_model`` file of ``best_files`` a hard link (or a copy) of its source.
+
+    Each link is made under a temp name and renamed in, so ``best_model.pth`` is never missing
+    or half-written. A hard link is not a backup: a bit flipped in one name is flipped in both.
+    """
+    for best, record in best_files.items():
+        source = folder / str(record.source_file)
+        target = folder / best
+        if not target.is_symlink() and target.exists() and os.path.samefile(source, target):
+            # Already linked. (Renaming one hard link over another of the same file is a
+            # no-op that leaves the temp name behind, so never try.)
+            continue
+
+        def link(temp: Path, source: Path = source) -> None:
+            temp.unlink()
+            try:
+                os.link(source, temp)
+            except OSError:  # no hard links here (some network and FAT file systems)
+                shutil.copyfile(source, temp)
+
+        atomic_write(target, link, follow_symlinks=False)

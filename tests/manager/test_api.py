@@ -1,6 +1,8 @@
-"""The checkpoint manager of chapter 6.3.8: the chapter's calls, ordering, manifest, retention, formats.
+"""``manager.api``: the chapter's calls, ordering, the manifest they write, formats, async saves.
 
-Failures (kills, full disks, damaged files) are in test_manager_faults.py.
+Mirrors course_lib/manager/: retention in test_retention.py, the manifest's schema in
+test_manifest.py, repairs on open in test_reconcile.py, kills, full disks and damaged files in
+test_faults.py, readers under pruning writers in test_readers.py.
 """
 
 from __future__ import annotations
@@ -18,18 +20,29 @@ import pytest
 import torch
 from torch import nn
 
-import course_lib.checkpoint_files as checkpoint_files_module
-import course_lib.manifest as manifest_module
-from course_lib.checkpoint_files import checkpoint_filename, sha256_file
+import course_lib.manager.files as checkpoint_files_module
+import course_lib.manager.reconcile as reconcile_module
+from course_lib.checkpoint import checkpoint_filename
 from course_lib.display import format_table
 from course_lib.manager import CheckpointManager
+from course_lib.manager.files import sha256_file
 from course_lib.models import make_mlp
-from course_lib.retention import retention_reasons
 
-HELPERS = Path(__file__).resolve().parent / "manager_helpers"
-_spec = importlib.util.spec_from_file_location("chapter_manager", HELPERS / "chapter_manager.py")
-chapter_manager = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(chapter_manager)
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+
+def _helper(name):
+    spec = importlib.util.spec_from_file_location(name, HELPERS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+chapter_manager = _helper("chapter_manager")
+retention_model = _helper("retention_model")
+reference_kept = retention_model.reference_kept
+random_policy = retention_model.random_policy
+random_history = retention_model.random_history
 
 
 def tiny(seed=0):
@@ -231,7 +244,7 @@ def test_list_checkpoints_never_opens_a_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "load", refuse)
     monkeypatch.setattr(checkpoint_files_module, "safe_load", refuse)
-    monkeypatch.setattr(manifest_module, "safe_load", refuse)
+    monkeypatch.setattr(reconcile_module, "safe_load", refuse)
     rows = manager.list_checkpoints()
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert rows[-1]["best"] is True and "latest" in rows[-1]["kept_by"]
@@ -242,76 +255,6 @@ def test_list_checkpoints_never_opens_a_checkpoint(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------
 # Retention: randomized sequences against a from-scratch model of the policies
 # ----------------------------------------------------------------------------------------------
-
-
-def reference_kept(history, *, max_to_keep, keep_best, mode, keep_every):
-    """What the policies keep, computed from the whole history at once (not incrementally).
-
-    ``history``: (epoch, val_loss or None, protected, is_best) in save order, epochs increasing.
-    """
-    epochs = [h[0] for h in history]
-    kept = set(epochs if max_to_keep is None else epochs[-max_to_keep:])
-    ranked = sorted((h for h in history if h[1] is not None), key=lambda h: h[1])
-    if mode == "max":
-        ranked.reverse()
-    kept |= {h[0] for h in ranked[:keep_best]}
-    if keep_every:
-        kept |= {e for e in epochs if (e + 1) % keep_every == 0}
-    kept |= {h[0] for h in history if h[2]}
-    pointer = [h[0] for h in history if h[3]]
-    if pointer:
-        kept.add(pointer[-1])
-    return kept
-
-
-def random_policy(rng):
-    return {
-        "max_to_keep": rng.choice([None, 1, 2, 3, 5]),
-        "keep_best": rng.choice([0, 1, 2, 3]),
-        "mode": rng.choice(["min", "max"]),
-        "keep_every": rng.choice([None, None, 2, 3, 5]),
-    }
-
-
-def random_history(rng, length):
-    history = []
-    for epoch in sorted(rng.sample(range(3 * length), length)):
-        value = None if rng.random() < 0.1 else rng.random()
-        history.append((epoch, value, rng.random() < 0.05, rng.random() < 0.2))
-    return history
-
-
-def entry(epoch, value, protected):
-    return {
-        "file": checkpoint_filename(epoch),
-        "epoch": epoch,
-        "metrics": {} if value is None else {"val_loss": value},
-        "protected": protected,
-    }
-
-
-def test_retention_applied_save_by_save_equals_the_policies_on_the_whole_history():
-    """200 random sequences through retention_reasons, dropping what it drops, as save() does."""
-    rng = random.Random(2024)
-    for _ in range(200):
-        policy = random_policy(rng)
-        history = random_history(rng, rng.randint(1, 25))
-        alive: dict[str, dict] = {}
-        pointer = None
-        for i, (epoch, value, protected, is_best) in enumerate(history):
-            new = entry(epoch, value, protected)
-            alive[new["file"]] = new
-            if is_best:
-                pointer = new["file"]
-            reasons = retention_reasons(
-                alive.values(),
-                best_metric="val_loss",
-                keep=[new["file"]] + ([pointer] if pointer else []),
-                **policy,
-            )
-            alive = {name: e for name, e in alive.items() if reasons[name]}
-            expected = reference_kept(history[: i + 1], **policy)
-            assert {e["epoch"] for e in alive.values()} == expected, (policy, history[: i + 1])
 
 
 @pytest.mark.timeout(120)
@@ -366,57 +309,6 @@ def test_best_by_metric_without_is_best(tmp_path):
 # ----------------------------------------------------------------------------------------------
 # Reconciling the folder on start
 # ----------------------------------------------------------------------------------------------
-
-
-def test_start_removes_temp_files_and_tolerates_files_deleted_by_hand(tmp_path):
-    model, optimizer = tiny()
-    manager = CheckpointManager(tmp_path, max_to_keep=None)
-    for epoch in range(3):
-        mark(model, epoch)
-        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
-    leftover = tmp_path / ".checkpoint_epoch_0003.pth.k2j4h5_x.tmp"
-    leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
-    unrelated = tmp_path / "notes.txt"
-    unrelated.write_text("mine")
-    (tmp_path / "checkpoint_epoch_0002.pth").unlink()
-    with pytest.warns(UserWarning, match="checkpoint_epoch_0002.pth is listed .* but missing"):
-        fresh = CheckpointManager(tmp_path, max_to_keep=None)
-    assert not leftover.exists() and unrelated.exists()
-    assert [r["epoch"] for r in fresh.list_checkpoints()] == [0, 1]
-    assert fresh.load_latest(model)["epoch"] == 1
-
-
-def test_untracked_checkpoint_files_are_reported_not_used_and_can_be_adopted(tmp_path):
-    model, optimizer = tiny()
-    manager = CheckpointManager(tmp_path)
-    manager.save(model, optimizer, None, 0, {"val_loss": 1.0})
-    other = CheckpointManager(tmp_path / "elsewhere")
-    mark(model, 5)
-    other.save(model, optimizer, None, 5, {"val_loss": 0.5})
-    os.replace(
-        tmp_path / "elsewhere" / "checkpoint_epoch_0005.pth", tmp_path / "checkpoint_epoch_0005.pth"
-    )
-    with pytest.warns(UserWarning, match=r"checkpoint_epoch_0005.pth not in manifest.json"):
-        fresh = CheckpointManager(tmp_path)
-    assert fresh.load_latest(model)["epoch"] == 0
-    fresh.adopt("checkpoint_epoch_0005.pth")
-    assert fresh.load_latest(model)["epoch"] == 5 and weight(model) == 5.0
-    assert fresh.list_checkpoints()[-1]["val_loss"] == 0.5
-
-
-def test_a_folder_written_by_the_chapters_manager_is_adopted(tmp_path, capsys):
-    model, optimizer = tiny()
-    old = chapter_manager.CheckpointManager(str(tmp_path), max_to_keep=3)
-    for epoch, val_loss in enumerate([0.9, 0.3, 0.5, 0.4]):
-        mark(model, epoch)
-        old.save(model, optimizer, None, epoch, {"val_loss": val_loss}, is_best=val_loss < 0.35)
-    with pytest.warns(UserWarning, match="adopted"):
-        manager = CheckpointManager(tmp_path, max_to_keep=3)
-    assert [r["epoch"] for r in manager.list_checkpoints()] == [1, 2, 3]
-    assert manager.load_best(model)["epoch"] == 1 and weight(model) == 1.0
-    mark(model, 4)
-    manager.save(model, optimizer, None, 4, {"val_loss": 0.8})
-    assert manager.load_latest(model)["epoch"] == 4
 
 
 def test_two_managers_on_one_folder_take_turns(tmp_path):
@@ -541,15 +433,6 @@ def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
     second.join(timeout=30)
     manager.wait()
     assert [r["epoch"] for r in manager.list_checkpoints()] == [0, 1]
-
-
-def test_policy_arguments_are_checked():
-    with pytest.raises(ValueError, match="max_to_keep"):
-        CheckpointManager("unused", max_to_keep=0)
-    with pytest.raises(ValueError, match="mode"):
-        CheckpointManager("unused", mode="lowest")
-    with pytest.raises(ValueError, match="format"):
-        CheckpointManager("unused", format="pickle")
 
 
 def test_format_table_handles_missing_values():

@@ -17,7 +17,7 @@ from course_lib.manager import CheckpointManager
 from course_lib.models import make_mlp
 from course_lib.safe_io import CheckpointError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 WRITER = textwrap.dedent(
     """
@@ -72,7 +72,7 @@ def test_a_stopped_lock_holder_gives_a_clear_error_not_a_hang(tmp_path):
         [sys.executable, "-c",
          "import sys, os, signal\n"
          "from pathlib import Path\n"
-         "from course_lib.manifest import FolderLock\n"
+         "from course_lib.manager.lock import FolderLock\n"
          "with FolderLock(Path(sys.argv[1])):\n"
          "    print('locked', flush=True)\n"
          "    os.kill(os.getpid(), signal.SIGSTOP)\n",

@@ -23,16 +23,22 @@ from pathlib import Path
 import pytest
 import torch
 
-import course_lib.checkpoint_files as checkpoint_files_module
-import course_lib.manifest as manifest_module
-from course_lib.checkpoint_files import sha256_file
-from course_lib.manager import CheckpointManager
-from course_lib.manager_errors import CheckpointFallbackWarning, CheckpointWriteError
-from course_lib.retention import retention_reasons
+import course_lib.manager.files as checkpoint_files_module
+import course_lib.manager.lock as lock_module
+import course_lib.manager.manifest as manifest_module
+from course_lib.checkpoint import checkpoint_filename
+from course_lib.manager import (
+    Candidate,
+    CheckpointFallbackWarning,
+    CheckpointManager,
+    CheckpointWriteError,
+    retention_reasons,
+)
+from course_lib.manager.files import sha256_file
 from course_lib.safe_io import CheckpointNotFoundError, CorruptCheckpointError
 
-ROOT = Path(__file__).resolve().parent.parent
-HELPERS = ROOT / "tests" / "manager_helpers"
+ROOT = Path(__file__).resolve().parents[2]
+HELPERS = ROOT / "tests" / "manager" / "helpers"
 _spec = importlib.util.spec_from_file_location("save_loop", HELPERS / "save_loop.py")
 save_loop = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(save_loop)
@@ -77,11 +83,9 @@ def quiet_manager(directory, **kwargs):
 def expected_files(last_epoch, fmt):
     """What the policies of save_loop keep after epochs 0..last_epoch (computed from scratch)."""
     entries = [
-        {
-            "file": f"checkpoint_epoch_{e:04d}.{'safetensors' if fmt == 'safetensors' else 'pth'}",
-            "epoch": e,
-            "metrics": {"val_loss": save_loop.metric(e)},
-        }
+        Candidate(
+            checkpoint_filename(e, format=fmt), epoch=e, metrics={"val_loss": save_loop.metric(e)}
+        )
         for e in range(last_epoch + 1)
     ]
     reasons = retention_reasons(entries, **save_loop.POLICY)
@@ -304,7 +308,7 @@ def test_a_folder_without_write_permission_can_still_be_read(tmp_path, monkeypat
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
         return real_open(path, mode, *args, **kwargs)
 
-    for module in (manifest_module, checkpoint_files_module):  # the lock file, the checkpoints
+    for module in (lock_module, checkpoint_files_module):  # the lock file, the checkpoints
         monkeypatch.setattr(module, "open", refuse_writes, raising=False)
     reader = CheckpointManager(tmp_path)
     assert reader.read_only
@@ -429,19 +433,6 @@ def test_damaged_best_model_falls_back_to_its_source(tmp_path):
     flip_byte(best)
     with pytest.warns(CheckpointFallbackWarning, match="best_model.pth"):
         assert manager.load_best(model)["epoch"] == 0
-
-
-def test_damaged_manifest_is_rebuilt_from_the_files(tmp_path):
-    manager = CheckpointManager(tmp_path)
-    model, _ = save_epochs(manager, range(3))
-    (tmp_path / "manifest.json").write_text('{"version": 1, "checkpoints": [{"fi')
-    with pytest.raises(CorruptCheckpointError, match="manifest.json"):
-        manager.load_latest(model)
-    fresh, messages = quiet_manager(tmp_path)
-    assert any("manifest is damaged" in m for m in messages)
-    assert (tmp_path / "manifest.json.damaged").exists()
-    assert fresh.load_latest(model)["epoch"] == 2
-    assert [r["epoch"] for r in fresh.list_checkpoints()] == [0, 1, 2]
 
 
 def test_missing_folder_and_empty_folder(tmp_path):

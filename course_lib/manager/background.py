@@ -1,4 +1,6 @@
-"""Saving in the background (6.3.8, ``async_save=True``): a CPU snapshot, one writer thread.
+"""Saving in the background (``async_save=True``): a CPU snapshot, one writer thread.
+
+For maintainers.
 
 The training loop only waits for a copy of the state in CPU memory; a thread writes the copy
 while training goes on. One save is in flight at a time, and a failure in the thread is kept
@@ -12,6 +14,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+
+__all__ = ["BackgroundWriter", "snapshot_to_cpu"]
 
 
 def snapshot_to_cpu(obj: Any, staging: dict[tuple, torch.Tensor] | None = None) -> Any:

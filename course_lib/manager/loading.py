@@ -1,0 +1,291 @@
+"""Reading checkpoints back: verified against the manifest, with fallback to an older one.
+
+For maintainers (read it after ``commit``). ``read_latest`` and ``read_best`` choose the
+candidates, ``first_good`` reads the first one whose files match their manifest record
+(``verify_files``), warning about each one skipped, and ``apply`` puts the chosen checkpoint
+into the model and its training state. The model is touched only once a checkpoint has been
+read in full, so a failed load leaves it as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
+
+import torch
+from torch import nn
+
+from course_lib.checkpoint import (
+    BEST_STEM,
+    MALFORMED_FIX,
+    CheckpointFieldError,
+    apply_checkpoint,
+)
+from course_lib.manager.errors import CheckpointFallbackWarning
+from course_lib.manager.files import MANIFEST_NAME, read_checkpoint_files, sha256_file
+from course_lib.manager.manifest import BestPointer, CheckpointEntry, Manifest
+from course_lib.manager.retention import retention_reasons
+from course_lib.safe_io import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CorruptCheckpointError,
+    ForeignFileError,
+    MapLocation,
+)
+
+__all__ = [
+    "READ_ATTEMPTS",
+    "LoadOptions",
+    "Target",
+    "apply",
+    "read_best",
+    "read_file",
+    "read_latest",
+    "verify_files",
+]
+
+READ_ATTEMPTS = 5  # re-reads of a manifest that other processes keep changing under a reader
+
+Record = CheckpointEntry | BestPointer
+Candidate = tuple[Path, Record]
+
+
+class LoadOptions(TypedDict, total=False):
+    """The keyword options of ``load``, ``load_latest`` and ``load_best``, defined once.
+
+    ``scaler``: a ``torch.amp.GradScaler`` to restore. ``restore_rng`` (default ``True``):
+    restore the Python, NumPy and torch random generators, so that a resumed run continues the
+    run that was interrupted; pass ``False`` when you only evaluate (e.g. comparing epochs).
+    """
+
+    scaler: Any
+    restore_rng: bool
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a load restores into: the model, and the training state that comes with it."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer | None
+    scheduler: Any
+    scaler: Any = None
+    restore_rng: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        scheduler: Any,
+        options: LoadOptions,
+    ) -> Target:
+        unknown = set(options) - set(LoadOptions.__annotations__)
+        if unknown:
+            raise TypeError(
+                f"unexpected keyword argument(s) {sorted(unknown)}; the load options are "
+                f"{sorted(LoadOptions.__annotations__)}."
+            )
+        return cls(model, optimizer, scheduler, **options)
+
+
+_DAMAGED_FIX = (
+    "load another checkpoint: manager.load_latest() falls back to the newest good one; "
+    "restore this file from a backup if you need this epoch."
+)
+
+
+def verify_files(path: Path, record: Record) -> None:
+    """Check each file of ``record`` beside ``path`` against its recorded size and SHA-256.
+
+    Raises ``CheckpointNotFoundError`` (a file deleted by hand) or ``CorruptCheckpointError``
+    (truncated or changed), naming the file.
+    """
+    for name, info in record.files.items():
+        file = path.parent / name
+        if not file.is_file():
+            raise CheckpointNotFoundError(
+                file,
+                f"listed in {MANIFEST_NAME} but missing (deleted by hand?).",
+                "load another checkpoint: manager.load_latest() falls back to the newest "
+                "good one; manager.list_checkpoints() lists them.",
+            )
+        size = file.stat().st_size
+        if size != info.size:
+            raise CorruptCheckpointError(
+                file,
+                f"the file is {size} bytes, the manifest recorded {info.size}: it was "
+                "truncated or changed after it was saved (a partial copy, a full disk, an edit).",
+                _DAMAGED_FIX,
+            )
+        digest = sha256_file(file)
+        if digest != info.sha256:
+            raise CorruptCheckpointError(
+                file,
+                f"its SHA-256 ({digest[:12]}...) does not match the manifest's "
+                f"({info.sha256[:12]}...): the file was damaged after it was saved "
+                "(disk or copy error, or an edit).",
+                _DAMAGED_FIX,
+            )
+
+
+def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[str, Any]:
+    """Read (never apply) one checkpoint: checked against ``record`` if given, weights_only."""
+    try:
+        if record is not None:
+            verify_files(path, record)
+        return read_checkpoint_files(path, device)
+    except FileNotFoundError as exc:  # deleted between the manifest and here (a pruning writer)
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointNotFoundError(
+            path,
+            f"listed in {MANIFEST_NAME} but gone ({exc.strerror}).",
+            "another process pruned it: load again to get the newer checkpoint.",
+        ) from None
+
+
+def first_good(
+    candidates: Sequence[Candidate],
+    device: MapLocation,
+    next_note: Callable[[int], str],
+    none_loads: Callable[[list[CheckpointError]], CheckpointError] | None,
+) -> tuple[Path, dict[str, Any]]:
+    """The first of ``candidates`` that reads and verifies.
+
+    Each one skipped is named in a ``CheckpointFallbackWarning`` ending in ``next_note(i)``.
+    If none reads: ``none_loads(errors)`` is raised, or, without it, the last candidate's own
+    error (not warned about).
+    """
+    problems: list[CheckpointError] = []
+    for index, (path, record) in enumerate(candidates):
+        try:
+            return path, read_file(path, record, device)
+        except (CorruptCheckpointError, CheckpointNotFoundError, ForeignFileError) as exc:
+            if none_loads is None and index == len(candidates) - 1:
+                raise
+            problems.append(exc)
+            warnings.warn(
+                f"skipped {exc.path}: {exc.problem} {next_note(index)}",
+                CheckpointFallbackWarning,
+                stacklevel=4,
+            )
+    assert none_loads is not None  # the loop above returned or raised otherwise
+    raise none_loads(problems)
+
+
+def read_latest(
+    folder: Path, manifest_of: Callable[[], Manifest], device: MapLocation
+) -> tuple[Path, dict[str, Any]]:
+    """The newest committed checkpoint that verifies, falling back to older ones with a warning.
+
+    Another process may commit and prune between our reading the manifest and the file: then
+    the manifest has changed, and we read again rather than report a missing file.
+    """
+    for attempt in range(READ_ATTEMPTS):
+        manifest = manifest_of()
+        entries = manifest.ordered(newest_first=True)
+        if not entries:
+            raise CheckpointNotFoundError(
+                folder,
+                f"no checkpoint has been committed here ({MANIFEST_NAME} lists none).",
+                "save one with manager.save(...) first, or pass the folder that holds your "
+                "checkpoints.",
+            )
+
+        def none_loads(problems: list[CheckpointError], count: int = len(entries)) -> Exception:
+            return CorruptCheckpointError(
+                folder,
+                f"none of the {count} checkpoints in {MANIFEST_NAME} loads: "
+                + "; ".join(f"{p.path.name}: {p.problem}" for p in problems),
+                "restore the files from a backup, or start training afresh in a new folder.",
+            )
+
+        failure: CheckpointError | None = None
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                found = first_good(
+                    [(folder / entry.file, entry) for entry in entries],
+                    device,
+                    lambda index: "Falling back to the previous checkpoint.",
+                    none_loads,
+                )
+            except CheckpointError as exc:
+                failure = exc
+        if (failure or caught) and attempt < READ_ATTEMPTS - 1:
+            if manifest_of().checkpoints.keys() != manifest.checkpoints.keys():
+                continue  # a newer commit: read that one instead
+        for warning in caught:
+            warnings.warn(warning.message, warning.category, stacklevel=3)
+        if failure is not None:
+            raise failure
+        return found
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def read_best(
+    folder: Path, manifest: Manifest, device: MapLocation, *, best_metric: str, mode: str
+) -> tuple[Path, dict[str, Any]]:
+    """``best_model`` (the last save with ``is_best=True``), else the best by ``best_metric``.
+
+    A damaged ``best_model`` falls back to the checkpoint it was linked from, with a warning.
+    """
+    candidates: list[Candidate] = []
+    if manifest.best is not None:
+        best = manifest.best
+        candidates.append((folder / best.file, best))
+        source = manifest.checkpoints.get(best.source or "")
+        if source is not None:
+            candidates.append((folder / source.file, source))
+    else:
+        ranked = retention_reasons(
+            manifest.checkpoints.values(),
+            max_to_keep=None,
+            keep_best=1,
+            best_metric=best_metric,
+            mode=mode,
+        )
+        candidates += [
+            (folder / name, manifest.checkpoints[name])
+            for name, why in ranked.items()
+            if "best" in why
+        ]
+    if not candidates:
+        raise CheckpointNotFoundError(
+            folder / f"{BEST_STEM}.pth",
+            f"no best checkpoint: no save had is_best=True and no checkpoint has a "
+            f"metric {best_metric!r}.",
+            "pass is_best=True to manager.save(...) for the best epoch, or metrics that "
+            f"include {best_metric!r} (see best_metric=).",
+        )
+    return first_good(
+        candidates,
+        device,
+        lambda index: f"Loading {candidates[index + 1][0]}, the checkpoint it was made from.",
+        None,
+    )
+
+
+def apply(
+    checkpoint: dict[str, Any], path: Path, target: Target, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """Put ``checkpoint`` (read from ``path``) into ``target``; return it."""
+    try:
+        apply_checkpoint(
+            checkpoint,
+            target.model,
+            target.optimizer,
+            target.scheduler,
+            scaler=target.scaler,
+            restore_rng=target.restore_rng,
+        )
+    except CheckpointFieldError as exc:
+        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
+    say(f"Loaded checkpoint: {path}")
+    say(f"  Epoch: {checkpoint.get('epoch')}")
+    say(f"  Metrics: {checkpoint.get('metrics', 'N/A')}")
+    return checkpoint

@@ -1,0 +1,175 @@
+"""``manager.reconcile``: what a manager repairs when it opens a folder, and what it leaves alone.
+
+Leftover temp files, deletions a commit left pending, files deleted by hand, files copied in,
+a folder written by the chapter's own manager, a damaged manifest, and a full disk that keeps
+the repair from being written (loading must still work).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import json
+import os
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.manager import CheckpointManager, reconcile
+from course_lib.manager.files import MANIFEST_NAME
+from course_lib.models import make_mlp
+from course_lib.safe_io import CorruptCheckpointError
+
+_spec = importlib.util.spec_from_file_location(
+    "chapter_manager", Path(__file__).resolve().parent / "helpers" / "chapter_manager.py"
+)
+chapter_manager = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(chapter_manager)
+
+
+def tiny(seed=0):
+    torch.manual_seed(seed)
+    model = nn.Linear(2, 1)
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def mark(model, value):
+    with torch.no_grad():
+        model.weight.fill_(float(value))
+
+
+def weight(model):
+    return float(model.weight.detach().flatten()[0])
+
+
+def save_epochs(manager, epochs):
+    model, optimizer = tiny()
+    for epoch in epochs:
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0 / (epoch + 1)})
+    return model, optimizer
+
+
+def quiet_manager(directory, **kwargs):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        manager = CheckpointManager(directory, **kwargs)
+    return manager, [str(w.message) for w in caught]
+
+
+@pytest.fixture
+def folder_with_a_checkpoint(tmp_path):
+    folder = tmp_path / "checkpoints"
+    manager = CheckpointManager(folder, max_to_keep=2)
+    manager.save(make_mlp(), None, None, 1, {"val_loss": 0.5})
+    return folder
+
+
+def _tamper(folder: Path, change) -> None:
+    document = json.loads((folder / MANIFEST_NAME).read_text())
+    change(document)
+    (folder / MANIFEST_NAME).write_text(json.dumps(document))
+
+
+def test_start_removes_temp_files_and_tolerates_files_deleted_by_hand(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path, max_to_keep=None)
+    for epoch in range(3):
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0})
+    leftover = tmp_path / ".checkpoint_epoch_0003.pth.k2j4h5_x.tmp"
+    leftover.write_bytes(b"PK\x03\x04 half a checkpoint")
+    unrelated = tmp_path / "notes.txt"
+    unrelated.write_text("mine")
+    (tmp_path / "checkpoint_epoch_0002.pth").unlink()
+    with pytest.warns(UserWarning, match="checkpoint_epoch_0002.pth is listed .* but missing"):
+        fresh = CheckpointManager(tmp_path, max_to_keep=None)
+    assert not leftover.exists() and unrelated.exists()
+    assert [r["epoch"] for r in fresh.list_checkpoints()] == [0, 1]
+    assert fresh.load_latest(model)["epoch"] == 1
+
+
+def test_untracked_checkpoint_files_are_reported_not_used_and_can_be_adopted(tmp_path):
+    model, optimizer = tiny()
+    manager = CheckpointManager(tmp_path)
+    manager.save(model, optimizer, None, 0, {"val_loss": 1.0})
+    other = CheckpointManager(tmp_path / "elsewhere")
+    mark(model, 5)
+    other.save(model, optimizer, None, 5, {"val_loss": 0.5})
+    os.replace(
+        tmp_path / "elsewhere" / "checkpoint_epoch_0005.pth", tmp_path / "checkpoint_epoch_0005.pth"
+    )
+    with pytest.warns(UserWarning, match=r"checkpoint_epoch_0005.pth not in manifest.json"):
+        fresh = CheckpointManager(tmp_path)
+    assert fresh.load_latest(model)["epoch"] == 0
+    fresh.adopt("checkpoint_epoch_0005.pth")
+    assert fresh.load_latest(model)["epoch"] == 5 and weight(model) == 5.0
+    assert fresh.list_checkpoints()[-1]["val_loss"] == 0.5
+
+
+def test_a_folder_written_by_the_chapters_manager_is_adopted(tmp_path, capsys):
+    model, optimizer = tiny()
+    old = chapter_manager.CheckpointManager(str(tmp_path), max_to_keep=3)
+    for epoch, val_loss in enumerate([0.9, 0.3, 0.5, 0.4]):
+        mark(model, epoch)
+        old.save(model, optimizer, None, epoch, {"val_loss": val_loss}, is_best=val_loss < 0.35)
+    with pytest.warns(UserWarning, match="adopted"):
+        manager = CheckpointManager(tmp_path, max_to_keep=3)
+    assert [r["epoch"] for r in manager.list_checkpoints()] == [1, 2, 3]
+    assert manager.load_best(model)["epoch"] == 1 and weight(model) == 1.0
+    mark(model, 4)
+    manager.save(model, optimizer, None, 4, {"val_loss": 0.8})
+    assert manager.load_latest(model)["epoch"] == 4
+
+
+def test_damaged_manifest_is_rebuilt_from_the_files(tmp_path):
+    manager = CheckpointManager(tmp_path)
+    model, _ = save_epochs(manager, range(3))
+    (tmp_path / "manifest.json").write_text('{"version": 1, "checkpoints": [{"fi')
+    with pytest.raises(CorruptCheckpointError, match="manifest.json"):
+        manager.load_latest(model)
+    fresh, messages = quiet_manager(tmp_path)
+    assert any("manifest is damaged" in m for m in messages)
+    assert (tmp_path / "manifest.json.damaged").exists()
+    assert fresh.load_latest(model)["epoch"] == 2
+    assert [r["epoch"] for r in fresh.list_checkpoints()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("repair", ["pending_delete", "missing_manifest"])
+def test_a_full_disk_keeps_loading_whatever_the_repair(
+    folder_with_a_checkpoint, monkeypatch, repair
+):
+    folder = folder_with_a_checkpoint
+    if repair == "missing_manifest":
+        (folder / MANIFEST_NAME).unlink()  # the manager adopts the files: a manifest to write
+    else:
+        _tamper(folder, lambda d: d.update(pending_delete=["checkpoint_epoch_0000.pth"]))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reconcile, "write_manifest", disk_full)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        manager = CheckpointManager(folder)
+    assert manager.load_latest(make_mlp(), None)["epoch"] == 1
+
+
+def test_a_full_disk_does_not_stop_a_manager_from_opening_and_loading(
+    folder_with_a_checkpoint, monkeypatch
+):
+    """Opening finishes a repair (here: a deletion left pending); on a full disk loading still works."""
+    folder = folder_with_a_checkpoint
+    _tamper(folder, lambda d: d.update(pending_delete=["checkpoint_epoch_0000.pth"]))
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reconcile, "write_manifest", disk_full)
+    with pytest.warns(UserWarning, match="disk is full"):
+        manager = CheckpointManager(folder)
+    loaded = manager.load_latest(make_mlp(), None)
+    assert loaded["epoch"] == 1
