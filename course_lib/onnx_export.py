@@ -55,7 +55,7 @@ class MissingDependencyError(ImportError):
 
 
 class UnsupportedOperatorError(ExportError):
-    """The ONNX exporter has no translation for an operator the model uses (or for how it is used)."""
+    """The ONNX exporter cannot translate an operator the model uses (or the way it is used)."""
 
     def __init__(
         self,
@@ -69,10 +69,10 @@ class UnsupportedOperatorError(ExportError):
         self.node = node
         self.reason = reason
         where = f" (graph node {node!r})" if node else ""
-        why = f": {reason}" if reason else ""
+        why = f": {reason.rstrip('.')}" if reason else ""
         super().__init__(
             path,
-            f"export_onnx({model_name}): the ONNX exporter has no translation for the operator "
+            f"export_onnx({model_name}): the ONNX exporter cannot translate the operator "
             f"{operator}{where}{why}.",
             "rewrite that part of forward() with operations ONNX supports, or pass a "
             "translation written with onnxscript (torch.onnx.export(..., "
@@ -214,7 +214,8 @@ def _root_cause(text: str) -> str | None:
     if match is None:
         return None
     cls = match["cls"].rsplit(".", 1)[-1]
-    return f"{cls}: {match['message'].strip()}"
+    message = match["message"].split(" (unhinted")[0].strip()  # the rest repeats the expression
+    return message if cls == "NotImplementedError" else f"{cls}: {message}"
 
 
 def _unsupported_operator(exc: BaseException) -> tuple[str, str | None, str | None] | None:

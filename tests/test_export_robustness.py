@@ -138,6 +138,7 @@ def test_a_full_disk_keeps_the_previous_exports_and_the_interpreter_alive(tmp_pa
     done = subprocess.run(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
         cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's course_lib
         capture_output=True,
         text=True,
         timeout=170,
