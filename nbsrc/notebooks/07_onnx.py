@@ -11,14 +11,21 @@
 #
 # - what today's `torch.onnx.export` does with the chapter's `opset_version=11` and `dynamic_axes`,
 #   and why the result is **two** files;
-# - the current call: the dynamo exporter, opset 18+, `dynamic_shapes`, one self-contained file;
+# - the current call, written out: `torch.onnx.export(..., dynamo=True, dynamic_shapes=...,
+#   external_data=False)`: opset 18+, a dynamic batch, one self-contained file;
 # - verifying an export: `onnx.checker` plus onnxruntime against PyTorch at several batch sizes;
 # - the errors you will meet (a batch fixed at export time, a stale file) and what they mean;
-# - inference latency of eager PyTorch, TorchScript, `torch.export` and onnxruntime, measured live.
+# - proof that the file runs without PyTorch: a process in which `import torch` fails runs it;
+# - inference latency of eager PyTorch, a TorchScript trace, `torch.export`, `torch.compile` and
+#   onnxruntime, measured live with the same number of threads each, compile time apart.
 #
 # ## Prerequisites
 #
 # Chapter 6.3.6 (`06_torchscript.ipynb`): tracing and `torch.export`.
+#
+# **Run time.** About 30 s, plus `torch.compile`'s compilation in the latency section: 10 to 20 s
+# on 2 CPU cores the first time (less when Inductor's cache already holds the code). The full
+# comparison, with AOTInductor and the chapter's 224×224 input, is `benchmarks/bench_inference.py`.
 
 # %%
 from course_lib import notebook
@@ -140,7 +147,37 @@ ort.InferenceSession(str(workdir / "deploy" / "model.onnx"))
 # %% [markdown]
 # ## The current way
 #
-# `course_lib.onnx_export.export_onnx` makes the choices explicit: the dynamo exporter, its
+# The current call, written out. `dynamo=True` is the default today, and saying so makes the
+# intent clear; `dynamic_shapes` replaces `dynamic_axes` and is keyed by `forward`'s argument
+# names (SmallCNN's `forward(self, x)`); `external_data=False` puts the weights inside the one
+# file; `verbose=False` keeps the exporter's progress lines out of the notebook. The example batch
+# is 2, because a size-1 dimension cannot be declared dynamic (6.3.6):
+
+# %%
+# torch's exporter trips over a deprecation inside torch itself; that warning is not for you.
+warnings.filterwarnings(
+    "ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning
+)
+
+batch = torch.export.Dim("batch")
+torch.onnx.export(
+    model,
+    (torch.randn(2, 3, 224, 224),),
+    workdir / "model_raw.onnx",
+    dynamo=True,
+    dynamic_shapes={"x": {0: batch}},
+    external_data=False,
+    verbose=False,
+)
+raw = onnx.load(str(workdir / "model_raw.onnx"))
+print("opset:", [o.version for o in raw.opset_import if o.domain == ""][0])
+print("input shape:", onnx_export.onnx_input_shapes(raw))
+print("files:", sorted(p.name for p in workdir.glob("model_raw*")))
+
+# %% [markdown]
+# Opset 20 (the exporter's default), a batch dimension named `batch`, and one file.
+#
+# `course_lib.onnx_export.export_onnx` wraps this call with the same choices: the dynamo exporter, its
 # default opset (20 here; anything below 18 is refused), `dynamic_shapes` for the batch, and one
 # self-contained file (`external_data=False`; the sidecar is only needed above ONNX's 2 GB limit).
 # A model left in training mode is exported in eval mode with a warning. The exporter's console
@@ -199,79 +236,167 @@ print("batch 1:", tuple(static(torch.randn(1, 3, 224, 224)).shape))
 static(torch.randn(13, 3, 224, 224))
 
 # %% [markdown]
+# ## Runs without PyTorch
+#
+# ONNX's promise is that the file needs no PyTorch. In this notebook torch is already imported, so
+# running the file here proves nothing. `course_lib.torch_free.run_onnx_without_torch` starts a
+# new Python process whose very first act is to block every import of `torch` (a "meta-path
+# finder", a hook Python asks before importing anything). That process tries `import torch` to
+# show that it fails, then imports only NumPy and onnxruntime, runs the file, and reports its
+# outputs and every `torch` module it ended up with:
+
+# %%
+from course_lib.torch_free import run_onnx_without_torch
+
+x = torch.randn(3, 3, 224, 224)
+alone = run_onnx_without_torch(onnx_file.path, [x])
+print("in the child process, import torch raised:", alone.torch_import_error)
+print("torch modules loaded there:", list(alone.torch_modules_loaded))
+print("outputs:", {name: out.shape for name, out in alone.outputs.items()})
+
+with torch.inference_mode():
+    expected = model(x).numpy()
+print("same as eager PyTorch here:", np.allclose(alone.outputs["output"], expected, atol=1e-5))
+
+# %% [markdown]
+# The same numbers, computed by a process that could not have used PyTorch: only onnxruntime and
+# NumPy are needed to serve this model (and onnxruntime also exists for C, C++, C#, Java,
+# JavaScript and mobile).
+#
 # ## How fast is each format?
 #
 # The chapter's "physicist's view" compares exporting to compiling a simulation into an
 # executable: it should run faster. Let us measure, on your machine, the course CNN at its usual
-# 3×32×32 input (224×224 at batch 64 would take too long here; `benchmarks/bench_inference.py`
-# measures both sizes). Everything runs on the CPU, because onnxruntime uses its CPU provider here.
-# TorchScript is a frozen trace (BatchNorm folded); onnxruntime runs with all graph optimisations
-# and as many threads as PyTorch. `measure_latency` warms each one up, then takes the median of
-# many timed repeats.
+# 3×32×32 input (the chapter's 224×224 at batch 64 would take too long here;
+# `benchmarks/bench_inference.py` measures both sizes, and AOTInductor too). Everything runs on the
+# CPU, because onnxruntime uses its CPU provider here. The backends:
+#
+# - **eager**: the model as it is;
+# - **TorchScript trace**: deprecated (6.3.6), shown because the chapter uses it. Not frozen:
+#   `torch.jit.freeze`, which folded BatchNorm into the convolutions, is deprecated as well;
+# - **torch.export**: the program's `.module()`, which runs the same operators as eager from a
+#   graph (it is a format, not an optimiser);
+# - **torch.compile**: PyTorch's compiler (TorchInductor) in this process, specialised to each
+#   batch size (`dynamic=False`): the first call at each size compiles, and that time is reported
+#   apart from the steady latency;
+# - **onnxruntime**: the exported file with all graph optimisations on.
+#
+# **Every backend gets the same number of CPU threads**, printed with the results. It matters:
+# PyTorch uses one thread per core by default, and on a busy 2-core machine eager PyTorch with two
+# threads waited for the other programs so badly that onnxruntime measured 310 times faster at
+# batch 1; with one thread each the gap was about 5 times. One thread each is the steady choice
+# on a small shared machine; the benchmark script takes `--threads` to try others.
 
 # %%
-from course_lib import export
-from course_lib.timing import measure_latency
+from course_lib import inference_bench
 
+threads = 1
 torch.manual_seed(0)
 cnn = SmallCNN().eval()
-example32 = torch.randn(2, 3, 32, 32)
-backends = {
-    "eager": cnn,
-    "TorchScript": export.trace_model(cnn, example32, freeze=True),
-    "torch.export": export.export_program(cnn, example32).module(),
-}
-runner = onnx_export.OnnxModel(onnx_export.export_onnx(cnn, example32, workdir / "cnn32.onnx").path)
-print("backends:", [*backends, "onnxruntime"])
+backends = inference_bench.make_backends(cnn, torch.randn(2, 3, 32, 32), workdir, threads=threads)
+print("backends:", list(backends))
+print("CPU threads for every backend:", threads)
+
+# %% [markdown]
+# `run_benchmark` times the first call of each backend at each batch size on its own, then takes
+# the median of three interleaved rounds (each backend measured once per round, so a burst of load
+# from another program hits all of them), each the median of many timed calls after a warm-up.
+# Your numbers will differ from anyone else's: that is why they are measured here.
 
 # %% tags=["nbval-ignore-output"]
-latency_ms: dict[str, dict[int, float]] = {name: {} for name in [*backends, "onnxruntime"]}
-for batch in (1, 64):
-    x = torch.randn(batch, 3, 32, 32)
-    x_numpy = x.numpy()
-    with torch.inference_mode():
-        for name, fn in backends.items():
-            latency_ms[name][batch] = measure_latency(fn, x, warmup=3, repeats=15).median_ms
-    latency_ms["onnxruntime"][batch] = measure_latency(
-        runner.run_numpy, x_numpy, repeats=20
-    ).median_ms
-
-print(f"{'backend':14s} {'batch 1':>10s} {'batch 64':>10s}   (median ms; ratio to eager)")
-for name, row in latency_ms.items():
-    ratios = [latency_ms["eager"][b] / row[b] for b in (1, 64)]
-    print(f"{name:14s} {row[1]:10.3f} {row[64]:10.3f}   {ratios[0]:4.1f}x {ratios[1]:4.1f}x")
+result = inference_bench.run_benchmark(backends, (3, 32, 32), (1, 64), threads=threads)
+print(result.table())
+print("\nlargest difference from eager:", f"{max(result.max_abs_diff.values()):.1e}")
 
 # %%
 import matplotlib.pyplot as plt
 
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-for ax, batch in zip(axes, (1, 64), strict=True):
-    names = list(latency_ms)
-    values = [latency_ms[name][batch] for name in names]
-    ax.bar(names, values, color=["#888888", "#4c72b0", "#55a868", "#c44e52"])
-    ax.set_title(f"SmallCNN, 3×32×32, batch {batch} (CPU)")
-    ax.set_ylabel("median latency (ms)")
-    ax.tick_params(axis="x", labelrotation=15)
-fig.tight_layout()
+inference_bench.plot_latency(result, "SmallCNN ")
 plt.show()
 
 # %% [markdown]
-# On the 2-core machine this course was written on, onnxruntime was about 4 to 7 times faster
-# than eager PyTorch at batch 1 (the spread is other programs competing for the CPU), and still
-# several times faster at batch 64. At batch 1 the per-call overhead of Python and PyTorch's
-# dispatcher dominates; onnxruntime also fused each BatchNorm into its convolution and runs the
-# graph without Python. The frozen TorchScript trace gains a little; `torch.export`'s module is
-# not an optimiser (it runs the same operators as eager, from a graph); `torch.compile` or
-# AOTInductor would be the PyTorch way to optimise it. Your numbers will differ: that is why they
-# are measured here rather than printed in a book.
+# What this run says, computed from the numbers above (the labels on the bars are the speed-ups
+# over eager), and where eager PyTorch spends its time at batch 64, layer type by layer type:
+
+# %% tags=["nbval-ignore-output"]
+for sentence in result.takeaway():
+    print(sentence)
+hot = inference_bench.eager_hotspots(cnn, torch.randn(64, 3, 32, 32), threads=threads)
+print("eager's time at batch 64:", ", ".join(f"{name} {share:.0%}" for name, share in hot))
+
+# %% [markdown]
+# How to read it. At **batch 1** a call does very little arithmetic, so fixed costs per call
+# decide: eager PyTorch goes through Python and PyTorch's dispatcher for each of its eleven
+# operators, while onnxruntime runs its whole optimised graph in C++ behind one call. That is
+# why onnxruntime usually wins there, often by several times. At **batch 64** the arithmetic
+# dominates, and what counts is how each layer is computed: eager runs every layer as a separate
+# pass over memory (the shares above show which layers cost most), while onnxruntime and
+# `torch.compile` fold each BatchNorm into its convolution, fuse the ReLUs, and pick their own
+# kernels. The TorchScript trace and the `torch.export` module run the same operators as eager,
+# so they cannot gain much; at batch 1 their own per-call work (the exported module checks its
+# inputs against the program's shapes) can even make them slower than eager. If your run says
+# something else (another backend fastest, or
+# `torch.compile` slower than eager), believe your run: the printed sentences are computed from
+# it, and the benchmark script repeats the comparison at 224×224 and with AOTInductor.
+#
+# `torch.compile`'s price is the compilation: the last sentence says how many calls it takes to
+# earn it back. For a server answering millions of requests, that is nothing; for a script that
+# runs the model ten times, compiling costs more than it saves.
 #
 # ## Exercises
 #
-# - Exercise 2 (`exercises/ex2_onnx_export.ipynb`): write `export_and_verify` for a model with
-#   BatchNorm and dropout.
-# - Export `ConditionalModel` with `use_relu=False`: what happens to the argument in the ONNX graph?
-# - Use `onnx_export.export_onnx(..., legacy=True)` and compare the file's opset and graph with the
-#   dynamo export.
+# 1. Exercise 2 (`exercises/ex2_onnx_export.ipynb`): write `export_and_verify` for a model with
+#    BatchNorm and dropout. `./course check exercises/ex2_onnx_export.ipynb` checks it (see
+#    00), and its solution is `solutions/ex2_onnx_export.ipynb`.
+# 2. Export `ConditionalModel` with `use_relu=False`: what happens to the argument in the ONNX
+#    graph?
+# 3. Use `onnx_export.export_onnx(..., legacy=True)` and compare the file's opset and graph with
+#    the dynamo export.
+# 4. Run `inference_bench.run_benchmark` again with `threads=2` (make the backends again with
+#    `threads=2`, so onnxruntime gets two threads too). Which backends gain, and by how much?
+#
+# Paste a solution's code into a new cell at the end of this notebook to check it against what
+# the solution says it prints.
+#
+# <details><summary>Solution 2</summary>
+#
+# ```python
+# from course_lib.models import ConditionalModel
+# f = onnx_export.export_onnx(ConditionalModel().eval(), (torch.randn(2, 10), False),
+#                             workdir / "no_relu.onnx")
+# graph = onnx.load(str(f.path)).graph
+# print([i.name for i in graph.input], [n.op_type for n in graph.node])
+# ```
+#
+# It prints `['x'] ['Gemm', 'Gemm']`: the argument is gone. Like `torch.export`, the exporter
+# treats a Python `bool` as a constant, runs `if use_relu:` once, and keeps only the branch
+# taken: two linear layers (`Gemm`) and no `Relu`. A file for the other branch is a second export.
+# </details>
+#
+# <details><summary>Solution 3</summary>
+#
+# ```python
+# legacy = onnx_export.export_onnx(cnn, torch.randn(2, 3, 32, 32), workdir / "legacy.onnx",
+#                                  legacy=True)
+# current = onnx_export.export_onnx(cnn, torch.randn(2, 3, 32, 32), workdir / "current.onnx")
+# for f in (legacy, current):
+#     print(f.exporter, f.opset, sorted({n.op_type for n in onnx.load(str(f.path)).graph.node}))
+# ```
+#
+# The legacy exporter writes opset 17 and the dynamo exporter opset 20. Both graphs have the
+# BatchNorm folded away (no `BatchNormalization` node: constant folding merged it into `Conv`);
+# the legacy one flattens with `Flatten`, the dynamo one with `Reshape`. Same arithmetic, as
+# `verify_onnx` on each file shows.
+# </details>
+#
+# <details><summary>Solution 4</summary>
+#
+# No fixed answer: it depends on your machine and its load. On an idle machine with two free
+# cores, batch 64 usually gains most (its arithmetic splits across threads) and batch 1 little
+# (there is too little work to share). On a busy 2-core machine two threads per backend often
+# make things slower and noisier. Check: the table's header row says `batch 1` and `batch 64`,
+# and `result.threads` is 2.
+# </details>
 #
 # ## Conclusion
 #
@@ -279,4 +404,19 @@ plt.show()
 #   not honoured), `dynamic_shapes` instead of `dynamic_axes`, and, given a path, the weights in a
 #   separate `.onnx.data` file unless `external_data=False`.
 # - Verify every export numerically, at several batch sizes, against the model in eval mode.
-# - onnxruntime runs the file without PyTorch, and for small models much faster than eager PyTorch.
+# - onnxruntime runs the file in a process that cannot import PyTorch at all.
+# - Measure speed on your machine, with the same number of threads for every backend, and count
+#   compilation apart: which backend wins depends on the batch size and on the machine.
+#
+# ## Further reading
+#
+# - [`torch.onnx`](https://docs.pytorch.org/docs/stable/onnx.html), the
+#   [dynamo-based exporter](https://docs.pytorch.org/docs/stable/onnx_export.html) and the tutorial
+#   [Export a PyTorch model to ONNX](https://docs.pytorch.org/tutorials/beginner/onnx/export_simple_model_to_onnx_tutorial.html)
+# - [onnxruntime's Python API](https://onnxruntime.ai/docs/api/python/api_summary.html) and its
+#   [thread settings](https://onnxruntime.ai/docs/performance/tune-performance/threading.html)
+# - [`torch.compile`](https://docs.pytorch.org/docs/stable/generated/torch.compile.html) and the
+#   [torch.compile tutorial](https://docs.pytorch.org/tutorials/intermediate/torch_compile_tutorial.html)
+# - [`torch.set_num_threads`](https://docs.pytorch.org/docs/stable/generated/torch.set_num_threads.html)
+#   and [CPU threading in PyTorch](https://docs.pytorch.org/docs/stable/notes/cpu_threading_torchscript_inference.html)
+# - [ONNX operators](https://onnx.ai/onnx/operators/) (what `Conv`, `Gemm` and `Relu` compute)
