@@ -64,6 +64,8 @@ def same_threads(threads: int) -> Iterator[int]:
     with more cores than another. On a busy 2-core machine one thread each is the steady choice:
     two threads per backend fight the other programs for the cores and the slowest thread sets
     the pace of every operator.
+
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -100,6 +102,8 @@ def make_backends(
     Files (the ONNX file, the AOTInductor package) go to ``folder``. ``torch.compile`` is asked for
     ``dynamic=False``: one kernel specialised per batch size, compiled at the first call with that
     size (``run_benchmark`` reports that call apart). Unknown names raise ``ValueError``.
+
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
     """
     unknown = sorted(set(names) - set(ALL_BACKENDS))
     if unknown:
@@ -220,6 +224,8 @@ def eager_hotspots(
     memory; a compiler that fuses them (BatchNorm into the convolution, ReLU into either) saves
     most where these shares are large. (``torch.profiler`` would say the same, but prints log
     lines of its own.)
+
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
     """
     inputs: dict[nn.Module, tuple[Any, ...]] = {}
     leaves = [m for m in model.modules() if not list(m.children())]
@@ -261,6 +267,8 @@ def run_benchmark(
     For each batch: the first call of every backend is timed on its own (compilation for
     ``torch.compile``), then ``rounds`` interleaved rounds of ``measure_latency``; the median of the
     rounds is kept. Each backend's output is compared with eager's (largest absolute difference).
+
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
     """
     if "eager" not in backends:
         raise ValueError("the benchmark compares against eager: include the 'eager' backend")
@@ -300,7 +308,10 @@ def run_benchmark(
 
 
 def plot_latency(result: InferenceBenchmark, title: str = "") -> Any:  # a matplotlib Figure
-    """One bar chart per batch size: median latency by backend, eager in grey, log-free and labelled."""
+    """One bar chart per batch size: median latency by backend, each bar labelled with its speed-up.
+
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    """
     import matplotlib.pyplot as plt
 
     names = list(result.latency_ms)
