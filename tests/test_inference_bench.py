@@ -126,3 +126,20 @@ def test_eager_hotspots_share_the_whole_time():
     assert set(names) == {"Conv2d", "BatchNorm2d", "ReLU", "MaxPool2d", "Flatten"}
     assert sum(share for _, share in shares) == pytest.approx(1.0)
     assert [s for _, s in shares] == sorted((s for _, s in shares), reverse=True)
+
+
+def test_benchmark_script_prints_threads_table_and_conclusion(capsys):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_inference.py"
+    spec = importlib.util.spec_from_file_location("bench_inference", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    argv = ["--sizes", "8", "--batches", "1", "2", "--backends", "onnxruntime"]
+    assert bench.main([*argv, "--rounds", "1", "--repeats", "2", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "every backend runs with 1 thread(s)" in out
+    assert "eager " in out and "onnxruntime " in out  # eager is always the baseline
+    assert "batch 1: " in out and "batch 2: " in out and "fastest here" in out
+    assert "where eager spends its time at batch 2:" in out
