@@ -3,10 +3,9 @@
 torchrun (``python -m torch.distributed.run``) does the distributed work: it starts one worker per
 rank, runs the rendezvous, sets RANK/WORLD_SIZE/MASTER_ADDR, restarts the workers
 (``--max-restarts``) and reports which rank failed. What it cannot do for a notebook is what this
-module adds: run it as a subprocess in its own process group with a deadline, kill that whole group
-(torchrun, its workers and whatever they started) when the run ends, times out or the notebook's
-kernel dies, and turn torchrun's failure report into one exception that names the rank and what it
-did.
+module adds: run it as a subprocess with a deadline; kill torchrun, its workers and whatever
+they started when the run ends, times out or the notebook's kernel dies (``_reaper``); and turn
+torchrun's failure report into one exception that names the rank and what it did.
 
 Taught in notebooks/05_data_parallel.ipynb, section 2.
 """
@@ -22,8 +21,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from course_lib.distributed import _reaper
 
 __all__ = [
     "RankFailure",
@@ -62,9 +64,10 @@ class TorchrunResult:
     def ok(self) -> bool:
         return all(code == 0 for code in self.returncodes)
 
-    def job_lines(self, prefix: str = "[job]") -> list[str]:
-        """The lines the job printed with ``prefix``: what matters, without torchrun's logs."""
-        return [line for line in self.output.splitlines() if line.startswith(prefix)]
+    def job_lines(self, prefixes: tuple[str, ...] = ("[job]", "[fault]")) -> list[str]:
+        """The lines the job printed itself (rank 0's ``[job]`` lines, a ``[fault]`` line of the
+        rank that misbehaves on purpose): what matters, without torchrun's logs, PIDs or ports."""
+        return [line for line in self.output.splitlines() if line.startswith(prefixes)]
 
 
 class TorchrunError(RuntimeError):
@@ -118,18 +121,6 @@ def torchrun_command(
     command += [f"--nproc-per-node={nproc_per_node}", f"--max-restarts={max_restarts}"]
     return command + ["-m", module, *args]
 
-
-# The guardian: a small process in its own session. It reads process-group ids on stdin; when
-# stdin closes (the run finished, or the process that started it died: SIGKILL, a Jupyter kernel
-# restart) it kills every group, so neither torchrun nor a worker nor their children survive.
-_GUARDIAN = (
-    "import os, signal, sys\n"
-    "for line in sys.stdin.read().split():\n"
-    "    try:\n"
-    "        os.killpg(int(line), signal.SIGKILL)\n"
-    "    except OSError:\n"
-    "        pass\n"
-)
 
 _BLOCK = re.compile(
     r"\[\d+\]:\s*\n\s*time\s*:[^\n]*\n\s*host\s*:[^\n]*\n\s*rank\s*:\s*(\d+)[^\n]*\n"
@@ -244,10 +235,14 @@ def run_torchrun(
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="course_torchrun_") as tmp:
         folder = Path(tmp)
+        marker = uuid.uuid4().hex
+        # The guardian reaps the run when this function ends, or when this process dies.
         guardian = subprocess.Popen(
-            [sys.executable, "-c", _GUARDIAN], stdin=subprocess.PIPE, start_new_session=True
+            [sys.executable, _reaper.__file__], stdin=subprocess.PIPE, start_new_session=True
         )
         assert guardian.stdin is not None
+        guardian.stdin.write(f"{marker}\n".encode())
+        guardian.stdin.flush()
         procs: list[subprocess.Popen[bytes]] = []
         logs = []
         timed_out = False
@@ -255,7 +250,11 @@ def run_torchrun(
             for node, command in enumerate(commands):
                 log = (folder / f"node{node}.log").open("wb")
                 logs.append(log)
-                node_env = dict(env, TORCHELASTIC_ERROR_FILE=str(folder / f"node{node}.error.json"))
+                node_env = dict(
+                    env,
+                    TORCHELASTIC_ERROR_FILE=str(folder / f"node{node}.error.json"),
+                    **{_reaper.MARKER_VARIABLE: marker},  # inherited by every worker and child
+                )
                 procs.append(
                     subprocess.Popen(
                         command,
@@ -275,11 +274,10 @@ def run_torchrun(
                     break
                 time.sleep(0.05)
         finally:
-            for p in procs:  # also on Ctrl-C in the notebook: nothing survives the call
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
+            # Also on Ctrl-C in the notebook: nothing survives the call. torchrun puts every
+            # worker in a session of its own, so its process group alone is not enough.
+            _reaper.reap([p.pid for p in procs], marker)
+            for p in procs:
                 p.wait()
             guardian.stdin.close()
             guardian.wait()
