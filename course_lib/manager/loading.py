@@ -232,28 +232,31 @@ def read_best(
 ) -> tuple[Path, dict[str, Any]]:
     """``best_model`` (the last save with ``is_best=True``), else the best by ``best_metric``.
 
-    A damaged ``best_model`` falls back to the checkpoint it was linked from, with a warning.
+    A damaged ``best_model`` falls back to the checkpoint it was linked from, then to the next
+    best intact checkpoint by ``best_metric``, each with a warning: ``best_model`` is a hard link,
+    not a backup, so one flipped bit damages both of its names.
     """
     candidates: list[Candidate] = []
+    notes: list[str] = []
     if manifest.best is not None:
         best = manifest.best
         candidates.append((folder / best.file, best))
         source = manifest.checkpoints.get(best.source or "")
         if source is not None:
             candidates.append((folder / source.file, source))
-    else:
-        ranked = retention_reasons(
-            manifest.checkpoints.values(),
-            max_to_keep=None,
-            keep_best=1,
-            best_metric=best_metric,
-            mode=mode,
-        )
-        candidates += [
-            (folder / name, manifest.checkpoints[name])
-            for name, why in ranked.items()
-            if "best" in why
-        ]
+            notes.append("the checkpoint it was made from")
+    reasons = retention_reasons(
+        manifest.checkpoints.values(),
+        max_to_keep=None,
+        keep_best=len(manifest.checkpoints),
+        best_metric=best_metric,
+        mode=mode,
+    )
+    listed = {path.name for path, _ in candidates}
+    for name in _ranked_best_first(manifest, reasons, best_metric, mode):
+        if name not in listed:
+            candidates.append((folder / name, manifest.checkpoints[name]))
+            notes.append(f"the next best checkpoint by {best_metric!r}")
     if not candidates:
         raise CheckpointNotFoundError(
             folder / f"{BEST_STEM}.pth",
@@ -262,12 +265,34 @@ def read_best(
             "pass is_best=True to manager.save(...) for the best epoch, or metrics that "
             f"include {best_metric!r} (see best_metric=).",
         )
+
+    def none_loads(problems: list[CheckpointError]) -> Exception:
+        return CorruptCheckpointError(
+            folder,
+            "no best checkpoint loads: "
+            + "; ".join(f"{p.path.name}: {p.problem}" for p in problems),
+            "restore the files from a backup; manager.load_latest() may still find a good one.",
+        )
+
     return first_good(
         candidates,
         device,
-        lambda index: f"Loading {candidates[index + 1][0]}, the checkpoint it was made from.",
-        None,
+        lambda index: (
+            f"Loading {candidates[index + 1][0].name}, {notes[index]}."
+            if index < len(notes)
+            else "No other checkpoint has the metric."
+        ),
+        none_loads,
     )
+
+
+def _ranked_best_first(
+    manifest: Manifest, reasons: dict[str, list[str]], best_metric: str, mode: str
+) -> list[str]:
+    """The checkpoints that have a value of ``best_metric``, best first (ties: newer first)."""
+    ranked = [e for e in manifest.ordered(newest_first=True) if "best" in reasons[e.file]]
+    sign = 1.0 if mode == "min" else -1.0
+    return [e.file for e in sorted(ranked, key=lambda e: sign * float(e.metrics[best_metric]))]
 
 
 def apply(

@@ -444,3 +444,35 @@ def test_missing_folder_and_empty_folder(tmp_path):
         manager.load_latest(model)
     with pytest.raises(CheckpointNotFoundError, match="best_model.pth"):
         manager.load_best(model)
+
+
+def test_a_hard_link_is_not_a_backup_load_best_falls_back_to_the_best_intact(tmp_path):
+    """One flipped bit damages best_model.pth and its source (one file, two names): the next
+    best checkpoint by the metric is loaded, with a warning naming both."""
+    manager = CheckpointManager(tmp_path, max_to_keep=3, keep_best=1)
+    model, optimizer = tiny()
+    for epoch, val_loss in enumerate([0.9, 0.2, 0.4, 0.6]):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))
+        manager.save(model, optimizer, None, epoch, {"val_loss": val_loss}, is_best=epoch == 1)
+    assert os.path.samefile(tmp_path / "best_model.pth", tmp_path / "checkpoint_epoch_0001.pth")
+    flip_byte(tmp_path / "best_model.pth")
+    with pytest.warns(CheckpointFallbackWarning) as caught:
+        checkpoint = manager.load_best(model)
+    assert checkpoint["epoch"] == 2 and checkpoint["metrics"]["val_loss"] == 0.4
+    messages = " ".join(str(w.message) for w in caught)
+    assert "best_model.pth" in messages and "checkpoint_epoch_0001.pth" in messages
+    assert "next best" in messages
+
+
+def test_load_best_with_every_candidate_damaged_names_them_all(tmp_path):
+    manager = CheckpointManager(tmp_path, max_to_keep=2, keep_best=0)
+    model, optimizer = tiny()
+    for epoch in range(2):
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0 - epoch / 10}, is_best=True)
+    for name in ("checkpoint_epoch_0000.pth", "checkpoint_epoch_0001.pth"):
+        flip_byte(tmp_path / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with pytest.raises(CorruptCheckpointError, match="checkpoint_epoch_0000.pth"):
+            manager.load_best(model)
