@@ -35,7 +35,13 @@ def inline_solutions(cells: list[tuple[str, str, list[str]]]) -> list[str]:
 
 # The notebooks whose solutions this file checks (01 and 02 check theirs in
 # tests/test_big_models.py).
-NOTEBOOKS = ["03_checkpoints", "04_mismatched_state_dict", "09_safe_saving", "10_summary"]
+NOTEBOOKS = [
+    "03_checkpoints",
+    "04_mismatched_state_dict",
+    "08_checkpoint_manager",
+    "09_safe_saving",
+    "10_summary",
+]
 SOURCES = [ROOT / "nbsrc" / "notebooks" / f"{name}.py" for name in NOTEBOOKS]
 
 

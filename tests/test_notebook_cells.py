@@ -30,14 +30,13 @@ LONG_CELL_EXCEPTIONS: dict[tuple[str, str], str] = {
         "03_checkpoints.ipynb",
         "# fmt: off",
     ): "the chapter's train_with_checkpoint, in the chapter's own layout (67 lines there)",
+    ("08_checkpoint_manager.ipynb", "class CheckpointManager:"): (
+        "the chapter's whole class (a Python class cannot span cells); read method by method"
+    ),
 }
 # Long cells in notebooks that others are reworking now: tolerated until then, and not required
 # to stay long (remove an entry once its cell is split).
 PENDING_SPLITS: dict[tuple[str, str], str] = {
-    ("08_checkpoint_manager.ipynb", "class CheckpointManager:"): (
-        "being split by the manager restructuring"
-    ),
-    ("08_checkpoint_manager.ipynb", "policies = {"): "being split by the manager restructuring",
     ("07_onnx.ipynb", "import contextlib"): (
         "the chapter's export call inside a log-capturing harness, being reworked with 07"
     ),

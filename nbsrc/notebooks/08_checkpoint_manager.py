@@ -34,7 +34,6 @@ from datetime import datetime
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from torch import nn
 
@@ -245,7 +244,11 @@ print("torch.load was called", len(loads), "times:", loads)
 #
 # ## Step 2: the same calls, done right
 #
-# `course_lib.manager.CheckpointManager` keeps the chapter's calls and return values:
+# The whole idea fits in 25 lines: exercise 1 (`exercises/ex1_checkpoint_manager.ipynb`) has you
+# write a `SimpleCheckpointManager` that orders by the epoch in the file name, saves atomically
+# and loads with `weights_only=True`. Do it first if you like to build before you read.
+# `course_lib.manager.CheckpointManager` is that idea with everything a long run needs, and keeps
+# the chapter's calls and return values:
 #
 # | | chapter | `course_lib.manager` |
 # |---|---|---|
@@ -256,12 +259,20 @@ print("torch.load was called", len(loads), "times:", loads)
 # | listing | unpickles every file | reads the manifest |
 # | damaged latest file | crashes (or loads garbage) | checksum mismatch: warns, falls back to the previous one |
 #
+# It is a package you can read in order; its first lines say which part to read when (the first
+# two are for learners, the rest for maintainers):
+
+# %%
+import course_lib.manager
+
+print(course_lib.manager.__doc__)
+
+# %% [markdown]
 # From here on, `CheckpointManager` is the course's. The experiment again:
 
 # %%
 from course_lib.display import format_table
-from course_lib.manager import CheckpointManager
-from course_lib.retention import retention_reasons
+from course_lib.manager import Candidate, CheckpointManager, retention_reasons
 
 ours_dir = workdir / "ours"
 manager = CheckpointManager(ours_dir, max_to_keep=3)
@@ -393,49 +404,29 @@ print(
 # checkpoint under the union, save after save.
 
 # %%
+from course_lib.plots import plot_retention
+
 policies = {
     "latest 3": dict(max_to_keep=3, keep_best=0),
     "best 2 (val_loss)": dict(max_to_keep=1, keep_best=2),
     "every 10th": dict(max_to_keep=1, keep_best=0, keep_every=10),
     "union (ours)": dict(max_to_keep=3, keep_best=2, keep_every=10),
 }
-entries = [
-    {"file": str(e), "epoch": e, "metrics": {"val_loss": v}} for e, v in enumerate(val_history)
-]
-
-final = np.zeros((len(policies), 30))
-for row, options in enumerate(policies.values()):
-    reasons = retention_reasons(entries, **options)
-    for e in range(30):
-        # the max_to_keep=1 of the single policies keeps the newest: show only the policy itself
-        own = [r for r in reasons[str(e)] if options.get("max_to_keep") == 3 or r != "latest"]
-        final[row, e] = 1.0 if own else 0.0
-
-alive = np.full((30, 30), np.nan)  # alive[t, e]: is epoch e's checkpoint on disk after save t?
-kept = {}
-for t in range(30):
-    kept[t] = entries[t]
-    reasons = retention_reasons(kept.values(), keep=[str(t)], **policies["union (ours)"])
-    kept = {e: entry for e, entry in kept.items() if reasons[str(e)]}
-    for e in kept:
-        alive[t, e] = 1.0
-
-fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [1.4, 1]})
-left.imshow(final, cmap="Greens", vmin=0, vmax=1.3, aspect="auto")
-left.set_yticks(range(len(policies)), list(policies))
-left.set_xticks(range(0, 30, 5))
-left.set_xlabel("epoch of the checkpoint")
-left.set_title("kept after 30 epochs")
-best_reasons = retention_reasons(entries, **policies["best 2 (val_loss)"])
-for e in [e for e in range(30) if "best" in best_reasons[str(e)]]:
-    left.annotate("best", (e, 1), ha="center", va="center", fontsize=7)
-right.imshow(alive, cmap="Greens", vmin=0, vmax=1.3, origin="lower", aspect="auto")
-right.set_xlabel("epoch of the checkpoint")
-right.set_ylabel("after the save of epoch")
-right.set_title("union: which checkpoints are on disk, save after save")
-fig.tight_layout()
+figure, kept = plot_retention(val_history, policies, union="union (ours)")
 plt.show()
-print("kept at the end:", sorted(kept), "| on disk:", [r["epoch"] for r in rows])
+print("kept at the end:", kept, "| on disk:", [r["epoch"] for r in rows])
+
+# %% [markdown]
+# `retention_reasons` is a pure function of the checkpoints' records, so you can ask it directly.
+# `Candidate` is a record made by hand (the manager passes the manifest's entries): which of five
+# epochs does the union keep, and why?
+
+# %%
+candidates = [
+    Candidate(str(e), epoch=e, metrics={"val_loss": v}) for e, v in enumerate(val_history[:5])
+]
+for name, why in retention_reasons(candidates, **policies["union (ours)"]).items():
+    print(f"epoch {name}: {', '.join(why) or 'deleted'}")
 
 # %% [markdown]
 # Read the right panel from the bottom up: each new checkpoint starts a column; the latest three
@@ -469,6 +460,39 @@ print("\nresumed from epoch", checkpoint["epoch"])
 manager.load(latest, model)
 
 # %% [markdown]
+# ### A hard link is not a backup
+#
+# `best_model.pth` is a hard link: one file with two names. A flipped bit in it is a flipped bit
+# in the checkpoint it was linked from, so "load the source instead" cannot help. `load_best`
+# then falls back to the next best intact checkpoint by `val_loss`, and each warning names the
+# file it skipped. A small folder of its own: epoch 1 is the best (`val_loss` 0.2), epoch 2 the
+# next best (0.4):
+
+# %%
+link_dir = workdir / "link"
+linked = CheckpointManager(link_dir, max_to_keep=3, keep_best=1)
+for epoch, loss in enumerate([0.9, 0.2, 0.4, 0.6]):
+    linked.save(model, optimizer, None, epoch, {"val_loss": loss}, is_best=epoch == 1)
+best_file = link_dir / "best_model.pth"
+print(
+    "best_model.pth and checkpoint_epoch_0001.pth are one file:",
+    os.path.samefile(best_file, link_dir / "checkpoint_epoch_0001.pth"),
+)
+
+data = bytearray(best_file.read_bytes())
+data[len(data) // 2] ^= 0x01
+best_file.write_bytes(bytes(data))
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    checkpoint = linked.load_best(model, restore_rng=False)
+for warning in caught:
+    print(f"\n{warning.category.__name__}: {warning.message}")
+print("\nloaded epoch", checkpoint["epoch"], "with val_loss", checkpoint["metrics"]["val_loss"])
+
+# %% [markdown]
+# A backup is a copy somewhere else: another disk, another machine, object storage. The
+# manager's checksums tell you *that* a file is damaged; only a copy can give it back.
+#
 # The chapter's manager would have loaded the damaged file (or crashed inside the unpickler, if
 # the bit fell in the pickled part) and resumed from it. Other failures are handled the same way:
 # a truncated, empty or foreign file, a file deleted by hand, a full disk or a read-only folder
@@ -551,12 +575,66 @@ with CheckpointManager(workdir / "big", format="safetensors", async_save=True) a
 # ## Exercises
 #
 # Exercise 1 in `exercises/ex1_checkpoint_manager.ipynb` asks you to write a small manager with
-# the same rules: order by the epoch in the name, save atomically, load safely. Then try here:
+# the same rules: order by the epoch in the name, save atomically, load safely
+# (`./course check exercises/ex1_checkpoint_manager.ipynb` checks it). Then try here:
 #
-# 1. Save with `CheckpointManager(..., best_metric="val_loss", mode="max")`: what does
-#    `list_checkpoints` say about `kept_by` now, and why is it wrong for a loss?
-# 2. Delete a checkpoint file by hand and open a new manager on the folder: what does it say?
-# 3. Copy `run/` elsewhere with `cp -r` (which changes every file time) and call `load_latest`.
+# 1. Save with `CheckpointManager(..., best_metric="val_loss", mode="max")`: which checkpoints
+#    does `list_checkpoints` say are kept as `best`, and why is that wrong for a loss?
+# 2. Delete a checkpoint file by hand and open a new manager on the folder: what does it say,
+#    and what does `load_latest` load?
+# 3. Copy `run/` elsewhere with `shutil.copytree` (which gives every file a new time) and call
+#    `load_latest`: which epoch comes back?
+#
+# <details><summary>Solutions (each ends in a check that passes)</summary>
+#
+# ```python
+# import shutil
+#
+# # 1. mode="max" ranks the *highest* loss best: the worst epochs are kept as "best".
+# wrong = CheckpointManager(workdir / "max", max_to_keep=1, keep_best=1, mode="max")
+# for epoch, loss in enumerate([0.9, 0.2, 0.5]):
+#     wrong.save(model, optimizer, None, epoch, {"val_loss": loss})
+# rows = wrong.list_checkpoints()
+# print([(r["epoch"], r["kept_by"]) for r in rows])
+# assert [r["epoch"] for r in rows if "best" in r["kept_by"]] == [0]  # loss 0.9: the worst
+#
+# # 2. The manager drops the missing file from its manifest, with a warning naming it,
+# #    and load_latest loads the newest file that is still there.
+# shutil.copytree(run_dir, workdir / "deleted", dirs_exist_ok=True)
+# newest = CheckpointManager(workdir / "deleted").list_checkpoints()[-1]
+# (workdir / "deleted" / newest["file"]).unlink()
+# with warnings.catch_warnings(record=True) as caught:
+#     warnings.simplefilter("always")
+#     survivor = CheckpointManager(workdir / "deleted", max_to_keep=3, keep_best=2, keep_every=10)
+# print([str(w.message)[:100] for w in caught])
+# assert any(newest["file"] in str(w.message) for w in caught)
+# assert survivor.load_latest(model, restore_rng=False)["epoch"] < newest["epoch"]
+#
+# # 3. File times do not matter: the manifest orders by epoch, so the copy loads the same epoch.
+# shutil.copytree(run_dir, workdir / "copied", dirs_exist_ok=True)
+# copy = CheckpointManager(workdir / "copied", max_to_keep=3, keep_best=2, keep_every=10)
+# with warnings.catch_warnings():
+#     warnings.simplefilter("ignore")  # the damaged files of step 5 are skipped, with warnings
+#     here = manager.load_latest(model, restore_rng=False)["epoch"]
+#     there = copy.load_latest(model, restore_rng=False)["epoch"]
+# print("original:", here, "| copy:", there)
+# assert here == there
+# ```
+#
+# </details>
+#
+# Where the code lives: `course_lib/manager/` (read `api.py`, then `retention.py`, then
+# `commit.py`), and exercise 1's solution in `solutions/ex1_checkpoint_manager.ipynb`.
+#
+# ## Further reading
+#
+# - PyTorch tutorial, [Saving and loading a general checkpoint](https://pytorch.org/tutorials/recipes/recipes/saving_and_loading_a_general_checkpoint.html)
+# - [`torch.save`](https://pytorch.org/docs/stable/generated/torch.save.html) and
+#   [`torch.load`](https://pytorch.org/docs/stable/generated/torch.load.html) (`weights_only`, `mmap`)
+# - [safetensors](https://huggingface.co/docs/safetensors/index), the format of `format="safetensors"`
+# - Orbax's [CheckpointManager](https://orbax.readthedocs.io/en/latest/guides/checkpoint/api_refactor.html),
+#   a manager with the same ideas (retention policies, atomic commits) for JAX
+# - `os.replace`, `os.link` and `fcntl.flock` in the [Python `os` docs](https://docs.python.org/3/library/os.html)
 #
 # ## Conclusion
 #
