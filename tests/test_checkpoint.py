@@ -454,8 +454,8 @@ def test_train_with_checkpoint_writes_latest_best_and_periodic(tmp_path):
     )
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == [
         "best_model.pth",
-        "checkpoint_epoch_1.pth",
-        "checkpoint_epoch_3.pth",
+        "checkpoint_epoch_0001.pth",
+        "checkpoint_epoch_0003.pth",
         "latest.pth",
     ]
     latest = safe_load(tmp_path / "latest.pth", map_location="cpu")
