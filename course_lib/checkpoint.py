@@ -29,6 +29,23 @@ from torch import nn
 from course_lib.rng import capture_rng_state, restore_rng_state
 from course_lib.safe_io import CheckpointError, MapLocation, safe_load, safe_save
 
+__all__ = [
+    "BEST_STEM",
+    "CheckpointFieldError",
+    "FORMAT_VERSION",
+    "LATEST_NAME",
+    "MALFORMED_FIX",
+    "PathLike",
+    "apply_checkpoint",
+    "build_checkpoint",
+    "check_checkpoint_fields",
+    "checkpoint_filename",
+    "load_checkpoint",
+    "save_checkpoint",
+    "to_plain",
+    "train_with_checkpoint",
+]
+
 FORMAT_VERSION = 1
 """Bumped when the layout of the checkpoint dict changes; ``apply_checkpoint`` reads older ones."""
 
@@ -259,6 +276,8 @@ def save_checkpoint(
     would make the file unloadable under ``weights_only=True``), and the write goes through
     ``safe_save``: an interrupted save leaves the previous file intact. The folder is created if
     needed. The dict also has the chapter's ``'loss'`` key, so the chapter's loader reads it.
+
+    Taught in notebooks/03_checkpoints.ipynb, step 2.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -298,6 +317,8 @@ def load_checkpoint(
     raises a ``CheckpointError`` naming the file and the fix. ``device`` is the ``map_location``;
     the model's parameters keep their own device (``load_state_dict`` copies into them). The
     returned epoch is the last *completed* one: resume at ``epoch + 1``.
+
+    Taught in notebooks/03_checkpoints.ipynb, step 2.
     """
     checkpoint = safe_load(path, map_location=device)
     if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
@@ -442,6 +463,8 @@ def train_with_checkpoint(
     including those before a resume. A DataLoader with its own ``generator`` is not covered by
     the global RNG state: give it none (the global torch RNG is then used) or save its state in
     ``extra`` yourself.
+
+    Taught in notebooks/03_checkpoints.ipynb, step 5.
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+__all__ = [
+    "make_image_data",
+    "make_loaders",
+    "make_regression_data",
+]
+
 
 def make_regression_data(
     n_samples: int = 512, in_features: int = 10, out_features: int = 5, *, seed: int = 0
@@ -23,6 +29,8 @@ def make_image_data(
     """3-channel images whose class is encoded in a colour-and-position pattern, plus noise.
 
     Learnable in a few epochs by a small CNN, so a notebook can show real training progress.
+
+    Taught in notebooks/04_mismatched_state_dict.ipynb.
     """
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (n_samples,), generator=gen)

@@ -26,6 +26,13 @@ from torch.utils.data import DataLoader
 
 from course_lib.checkpoint import LATEST_NAME, PathLike, train_with_checkpoint
 
+__all__ = [
+    "demo_training",
+    "main",
+    "make_demo_job",
+    "make_demo_model",
+]
+
 
 def make_demo_model(dropout: float = 0.2) -> nn.Sequential:
     """The chapter's 10 -> 20 -> 5 MLP with dropout, so that a resumed run depends on the RNG."""
@@ -37,6 +44,8 @@ def make_demo_job(seed: int = 0) -> dict[str, Any]:
 
     Everything a run needs, built the same way in every process, as a real training script does
     before it resumes.
+
+    Taught in notebooks/03_checkpoints.ipynb, step 5.
     """
     from course_lib.data import make_loaders, make_regression_data
     from course_lib.notebook import seed_everything
@@ -69,6 +78,8 @@ def demo_training(
 ) -> tuple[nn.Module, dict[str, list[Any]]]:
     """Run (or, with ``resume=True``, continue from ``latest.pth``) the demo job; return the
     model and the history. ``epoch_delay`` sleeps after each epoch so that another process can
+
+    Taught in notebooks/03_checkpoints.ipynb, step 4.
     interrupt it at a chosen point."""
     job = make_demo_job(seed)
     checkpoint_dir = Path(checkpoint_dir)

@@ -6,6 +6,13 @@ import os
 
 import torch
 
+__all__ = [
+    "DEVICE_ENV_VAR",
+    "describe_device",
+    "save_as_if_on_gpu",
+    "try_device",
+]
+
 DEVICE_ENV_VAR = "COURSE_DEVICE"
 
 
@@ -67,6 +74,8 @@ def save_as_if_on_gpu(obj: object, path: str | os.PathLike[str], device: str = "
     A file's tensors remember the device they were saved from; ``torch.load`` puts them back there
     unless ``map_location`` says otherwise. This lets a learner on a CPU-only machine meet a
     "GPU-saved" file. It uses ``torch.serialization``'s location taggers, a private registry.
+
+    Taught in notebooks/01_state_dict.ipynb.
     """
     from torch import serialization
 

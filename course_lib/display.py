@@ -5,12 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+__all__ = [
+    "format_table",
+    "show_table",
+]
+
 
 def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """Rows of dicts as an aligned plain-text table.
 
     Columns default to every key seen, in order of appearance. Floats get 4 decimals, missing
     values ``-``, SHA-256 digests (a ``sha256`` column) their first 12 hex digits.
+
+    Taught in notebooks/05_data_parallel.ipynb.
     """
     if not rows:
         return "(no rows)"
@@ -36,5 +43,8 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
 
 
 def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
-    """Print ``format_table(rows, columns)``."""
+    """Print ``format_table(rows, columns)``.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
     print(format_table(rows, columns))

@@ -6,9 +6,19 @@ from typing import Any
 
 from torch import nn
 
+__all__ = [
+    "layer_explorer",
+    "layer_summary",
+    "plot_layer_histogram",
+    "state_dict_rows",
+]
+
 
 def state_dict_rows(model: nn.Module) -> list[dict[str, Any]]:
-    """One row per ``state_dict`` entry: name, parameter or buffer, shape, element count, dtype."""
+    """One row per ``state_dict`` entry: name, parameter or buffer, shape, element count, dtype.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
     parameter_names = {name for name, _ in model.named_parameters()}
     return [
         {
@@ -23,7 +33,10 @@ def state_dict_rows(model: nn.Module) -> list[dict[str, Any]]:
 
 
 def layer_summary(model: nn.Module, name: str) -> str:
-    """A few lines about one ``state_dict`` entry: shape, count, and value statistics."""
+    """A few lines about one ``state_dict`` entry: shape, count, and value statistics.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
     tensor = model.state_dict()[name]
     values = tensor.detach().float().cpu()
     lines = [f"{name}: shape {tuple(tensor.shape)}, {tensor.numel()} values, {tensor.dtype}"]
@@ -36,7 +49,10 @@ def layer_summary(model: nn.Module, name: str) -> str:
 
 
 def plot_layer_histogram(model: nn.Module, name: str, ax: Any = None) -> Any:
-    """Draw a histogram of one entry's values on ``ax`` (a new figure when None); return the axes."""
+    """Draw a histogram of one entry's values on ``ax`` (a new figure when None); return the axes.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
     import matplotlib.pyplot as plt
 
     if ax is None:
@@ -50,7 +66,10 @@ def plot_layer_histogram(model: nn.Module, name: str, ax: Any = None) -> Any:
 
 
 def layer_explorer(model: nn.Module) -> Any:
-    """An ipywidgets panel: pick a ``state_dict`` entry, see its shape, count and a histogram."""
+    """An ipywidgets panel: pick a ``state_dict`` entry, see its shape, count and a histogram.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
 

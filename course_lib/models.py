@@ -5,14 +5,27 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+__all__ = [
+    "ConditionalModel",
+    "MyModel",
+    "SmallCNN",
+    "make_mlp",
+]
+
 
 def make_mlp(in_features: int = 10, hidden: int = 20, out_features: int = 5) -> nn.Sequential:
-    """The chapter's 6.3.1 model: ``Sequential(Linear(10, 20), ReLU(), Linear(20, 5))``."""
+    """The chapter's 6.3.1 model: ``Sequential(Linear(10, 20), ReLU(), Linear(20, 5))``.
+
+    Taught in notebooks/02_whole_model.ipynb.
+    """
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 
 
 class MyModel(nn.Module):
-    """The chapter's 6.3.2 model: one ``Linear(10, 5)``."""
+    """The chapter's 6.3.2 model: one ``Linear(10, 5)``.
+
+    Taught in notebooks/02_whole_model.ipynb.
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -27,6 +40,8 @@ class ConditionalModel(nn.Module):
 
     The chapter writes ``forward(self, x, use_relu=True)``; TorchScript assumes an unannotated
     argument is a Tensor, so the default ``True`` does not type-check. ``use_relu: bool`` fixes it.
+
+    Taught in notebooks/06_torchscript.ipynb.
     """
 
     def __init__(self) -> None:
@@ -46,6 +61,8 @@ class SmallCNN(nn.Module):
 
     It has BatchNorm (buffers in the state_dict) and dropout (train/eval differ), the two things
     that make ``model.eval()`` matter.
+
+    Taught in notebooks/06_torchscript.ipynb.
     """
 
     def __init__(self, num_classes: int = 10, dropout: float = 0.2) -> None:

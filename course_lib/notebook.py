@@ -13,6 +13,13 @@ import torch
 
 from course_lib.device import describe_device, try_device
 
+__all__ = [
+    "SCRATCH_ROOT",
+    "fresh_workdir",
+    "seed_everything",
+    "start",
+]
+
 SCRATCH_ROOT = Path("scratch")
 
 
@@ -36,6 +43,8 @@ def start(section: str, *, seed: int = 0) -> tuple[torch.device, Path]:
 
     Files the chapter writes go to ``scratch/<section>/`` beside the notebook, where the learner
     can see them in JupyterLab's file browser. The exporter's and TorchScript's log noise is quieted.
+
+    Taught in notebooks/00_introduction.ipynb.
     """
     device = try_device()
     print(describe_device(device))

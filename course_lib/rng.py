@@ -17,6 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 
+__all__ = [
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
 
 def capture_rng_state() -> dict[str, Any]:
     """The state of every global RNG, as tensors and numbers (loadable with ``weights_only=True``).
@@ -26,6 +31,8 @@ def capture_rng_state() -> dict[str, Any]:
     empty without CUDA or when this process never used it). ``np.random.get_state()`` itself
     returns a tuple holding a NumPy array, which ``weights_only=True`` refuses: hence the
     conversion.
+
+    Taught in notebooks/10_summary.ipynb.
     """
     version, internal, gauss_next = random.getstate()
     np_state = np.random.get_state(legacy=False)
@@ -84,6 +91,8 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
 
     CUDA states for devices this machine does not have give a warning, not an error, so a GPU
     checkpoint can be resumed or inspected on a laptop.
+
+    Taught in notebooks/10_summary.ipynb.
     """
     if state.get("python") is not None:
         py = state["python"]

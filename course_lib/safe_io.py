@@ -22,6 +22,25 @@ import torch
 
 from course_lib.device import try_device
 
+__all__ = [
+    "CODE_RUNNING_GLOBALS",
+    "CheckpointDeviceError",
+    "CheckpointError",
+    "CheckpointNotFoundError",
+    "CorruptCheckpointError",
+    "ForeignFileError",
+    "MapLocation",
+    "UnsafeCheckpointError",
+    "ZIP_MAGIC",
+    "atomic_write",
+    "check_checkpoint_file",
+    "safe_load",
+    "safe_save",
+    "save_with_backup",
+    "torch_save",
+    "verify_zip_crc",
+]
+
 ZIP_MAGIC = b"PK\x03\x04"
 # Globals that no checkpoint needs and that execute code or commands when called by the unpickler.
 CODE_RUNNING_GLOBALS = frozenset(
@@ -50,7 +69,10 @@ MapLocation = str | torch.device | Callable[..., Any] | dict[str, str] | None
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint file could not be loaded; the message names the file and the fix."""
+    """A checkpoint file could not be loaded; the message names the file and the fix.
+
+    Taught in notebooks/01_state_dict.ipynb.
+    """
 
     def __init__(self, path: str | os.PathLike[str], problem: str, fix: str) -> None:
         self.path = Path(path)
@@ -76,7 +98,10 @@ class CheckpointDeviceError(CheckpointError):
 
 
 class UnsafeCheckpointError(CheckpointError):
-    """The file needs Python globals beyond plain weights; loading it would run their code."""
+    """The file needs Python globals beyond plain weights; loading it would run their code.
+
+    Taught in notebooks/02_whole_model.ipynb.
+    """
 
     def __init__(self, path: str | os.PathLike[str], unsafe_globals: list[str]) -> None:
         self.unsafe_globals = unsafe_globals
@@ -448,6 +473,8 @@ def safe_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     The chapter's version saved to ``path + '.tmp'`` and moved it over ``path``: it never fsynced
     (a power cut could leave an empty file), reused one temporary name (two writers collide), and
     left the ``.tmp`` file behind on failure.
+
+    Taught in notebooks/09_safe_saving.ipynb.
     """
     return atomic_write(path, lambda temp: torch_save(obj, temp))
 

@@ -34,6 +34,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+__all__ = [
+    "Asker",
+    "ISOLATION_FAILED",
+    "PRELOAD",
+    "StepTimeout",
+    "main",
+    "run_cells",
+    "serve",
+]
+
 
 class StepTimeout(BaseException):
     """Raised in a cell or question that runs past its time (BaseException: harder to swallow)."""

@@ -48,6 +48,8 @@ class Candidate:
     """A checkpoint as the policies see it, for trying a policy without files.
 
     ``Candidate(file='e7', epoch=7, metrics={'val_loss': 0.31})``.
+
+    Taught in notebooks/08_checkpoint_manager.ipynb, step 2.
     """
 
     file: str
