@@ -142,7 +142,9 @@ class StaticShapeError(ExportError, ValueError):
                 f"input {input_name!r} has shape {self.got}, but the program takes {shown}: "
                 f"{named}."
             )
-            spec = ", ".join(f"{i}: torch.export.Dim('dim{i}')" for i in self.dims)
+            spec = ", ".join(
+                f"{i}: torch.export.Dim('{'batch' if i == 0 else f'dim{i}'}')" for i in self.dims
+            )
             fix = (
                 f"if that size may vary (a sequence length, an image size), export with it "
                 f"declared dynamic: dynamic_shapes={{{input_name!r}: {{{spec}}}}} (export_onnx and "
@@ -580,17 +582,36 @@ def batched_inputs(args: Sequence[Any]) -> list[bool]:
     return flags
 
 
+def _bound_positions(model: nn.Module, args: tuple[Any, ...]) -> list[tuple[str, int | None]]:
+    """For each positional argument, its parameter name and, for ``*args``, its index there."""
+    try:
+        bound = inspect.signature(model.forward).bind(*args)
+    except TypeError:
+        return []
+    kinds = {name: p.kind for name, p in inspect.signature(model.forward).parameters.items()}
+    positions: list[tuple[str, int | None]] = []
+    for name, value in bound.arguments.items():
+        if kinds[name] is inspect.Parameter.VAR_POSITIONAL:
+            positions.extend((name, i) for i in range(len(value)))
+        elif kinds[name] is not inspect.Parameter.VAR_KEYWORD:
+            positions.append((name, None))
+    return positions[: len(args)]
+
+
 def _positional_specs(model: nn.Module, args: tuple[Any, ...], dynamic_shapes: Any) -> list[Any]:
     """``dynamic_shapes`` as one spec per positional argument (``None`` where nothing is dynamic)."""
     if dynamic_shapes is None:
         return [None] * len(args)
     if isinstance(dynamic_shapes, dict):
-        try:
-            bound = inspect.signature(model.forward).bind(*args)
-        except TypeError:
-            return [None] * len(args)
-        return [dynamic_shapes.get(name) for name in bound.arguments][: len(args)]
-    return list(dynamic_shapes) + [None] * (len(args) - len(dynamic_shapes))
+        specs = []
+        for name, index in _bound_positions(model, args):
+            spec = dynamic_shapes.get(name)
+            if index is not None:
+                spec = spec[index] if isinstance(spec, (list, tuple)) else None
+            specs.append(spec)
+    else:
+        specs = list(dynamic_shapes)[: len(args)]
+    return specs + [None] * (len(args) - len(specs))
 
 
 def _dynamic_dims(spec: Any) -> list[int]:
@@ -635,12 +656,18 @@ def batch_dynamic_shapes(
     batch = torch.export.Dim("batch")
     flags = batched_inputs(args)
     specs = [{0: batch} if flag else None for flag in flags]
-    try:
-        bound = inspect.signature(model.forward).bind(*args, **(kwargs or {}))
-    except TypeError:
+    positions = _bound_positions(model, args)
+    if len(positions) != len(args):
         return tuple(specs)
-    positional = dict(zip(list(bound.arguments)[: len(args)], specs, strict=True))
-    return {name: positional.get(name) for name in bound.arguments}
+    shapes: dict[str, Any] = {}
+    for (name, index), spec in zip(positions, specs, strict=True):
+        if index is None:
+            shapes[name] = spec
+        else:  # forward(*inputs): one tuple of specs under the name of *inputs
+            shapes[name] = (*shapes.get(name, ()), spec)
+    for name in kwargs or {}:
+        shapes.setdefault(name, None)
+    return shapes
 
 
 def export_program(

@@ -3,8 +3,10 @@
 ``export_onnx`` uses the dynamo-based exporter (``torch.onnx.export(..., dynamo=True)``, opset 18
 or newer), makes the batch dimension dynamic, and writes ONE self-contained file (the exporter's
 default would put the weights in a silent ``model.onnx.data`` sidecar that is easy to forget when
-copying the model). The exporter's console chatter is captured, not printed. The deprecated
-TorchScript-based exporter is used only when asked for (``legacy=True``).
+copying the model), atomically (a failed write keeps the previous file). The exporter's console
+chatter is captured, not printed, and its failures become short errors in the course's style
+(``UnsupportedOperatorError``, ``OnnxExportError``). The deprecated TorchScript-based exporter is
+used only when asked for (``legacy=True``).
 
 ``verify_onnx`` runs ``onnx.checker`` (full check) and onnxruntime on the CPU at several batch
 sizes, and compares every output with the PyTorch model in eval mode; a mismatch raises with the
@@ -548,7 +550,10 @@ def verify_onnx(
     1. ``onnx.checker.check_model(full_check=True)`` (types and shapes, not only the structure);
     2. for each batch size, random inputs shaped like ``example_inputs`` through onnxruntime (CPU)
        and through a CPU copy of ``model`` in eval mode (the caller's model is not changed);
-    3. per output, the worst absolute and relative error against ``atol`` / ``rtol``.
+    3. per output, the worst absolute and relative error against ``atol`` / ``rtol``; a model that
+       returns a dict or a nested tuple is compared leaf by leaf, in the order the exporter
+       flattened them. Inputs whose dimension 0 the file declares dynamic get each batch size;
+       the others (a setting of shape ``(1,)``) keep the example's value.
     The default batch sizes 1, 2 and 13 catch a batch fixed at export time and odd-size bugs.
     Raises ``OnnxMismatchError`` (with the report) if any output is out of tolerance, or
     ``StaticShapeError`` if the file was exported with a fixed batch.

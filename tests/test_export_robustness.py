@@ -340,3 +340,17 @@ def test_a_faithful_trace_does_not_warn():
         warnings.simplefilter("error", export.TraceMismatchWarning)
         export.trace_model(make_mlp().eval(), torch.randn(3, 10))
         export.trace_model(trained_cnn().eval(), torch.randn(2, 3, 32, 32))
+
+
+class StarArgs(nn.Module):
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return inputs[0] + inputs[1]
+
+
+def test_forward_with_star_args_gets_a_dynamic_batch(tmp_path):
+    example = (torch.randn(1, 3), torch.randn(1, 3))
+    program = export.export_program(StarArgs().eval(), example)
+    assert set(export.program_input_shapes(program).values()) == {(None, 3)}
+    onnx_file = onnx_export.export_onnx(StarArgs().eval(), example, tmp_path / "star.onnx")
+    assert all(isinstance(s[0], str) for s in onnx_file.input_shapes.values())
+    assert onnx_export.verify_onnx(onnx_file.path, StarArgs(), example).passed
