@@ -47,7 +47,10 @@ ONE_COPY = 1.2
 
 @dataclass(frozen=True)
 class LoadMemory:
-    """One load measured in a fresh process (bytes and seconds)."""
+    """One load measured in a fresh process (bytes and seconds).
+
+    Taught in ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    """
 
     method: str
     checkpoint_bytes: int
@@ -117,7 +120,10 @@ def measure_loads(
 
 
 def memory_rows(results: list[LoadMemory]) -> list[dict[str, str]]:
-    """Rows for ``display.show_table``: MB and ratios to the checkpoint size."""
+    """Rows for ``display.show_table``: MB and ratios to the checkpoint size.
+
+    Taught in ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    """
     mb = 1e6
     return [
         {
@@ -132,7 +138,11 @@ def memory_rows(results: list[LoadMemory]) -> list[dict[str, str]]:
 
 
 def memory_verdict(results: list[LoadMemory]) -> list[str]:
-    """One stable line per load: one copy (<= 1.2x the checkpoint) or more, rounded to copies."""
+    """One stable line per load: one copy (<= 1.2x the checkpoint) or more, rounded to copies.
+
+    Stable from run to run, so a notebook can compare it. Taught in
+    ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    """
     lines = []
     for r in results:
         copies = max(1, round(r.ratio))
