@@ -1,37 +1,34 @@
-"""Adapting a ``state_dict`` to a model that does not match it exactly (chapters 6.3.4 and 6.3.5).
+"""Adapting a ``state_dict`` to a model that does not match it exactly (chapter 6.3.4).
 
-Partial loading with a report instead of prints, renaming keys (exact, prefix and regex rules)
-without dropping ``_metadata``, the ``module.`` / ``_orig_mod.`` prefixes that ``DataParallel``,
-``DistributedDataParallel`` and ``torch.compile`` add, and a look inside a checkpoint file
-without building its model.
+Partial loading with a report instead of prints, and renaming keys (exact, prefix and regex
+rules) without dropping ``_metadata``. The wrapper prefixes of 6.3.5 (``module.``,
+``_orig_mod.``) are in ``course_lib.prefixes``; a look inside a checkpoint file without building
+its model is ``course_lib.inspection``.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import re
-import reprlib
-import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from course_lib.display import format_table
-from course_lib.safe_io import ZIP_MAGIC, check_checkpoint_file, safe_load
 
 logger = logging.getLogger(__name__)
 
-#: The prefixes a wrapper puts in front of every key: ``DataParallel`` and
-#: ``DistributedDataParallel`` store the model as ``.module``; ``torch.compile`` as ``._orig_mod``.
-WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
-
-_WRAPPER_NAMES = {"module.": "DataParallel/DistributedDataParallel", "_orig_mod.": "torch.compile"}
+__all__ = [
+    "LoadReport",
+    "StateDictMismatchError",
+    "format_shape",
+    "load_partial_state_dict",
+    "rename_state_dict_keys",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -43,7 +40,7 @@ def _shape(value: Any) -> tuple[int, ...] | None:
     return tuple(value.shape) if isinstance(value, torch.Tensor) else None
 
 
-def _fmt_shape(shape: tuple[int, ...] | None) -> str:
+def format_shape(shape: tuple[int, ...] | None) -> str:
     return "-" if shape is None else "[" + ", ".join(map(str, shape)) + "]"
 
 
@@ -102,8 +99,8 @@ class LoadReport:
                 {
                     "key": key,
                     "status": "shape mismatch",
-                    "checkpoint": _fmt_shape(ckpt),
-                    "model": _fmt_shape(model),
+                    "checkpoint": format_shape(ckpt),
+                    "model": format_shape(model),
                 }
             )
         for key in self.missing:
@@ -127,7 +124,7 @@ class LoadReport:
             parts.append(
                 f"{len(self.shape_mismatched)} shape-mismatched: "
                 + ", ".join(
-                    f"{k} {_fmt_shape(a)} vs model {_fmt_shape(b)}"
+                    f"{k} {format_shape(a)} vs model {format_shape(b)}"
                     for k, a, b in self.shape_mismatched
                 )
             )
@@ -198,6 +195,8 @@ def load_partial_state_dict(
     copy of the tensors about to be overwritten for the duration of the call).
     ``state_dict._metadata`` (per-module version numbers that e.g. BatchNorm's loader reads) is
     passed through to ``load_state_dict``.
+
+    Taught in notebooks/04_mismatched_state_dict.ipynb.
     """
     model_state = model.state_dict()
     report = _compare(model_state, state_dict)
@@ -278,6 +277,8 @@ def rename_state_dict_keys(
     Keys no rule matches are kept. Unlike the chapter's version, ``_metadata`` is kept, with module
     names renamed the same way. Two keys that would end up with the same name raise a
     ``ValueError`` naming both, instead of one silently overwriting the other.
+
+    Taught in notebooks/04_mismatched_state_dict.ipynb.
     """
     key_mapping = dict(key_mapping or {})
     prefix_rules = sorted((prefixes or {}).items(), key=lambda kv: -len(kv[0]))
@@ -323,335 +324,3 @@ def rename_state_dict_keys(
         new_metadata.setdefault(target, value)
     new._metadata = new_metadata  # type: ignore[attr-defined]
     return new
-
-
-# --------------------------------------------------------------------------------------------
-# Wrapper prefixes: DataParallel / DDP ('module.') and torch.compile ('_orig_mod.')
-# --------------------------------------------------------------------------------------------
-
-
-def detect_wrapper_prefix(keys: Iterable[str], prefixes: Iterable[str] = WRAPPER_PREFIXES) -> str:
-    """The chain of wrapper prefixes that *every* key carries, e.g. ``'module._orig_mod.'``.
-
-    Only a prefix shared by all keys counts: a wrapper prefixes everything, whereas a model may
-    well have its own submodule called ``module`` next to others.
-    """
-    keys = list(keys)
-    prefixes = tuple(prefixes)
-    found = ""
-    while keys:
-        for prefix in prefixes:
-            if all(k.startswith(prefix) for k in keys):
-                found += prefix
-                keys = [k[len(prefix) :] for k in keys]
-                break
-        else:
-            break
-    return found
-
-
-def _strip_metadata(metadata: Mapping[str, Any], prefix: str) -> OrderedDict[str, Any]:
-    out: OrderedDict[str, Any] = OrderedDict()
-    bare = prefix[:-1]
-    for name, value in metadata.items():
-        if name == bare:
-            out[""] = value  # the wrapped model's root entry becomes the root
-        elif name.startswith(prefix):
-            out[name[len(prefix) :]] = value
-        elif name == "" or bare.startswith(name + "."):
-            continue  # the wrapper's own entries
-        else:
-            out[name] = value
-    return out
-
-
-def remove_module_prefix(
-    state_dict: Mapping[str, Any], prefixes: Iterable[str] = WRAPPER_PREFIXES
-) -> OrderedDict[str, Any]:
-    """Strip the wrapper prefixes (``module.``, ``_orig_mod.``, nested in any order) from every key.
-
-    A prefix is stripped only when every key carries it, and only the exact prefix: a key like
-    ``'module_norm.weight'`` or ``'modules_list.0.weight'`` never loses its first characters (the
-    danger of the ``k[7:]`` idiom). ``_metadata`` is kept, renamed the same way (like
-    ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``, which works in place and
-    strips from any key that has the prefix). Returns a new dict; the tensors are shared.
-    """
-    return _strip(state_dict, detect_wrapper_prefix(state_dict.keys(), prefixes))
-
-
-def _strip(state_dict: Mapping[str, Any], prefix: str) -> OrderedDict[str, Any]:
-    new: OrderedDict[str, Any] = OrderedDict((k[len(prefix) :], v) for k, v in state_dict.items())
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        new._metadata = _strip_metadata(metadata, prefix) if prefix else OrderedDict(metadata)  # type: ignore[attr-defined]
-    return new
-
-
-def add_module_prefix(
-    state_dict: Mapping[str, Any], prefix: str = "module."
-) -> OrderedDict[str, Any]:
-    """The inverse of ``remove_module_prefix``: put ``prefix`` in front of every key (and module
-    name in ``_metadata``), as a ``DataParallel``/DDP (``'module.'``) or compiled (``'_orig_mod.'``)
-    model's ``state_dict()`` would have it.
-    """
-    if not prefix.endswith("."):
-        raise ValueError(
-            f"prefix must end with '.', got {prefix!r} (did you mean {prefix + '.'!r}?)"
-        )
-    new: OrderedDict[str, Any] = OrderedDict((prefix + k, v) for k, v in state_dict.items())
-    metadata = getattr(state_dict, "_metadata", None)
-    if metadata is not None:
-        new._metadata = OrderedDict(  # type: ignore[attr-defined]
-            (prefix + name if name else prefix[:-1], value) for name, value in metadata.items()
-        )
-    return new
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside ``DataParallel``, ``DistributedDataParallel`` and ``torch.compile`` wrappers
-    (nested in any order). Loading into it is the same as loading into the wrapper: they share
-    parameters."""
-    while True:
-        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-            model = model.module
-            continue
-        dynamo = sys.modules.get("torch._dynamo.eval_frame")  # present once torch.compile ran
-        optimized = getattr(dynamo, "OptimizedModule", None)
-        if optimized is not None and isinstance(model, optimized):
-            model = model._orig_mod
-            continue
-        return model
-
-
-def load_state_dict_any_prefix(
-    model: nn.Module, state_dict: Mapping[str, Any], *, strict: bool = True
-) -> LoadReport:
-    """Load a plain or wrapper-prefixed ``state_dict`` into a plain or wrapped model, in one call.
-
-    The chapter's 6.3.5 recipe strips ``module.`` and then loads into the still-wrapped model,
-    which raises. Here the model is unwrapped (``unwrap_model``) and the checkpoint stripped of
-    whatever wrapper prefix all its keys share, unless its keys already match the model's as they
-    are (a model with a real submodule called ``module``). Then ``load_partial_state_dict``: with
-    ``strict=True`` (the default, as in ``load_state_dict``) any remaining mismatch raises
-    ``StateDictMismatchError`` and nothing is loaded.
-    """
-    inner = unwrap_model(model)
-    inner_keys = set(inner.state_dict().keys())
-    # Candidates: the checkpoint as is, then with one more wrapper prefix stripped each time.
-    candidates = [("", state_dict)]
-    for prefix in re.findall(r"module\.|_orig_mod\.", detect_wrapper_prefix(state_dict.keys())):
-        stripped = candidates[-1][0] + prefix
-        candidates.append((stripped, _strip(state_dict, stripped)))
-    exact = [c for c in candidates if set(c[1].keys()) == inner_keys]
-    if exact:
-        prefix, state_dict = exact[0]
-    else:  # the most keys in common; on a tie, the most stripped
-        prefix, state_dict = max(
-            candidates, key=lambda c: (len(inner_keys & set(c[1].keys())), len(c[0]))
-        )
-    try:
-        report = load_partial_state_dict(inner, state_dict, strict=strict)
-    except StateDictMismatchError as error:
-        error.report.stripped_prefix = prefix
-        raise
-    report.stripped_prefix = prefix
-    return report
-
-
-# --------------------------------------------------------------------------------------------
-# Looking inside a checkpoint without building the model
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class CheckpointInfo:
-    """What ``inspect_checkpoint`` found: one row per entry, and the wrapper prefix per state_dict."""
-
-    path: Path
-    file_bytes: int
-    rows: list[dict[str, Any]]
-    #: For each dict of tensors (``''`` for the top level, else its key, e.g. ``'model_state_dict'``):
-    #: the wrapper prefix all its keys carry (``''`` when none).
-    prefixes: dict[str, str]
-    kind: str = "torch.save file"
-
-    @property
-    def num_tensors(self) -> int:
-        return sum(1 for r in self.rows if r["dtype"] != "")
-
-    @property
-    def num_elements(self) -> int:
-        return sum(r["numel"] for r in self.rows if r["dtype"] != "")
-
-    @property
-    def tensor_bytes(self) -> int:
-        return sum(r["bytes"] for r in self.rows if r["dtype"] != "")
-
-    def table(self) -> str:
-        """The rows as a plain-text table."""
-        columns = ["key", "shape", "dtype", "numel", "bytes"]
-        return format_table(
-            self.rows, columns + (["value"] if any("value" in r for r in self.rows) else [])
-        )
-
-    def summary(self) -> str:
-        """A few readable lines: what the file is, how big, and which wrapper prefixes it carries."""
-        lines = [
-            f"{self.path} ({self.kind}, {_human_bytes(self.file_bytes)}): {self.num_tensors} "
-            f"tensors, {self.num_elements:,} elements, {_human_bytes(self.tensor_bytes)} of tensor data"
-        ]
-        wrapped = {where: prefix for where, prefix in self.prefixes.items() if prefix}
-        for where, prefix in wrapped.items():
-            name = f"'{where}'" if where else "the state_dict"
-            wrappers = " inside ".join(
-                _WRAPPER_NAMES[p] for p in re.findall(r"module\.|_orig_mod\.", prefix)
-            )
-            lines.append(
-                f"{name}: every key starts with {prefix!r}: saved from a {wrappers} wrapper; "
-                "remove_module_prefix (or load_state_dict_any_prefix) loads it into a plain model"
-            )
-        if not wrapped:
-            lines.append(
-                "no wrapper prefix ('module.', '_orig_mod.'): keys as a plain model has them"
-            )
-        return "\n".join(lines)
-
-    def __str__(self) -> str:
-        return self.summary() + "\n" + self.table()
-
-
-def _human_bytes(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    return f"{n} B"
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-_MAX_ROWS = 10_000  # a table a reader can use; a hostile file may describe billions of entries
-_MAX_DEPTH = 64
-_SHORT = reprlib.Repr()
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 4, 4, 2
-
-
-def _note(path: str, text: str) -> dict[str, Any]:
-    return {"key": path, "shape": "", "dtype": "", "numel": "", "bytes": "", "value": text}
-
-
-def _walk(obj: Any, path: str, rows: list[dict[str, Any]], prefixes: dict[str, str]) -> None:
-    """Rows for ``obj``, depth first, bounded in depth, rows and text, each container once.
-
-    A checkpoint's pickle can make a tiny file describe a cycle, a tree with 2**80 paths through
-    shared references, or one long string referenced thousands of times: each container is
-    walked once (later references point to the first), and values are shown by a short repr.
-    """
-    seen: dict[int, str] = {}
-    stack: list[tuple[Any, str, int]] = [(obj, path, 0)]
-    while stack:
-        if len(rows) >= _MAX_ROWS:
-            rows.append(_note("...", f"more entries not shown (the table stops at {_MAX_ROWS})"))
-            return
-        item, where, depth = stack.pop()
-        container = isinstance(item, (Mapping, list, tuple))
-        if container and id(item) in seen:
-            rows.append(_note(where, f"the same object as {seen[id(item)] or 'the top level'}"))
-            continue
-        if container and depth >= _MAX_DEPTH:
-            rows.append(_note(where, f"nested deeper than {_MAX_DEPTH} levels (not shown)"))
-            continue
-        if isinstance(item, torch.Tensor):
-            rows.append(
-                {
-                    "key": where,
-                    "shape": _fmt_shape(tuple(item.shape)),
-                    "dtype": _dtype_name(item.dtype),
-                    "numel": item.numel(),
-                    "bytes": item.numel() * item.element_size(),
-                }
-            )
-        elif isinstance(item, Mapping):
-            seen[id(item)] = where
-            keys = [str(k) for k in item]
-            if any("." in k for k in keys) and all(
-                isinstance(v, torch.Tensor) for v in item.values()
-            ):
-                prefixes[where] = detect_wrapper_prefix(keys)
-            children = [(v, f"{where}/{k}" if where else str(k)) for k, v in item.items()]
-            stack.extend((v, p, depth + 1) for v, p in reversed(children))
-        elif isinstance(item, (list, tuple)) and any(
-            isinstance(v, (torch.Tensor, Mapping, list, tuple)) for v in item
-        ):
-            seen[id(item)] = where
-            children = [(v, f"{where}/{i}" if where else str(i)) for i, v in enumerate(item)]
-            stack.extend((v, p, depth + 1) for v, p in reversed(children))
-        else:
-            rows.append(_note(where, f"{type(item).__name__} {_SHORT.repr(item)}"))
-
-
-def _inspect_dcp_directory(path: Path) -> CheckpointInfo:
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
-
-    metadata = FileSystemReader(str(path)).read_metadata()
-    rows = []
-    for key, meta in sorted(metadata.state_dict_metadata.items()):
-        if isinstance(meta, TensorStorageMetadata):
-            numel = 1
-            for n in meta.size:
-                numel *= n
-            itemsize = torch.empty((), dtype=meta.properties.dtype).element_size()
-            rows.append(
-                {
-                    "key": key,
-                    "shape": _fmt_shape(tuple(meta.size)),
-                    "dtype": _dtype_name(meta.properties.dtype),
-                    "numel": numel,
-                    "bytes": numel * itemsize,
-                    "chunks": len(meta.chunks),
-                }
-            )
-        else:
-            rows.append(
-                {
-                    "key": key,
-                    "shape": "",
-                    "dtype": "",
-                    "numel": "",
-                    "bytes": "",
-                    "value": "(pickled)",
-                }
-            )
-    top = {r["key"].split(".", 1)[0] for r in rows if r["dtype"]}
-    prefixes = {
-        name: detect_wrapper_prefix(
-            r["key"][len(name) + 1 :] for r in rows if r["key"].startswith(name + ".")
-        )
-        for name in sorted(top)
-    }
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
-    return CheckpointInfo(path, size, rows, prefixes, kind="torch.distributed.checkpoint directory")
-
-
-def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
-    """Keys, shapes, dtypes and sizes in a checkpoint, and which wrapper prefix it carries.
-
-    Needs no model: the file is read with ``weights_only=True`` on the CPU, memory-mapped when the
-    format allows, so even a large file is inspected without reading its tensor data. Works on
-    plain state_dicts, on nested training checkpoints (``model_state_dict/fc.weight`` ...) and on
-    ``torch.distributed.checkpoint`` directories (from their metadata alone).
-    """
-    path = Path(path)
-    if path.is_dir() and (path / ".metadata").exists():
-        return _inspect_dcp_directory(path)
-    check_checkpoint_file(path)
-    with path.open("rb") as f:
-        zipped = f.read(4) == ZIP_MAGIC
-    obj = safe_load(path, map_location="cpu", mmap=zipped)
-    rows: list[dict[str, Any]] = []
-    prefixes: dict[str, str] = {}
-    _walk(obj, "", rows, prefixes)
-    return CheckpointInfo(path, path.stat().st_size, rows, prefixes)

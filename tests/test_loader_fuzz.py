@@ -31,7 +31,7 @@ FUZZ = textwrap.dedent(
     from course_lib.manager import CheckpointManager
     from course_lib.models import make_mlp
     from course_lib.safe_io import CheckpointError, safe_load
-    from course_lib.state_dict import inspect_checkpoint
+    from course_lib.inspection import inspect_checkpoint
 
     warnings.simplefilter("ignore")
     work, seed, count = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])

@@ -9,18 +9,20 @@ import pytest
 import torch
 from torch import nn
 
+from course_lib.inspection import inspect_checkpoint
 from course_lib.models import SmallCNN, make_mlp
+from course_lib.prefixes import (
+    add_module_prefix,
+    detect_wrapper_prefix,
+    load_state_dict_any_prefix,
+    remove_module_prefix,
+    unwrap_model,
+)
 from course_lib.state_dict import (
     LoadReport,
     StateDictMismatchError,
-    add_module_prefix,
-    detect_wrapper_prefix,
-    inspect_checkpoint,
     load_partial_state_dict,
-    load_state_dict_any_prefix,
-    remove_module_prefix,
     rename_state_dict_keys,
-    unwrap_model,
 )
 
 
@@ -414,7 +416,7 @@ def test_inspect_checkpoint_is_bounded_on_small_hostile_files(tmp_path, shape):
         "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
         f"{HOSTILE_SHAPES[shape]}\n"
         f"torch.save(obj, {str(path)!r})\n"
-        "from course_lib.state_dict import inspect_checkpoint\n"
+        "from course_lib.inspection import inspect_checkpoint\n"
         f"info = inspect_checkpoint({str(path)!r})\n"
         "text = info.table()\n"
         "print(len(info.rows), len(text))\n"

@@ -23,7 +23,7 @@
 # keys alone; this exercise, like the wrappers themselves, treats a leading `module.` as a wrapper.)
 #
 # Run all cells; the last one checks your work. The grader tries more models and prefixes.
-# `course_lib.state_dict.remove_module_prefix` is the course's version: compare only afterwards.
+# `course_lib.prefixes.remove_module_prefix` is the course's version: compare only afterwards.
 
 # %%
 import re

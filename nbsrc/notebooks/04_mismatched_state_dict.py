@@ -344,7 +344,7 @@ rename_state_dict_keys(old_state, patterns=[(r"^fc\d\.", "fc.")])
 # `05_data_parallel`).
 
 # %%
-from course_lib.state_dict import inspect_checkpoint
+from course_lib.inspection import inspect_checkpoint
 
 print(inspect_checkpoint(workdir / "pretrained_model.pth"))
 

@@ -96,7 +96,7 @@ print(fresh.load_state_dict(state_dict))
 # %% [markdown]
 # The chapter's function also drops `_metadata` (see `04_mismatched_state_dict`), and the same
 # problem comes back with `torch.compile`, whose wrapper adds `_orig_mod.`, or with both wrappers
-# (`module._orig_mod.`). `course_lib.state_dict.remove_module_prefix` strips `module.` and
+# (`module._orig_mod.`). `course_lib.prefixes.remove_module_prefix` strips `module.` and
 # `_orig_mod.`, nested in any order, keeps `_metadata`, and strips a prefix only when **every**
 # key carries it, as a wrapper's keys do. So a key that merely starts with the letters "module"
 # (`module_norm.weight`, `modules_list.0.weight`) is never cut short, the danger of the `k[7:]`
@@ -106,7 +106,7 @@ print(fresh.load_state_dict(state_dict))
 # whatever wrapper prefix the checkpoint has, and loads strictly (with a report, as in notebook 04).
 
 # %%
-from course_lib.state_dict import (
+from course_lib.prefixes import (
     add_module_prefix,
     load_state_dict_any_prefix,
     remove_module_prefix,
@@ -136,7 +136,7 @@ for checkpoint_name, checkpoint in [
 # And to know which prefix a file carries before building anything:
 
 # %%
-from course_lib.state_dict import inspect_checkpoint
+from course_lib.inspection import inspect_checkpoint
 
 print(inspect_checkpoint(workdir / "model_dp.pth").summary())
 
