@@ -166,11 +166,11 @@ class InferenceBenchmark:
     def table(self) -> str:
         """One row per backend: median ms and the ratio to eager at each batch, one-off costs."""
         head = f"{'backend':18s}" + "".join(
-            f"{f'batch {b}':>11s}{'vs eager':>9s}" for b in self.batches
+            f"{f'batch {b}':>13s}{'vs eager':>9s}" for b in self.batches
         )
         lines = [head + f"{'setup':>9s}{'1st calls':>10s}"]
         for name, row in self.latency_ms.items():
-            cells = "".join(f"{row[b]:8.3f} ms{self.speedup(name, b):8.1f}x" for b in self.batches)
+            cells = "".join(f"{row[b]:10.3f} ms{self.speedup(name, b):8.1f}x" for b in self.batches)
             first = sum(self.first_call_s[name].values())
             lines.append(f"{name:18s}{cells}{self.setup_s[name]:8.1f} s{first:9.2f} s")
         return "\n".join(lines)
