@@ -341,19 +341,7 @@ class CheckpointManager:
         reasons = self.policy.reasons(
             manifest.checkpoints.values(), keep=[best_source] if best_source else []
         )
-        rows = []
-        for entry in manifest.ordered():
-            row: dict[str, Any] = {"file": entry.file, "epoch": entry.epoch, "step": entry.step}
-            for key, value in entry.metrics.items():
-                row[key if key not in row else f"metric:{key}"] = value
-            row.update(
-                size=entry.size,
-                sha256=entry.sha256,
-                time=entry.time,
-                kept_by=",".join(r if r != "kept" else "best_model" for r in reasons[entry.file]),
-                best=entry.file == best_source,
-            )
-            rows.append(row)
+        rows = manifest.rows(reasons)
         if self.verbose:
             print(format_table(rows))
         return rows

@@ -138,6 +138,28 @@ class Manifest:
         """Every file of every committed checkpoint (not the ``best_model`` pointer)."""
         return {name for entry in self.checkpoints.values() for name in entry.files}
 
+    def rows(self, reasons: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """One row per checkpoint, oldest first: ``list_checkpoints``'s table.
+
+        ``reasons`` are the retention reasons per file (``'kept'`` is shown as ``best_model``).
+        """
+        best_source = self.best.source if self.best else None
+        rows = []
+        for entry in self.ordered():
+            row: dict[str, Any] = {"file": entry.file, "epoch": entry.epoch, "step": entry.step}
+            for key, value in entry.metrics.items():
+                row[key if key not in row else f"metric:{key}"] = value
+            kept_by = [r if r != "kept" else "best_model" for r in reasons[entry.file]]
+            row.update(
+                size=entry.size,
+                sha256=entry.sha256,
+                time=entry.time,
+                kept_by=",".join(kept_by),
+                best=entry.file == best_source,
+            )
+            rows.append(row)
+        return rows
+
     def record_for(self, name: str) -> CheckpointEntry | BestPointer | None:
         """The record that lists file ``name``: a checkpoint's entry, or the best pointer."""
         if name in self.checkpoints:
