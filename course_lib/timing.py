@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+__all__ = ["Latency", "measure_latency"]
+
 
 @dataclass(frozen=True)
 class Latency:
@@ -75,8 +77,10 @@ def measure_latency(
     ``warmup`` untimed calls come first. Each of the ``repeats`` timings covers ``number`` calls
     (chosen so a repeat lasts about 1 ms when ``None``). Pass ``device`` when ``fn`` runs on a GPU,
     so each timing waits for the GPU to finish. ``max_seconds`` caps the repeats (but keeps at
-    least 5) so that a slow call, such as a large batch, does not take minutes. Wrap model calls in ``torch.inference_mode()``
-    around the call if autograd bookkeeping should not be measured.
+    least 5) so that a slow call, such as a large batch, does not take minutes. Wrap model calls
+    in ``torch.inference_mode()`` if autograd bookkeeping should not be measured.
+    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?" (through
+    course_lib.inference_bench).
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=}, {warmup=}")
