@@ -37,16 +37,34 @@ from course_lib.export import (
     ExportError,
     InputCountError,
     Inputs,
-    _positional_specs,
     as_tuple,
     batch_dynamic_shapes,
     batched_inputs,
     check_input_shapes,
     exporting_in_eval_mode,
+    positional_specs,
     quiet_loggers,
     widen_size_one_dims,
     write_atomically,
 )
+
+__all__ = [
+    "DEFAULT_BATCH_SIZES",
+    "MIN_OPSET",
+    "MissingDependencyError",
+    "OnnxExportError",
+    "OnnxFile",
+    "OnnxMismatchError",
+    "OnnxModel",
+    "OutputCheck",
+    "UnsupportedOperatorError",
+    "VerificationReport",
+    "export_onnx",
+    "make_session",
+    "onnx_input_shapes",
+    "summarize_log",
+    "verify_onnx",
+]
 
 MIN_OPSET = 18
 DEFAULT_BATCH_SIZES = (1, 2, 13)
@@ -155,6 +173,8 @@ def summarize_log(text: str, caught: Sequence[warnings.WarningMessage] = ()) -> 
 
     Drops the ``[torch.onnx]`` progress lines and traceback frames (file paths, source lines),
     keeps messages and exception lines, and appends each warning as ``Category: first sentence``.
+
+    Taught in notebooks/07_onnx.ipynb.
     """
     kept: list[str] = []
     progress = 0
@@ -172,7 +192,10 @@ def summarize_log(text: str, caught: Sequence[warnings.WarningMessage] = ()) -> 
 
 
 def onnx_input_shapes(model_proto: Any) -> dict[str, tuple[int | str | None, ...]]:
-    """Each graph input's shape: an int for a fixed size, the symbol's name for a dynamic one."""
+    """Each graph input's shape: an int for a fixed size, the symbol's name for a dynamic one.
+
+    Taught in notebooks/07_onnx.ipynb.
+    """
     shapes = {}
     for value in model_proto.graph.input:
         dims = value.type.tensor_type.shape.dim
@@ -326,7 +349,7 @@ def export_onnx(
         try:
             if legacy:
                 names = list(input_names or [f"input_{i}" for i in range(len(args))])
-                specs = _positional_specs(model, args, dynamic_shapes)
+                specs = positional_specs(model, args, dynamic_shapes)
 
                 def write(temp: Path) -> None:
                     torch.onnx.export(
@@ -400,6 +423,8 @@ class OnnxModel:
 
     Checks input shapes first, so a file exported with a fixed batch says so, rather than
     onnxruntime's ``INVALID_ARGUMENT : Got invalid dimensions``.
+
+    Taught in notebooks/07_onnx.ipynb.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, intra_op_threads: int | None = None):
@@ -557,6 +582,8 @@ def verify_onnx(
     The default batch sizes 1, 2 and 13 catch a batch fixed at export time and odd-size bugs.
     Raises ``OnnxMismatchError`` (with the report) if any output is out of tolerance, or
     ``StaticShapeError`` if the file was exported with a fixed batch.
+
+    Taught in notebooks/07_onnx.ipynb.
     """
     path = Path(path)
     onnx = _require("onnx", "verifying an ONNX file")
