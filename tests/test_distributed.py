@@ -224,3 +224,21 @@ def test_commands_for_one_node_and_for_several():
 def test_backend_choice():
     expected = "nccl" if torch.cuda.device_count() >= 2 else "gloo"
     assert choose_backend(2) == expected
+
+
+@pytest.mark.timeout(200)
+def test_the_async_save_benchmark_runs_under_torchrun(tmp_path):
+    """A small run of benchmarks/bench_distributed.py: async_save beside training collectives
+    must not hang (it needs a process group of its own), and it prints its ratio."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, "benchmarks/bench_distributed.py", "--size-mb", "4", "--repeats", "1",
+         "--dir", str(tmp_path), "--timeout", "150"],
+        cwd=root, capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ratio async/sync blocked:" in out.stdout
+    assert not list(tmp_path.iterdir())  # its scratch folder is gone
