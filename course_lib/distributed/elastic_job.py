@@ -92,7 +92,10 @@ def _parse_fault(text: str) -> Fault:
 
 
 def parse_args(argv: list[str] | None = None) -> JobConfig:
-    """Read the job's command line (see the module docstring)."""
+    """Read the job's command line (see the module docstring).
+
+    Taught in notebooks/05_data_parallel.ipynb, section 5.
+    """
     parser = argparse.ArgumentParser(prog="python -m course_lib.distributed.elastic_job")
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--steps", type=int, default=12)
@@ -120,7 +123,10 @@ def choose_backend(local_world_size: int) -> str:
 
 
 def example_table() -> torch.Tensor:
-    """The full tensor that the job saves sharded by rows across the ranks (values 0..47)."""
+    """The full tensor that the job saves sharded by rows across the ranks (values 0..47).
+
+    Taught in notebooks/05_data_parallel.ipynb, section 6.
+    """
     return torch.arange(TABLE_SHAPE[0] * TABLE_SHAPE[1], dtype=torch.float32).reshape(TABLE_SHAPE)
 
 
@@ -213,7 +219,10 @@ def _state(ddp: Any, optimizer: Any, table: Any) -> dict[str, Any]:
 
 
 def train(cfg: JobConfig) -> None:
-    """One worker's life: join the group, resume or start, train, checkpoint, save the result."""
+    """One worker's life: join the group, resume or start, train, checkpoint, save the result.
+
+    Taught in notebooks/05_data_parallel.ipynb, sections 2 and 3.
+    """
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
     from torch.distributed.device_mesh import init_device_mesh
@@ -296,7 +305,10 @@ def train(cfg: JobConfig) -> None:
 
 @record  # torchrun's error file: the exception and traceback of a failed worker reach the agent
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m course_lib.distributed.elastic_job`` under torchrun."""
+    """Entry point of ``python -m course_lib.distributed.elastic_job`` under torchrun.
+
+    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    """
     train(parse_args(argv))
 
 

@@ -24,7 +24,10 @@ class LossRecord:
 
 
 def read_losses(workdir: str | os.PathLike[str]) -> list[LossRecord]:
-    """Every record of ``workdir/losses.jsonl``, in the order written (a restart repeats steps)."""
+    """Every record of ``workdir/losses.jsonl``, in the order written (a restart repeats steps).
+
+    Taught in notebooks/05_data_parallel.ipynb, section 3.
+    """
     lines = (Path(workdir) / "losses.jsonl").read_text().splitlines()
     return [LossRecord(**json.loads(line)) for line in lines]
 

@@ -9,7 +9,7 @@ DCP stores each tensor's global shape and which piece every file holds, so each 
 pieces it needs. The table saved as 2 row blocks is loaded as 3 (rows 3, 3, 2). The RNG states of
 the 2 old ranks are not loaded: they belong to ranks that no longer exist.
 
-Taught in notebooks/05_data_parallel.ipynb, section 5.
+Taught in notebooks/05_data_parallel.ipynb, section 6.
 """
 
 from __future__ import annotations
@@ -77,7 +77,10 @@ def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
 
 @record
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m course_lib.distributed.reshard_job`` under torchrun."""
+    """Entry point of ``python -m course_lib.distributed.reshard_job`` under torchrun.
+
+    Taught in notebooks/05_data_parallel.ipynb, section 6 (exercise).
+    """
     parser = argparse.ArgumentParser(prog="python -m course_lib.distributed.reshard_job")
     parser.add_argument("--checkpoint", type=Path, required=True)
     parser.add_argument("--expect", type=Path, required=True, help="final.pth of the run")
