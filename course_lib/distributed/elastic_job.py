@@ -94,7 +94,7 @@ def _parse_fault(text: str) -> Fault:
 def parse_args(argv: list[str] | None = None) -> JobConfig:
     """Read the job's command line (see the module docstring).
 
-    Taught in notebooks/05_data_parallel.ipynb, section 5.
+    Taught in notebooks/05_data_parallel.ipynb, section 2.
     """
     parser = argparse.ArgumentParser(prog="python -m course_lib.distributed.elastic_job")
     parser.add_argument("--workdir", type=Path, required=True)
@@ -111,7 +111,7 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
 def choose_backend(local_world_size: int) -> str:
     """``'nccl'`` when every rank of this node has its own CUDA device, else ``'gloo'`` (CPU).
 
-    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    Taught in notebooks/05_data_parallel.ipynb, section 5.
     """
     if (
         torch.cuda.is_available()
