@@ -12,6 +12,8 @@ Read it in this order:
 3. ``step_checkpoints``: how those checkpoints appear atomically (a step folder renamed when every
    rank's shard is written) and how a damaged one is refused.
 4. ``reshard_job``: loading a checkpoint saved by 2 ranks on 1 or 3 ranks.
+5. For maintainers: ``_reaper`` (finds and kills every process of a run, also as a guardian
+   when the caller dies) and ``loss_curves`` (the notebook's picture of two runs).
 
 Taught in notebooks/05_data_parallel.ipynb.
 """

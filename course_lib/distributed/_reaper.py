@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 
+__all__ = ["reap"]
+
 MARKER_VARIABLE = "COURSE_TORCHRUN_RUN"
 
 
