@@ -28,6 +28,14 @@ from course_lib.manager import CheckpointManager
 from course_lib.manager.files import sha256_file
 from course_lib.models import make_mlp
 
+_common_spec = importlib.util.spec_from_file_location(
+    "common", Path(__file__).resolve().parent / "helpers" / "common.py"
+)
+common = importlib.util.module_from_spec(_common_spec)
+_common_spec.loader.exec_module(common)
+tiny, mark, weight, _tamper = common.tiny, common.mark, common.weight, common.tamper
+
+
 HELPERS = Path(__file__).resolve().parent / "helpers"
 
 
@@ -43,21 +51,6 @@ retention_model = _helper("retention_model")
 reference_kept = retention_model.reference_kept
 random_policy = retention_model.random_policy
 random_history = retention_model.random_history
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Linear(2, 1)
-    return model, torch.optim.SGD(model.parameters(), lr=0.1)
-
-
-def mark(model, value):
-    with torch.no_grad():
-        model.weight.fill_(float(value))
-
-
-def weight(model):
-    return float(model.weight.detach().flatten()[0])
 
 
 def manifest_of(directory):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -18,21 +19,15 @@ from course_lib.manager.manifest import read_manifest
 from course_lib.models import make_mlp
 from course_lib.safe_io import CorruptCheckpointError
 
+_common_spec = importlib.util.spec_from_file_location(
+    "common", Path(__file__).resolve().parent / "helpers" / "common.py"
+)
+common = importlib.util.module_from_spec(_common_spec)
+_common_spec.loader.exec_module(common)
+tiny, mark, weight, _tamper = common.tiny, common.mark, common.weight, common.tamper
+
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-def folder_with_a_checkpoint(tmp_path):
-    folder = tmp_path / "checkpoints"
-    manager = CheckpointManager(folder, max_to_keep=2)
-    manager.save(make_mlp(), None, None, 1, {"val_loss": 0.5})
-    return folder
-
-
-def _tamper(folder: Path, change) -> None:
-    document = json.loads((folder / MANIFEST_NAME).read_text())
-    change(document)
-    (folder / MANIFEST_NAME).write_text(json.dumps(document))
 
 
 @pytest.mark.parametrize(

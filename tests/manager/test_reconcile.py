@@ -9,40 +9,30 @@ from __future__ import annotations
 
 import errno
 import importlib.util
-import json
 import os
 import warnings
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
 
 from course_lib.manager import CheckpointManager, reconcile
 from course_lib.manager.files import MANIFEST_NAME
 from course_lib.models import make_mlp
 from course_lib.safe_io import CorruptCheckpointError
 
+_common_spec = importlib.util.spec_from_file_location(
+    "common", Path(__file__).resolve().parent / "helpers" / "common.py"
+)
+common = importlib.util.module_from_spec(_common_spec)
+_common_spec.loader.exec_module(common)
+tiny, mark, weight, _tamper = common.tiny, common.mark, common.weight, common.tamper
+
+
 _spec = importlib.util.spec_from_file_location(
     "chapter_manager", Path(__file__).resolve().parent / "helpers" / "chapter_manager.py"
 )
 chapter_manager = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(chapter_manager)
-
-
-def tiny(seed=0):
-    torch.manual_seed(seed)
-    model = nn.Linear(2, 1)
-    return model, torch.optim.SGD(model.parameters(), lr=0.1)
-
-
-def mark(model, value):
-    with torch.no_grad():
-        model.weight.fill_(float(value))
-
-
-def weight(model):
-    return float(model.weight.detach().flatten()[0])
 
 
 def save_epochs(manager, epochs):
@@ -58,20 +48,6 @@ def quiet_manager(directory, **kwargs):
         warnings.simplefilter("always")
         manager = CheckpointManager(directory, **kwargs)
     return manager, [str(w.message) for w in caught]
-
-
-@pytest.fixture
-def folder_with_a_checkpoint(tmp_path):
-    folder = tmp_path / "checkpoints"
-    manager = CheckpointManager(folder, max_to_keep=2)
-    manager.save(make_mlp(), None, None, 1, {"val_loss": 0.5})
-    return folder
-
-
-def _tamper(folder: Path, change) -> None:
-    document = json.loads((folder / MANIFEST_NAME).read_text())
-    change(document)
-    (folder / MANIFEST_NAME).write_text(json.dumps(document))
 
 
 def test_start_removes_temp_files_and_tolerates_files_deleted_by_hand(tmp_path):
