@@ -2,8 +2,8 @@
 
 A cell should show one idea. A long cell is usually a harness (plotting, a subprocess) that
 belongs in ``course_lib``, or the chapter's code stretched by the formatter (kept in the
-chapter's own layout with ``# fmt: off``). The few long cells that are the chapter's own code,
-or are being reworked by someone else, are listed below with the reason.
+chapter's own layout with ``# fmt: off``). The few long cells that are the chapter's own code
+are listed below with the reason.
 
 A progress bar stored at 0 % or 42 % looks like a run that hung. In a saved notebook the learner
 sees the text of the last update (tqdm's text after its last carriage return, or a widget's
@@ -34,14 +34,6 @@ LONG_CELL_EXCEPTIONS: dict[tuple[str, str], str] = {
         "the chapter's whole class (a Python class cannot span cells); read method by method"
     ),
 }
-# Long cells in notebooks that others are reworking now: tolerated until then, and not required
-# to stay long (remove an entry once its cell is split).
-PENDING_SPLITS: dict[tuple[str, str], str] = {
-    ("07_onnx.ipynb", "import contextlib"): (
-        "the chapter's export call inside a log-capturing harness, being reworked with 07"
-    ),
-}
-
 # tqdm's text: "desc:  42%|####1     | 5/12 [...]"
 TQDM_BAR = re.compile(r"(?P<percent>\d{1,3})%\|[^|\n]*\|\s*(?P<n>[\d.]+[kMG]?)/(?P<total>[\d.]+)")
 
@@ -57,7 +49,7 @@ def long_cells(nb: nbformat.NotebookNode, name: str) -> list[str]:
         if cell.cell_type != "code":
             continue
         lines = cell.source.splitlines()
-        listed = (name, lines[0]) in LONG_CELL_EXCEPTIONS or (name, lines[0]) in PENDING_SPLITS
+        listed = (name, lines[0]) in LONG_CELL_EXCEPTIONS
         if len(lines) > CELL_LINE_LIMIT and not listed:
             found.append(f"{cell.get('id')}: {len(lines)} lines, starting {lines[0]!r}")
     return found

@@ -442,6 +442,52 @@ print(
 # - Run the killed job again with `"--fault", "kill:1:10:*"` (every attempt) and `max_restarts=1`.
 #   Which checkpoints are left, and are they intact (`check_step_folder`)?
 #
+# <details><summary>Solutions (each ends in a check that passes; about a minute of torchrun)</summary>
+#
+# ```python
+# import json
+#
+# from course_lib.distributed import TorchrunError, check_step_folder
+#
+# # 1. Three ranks share the table's 8 rows as 3, 3 and 2; every rank gets the whole model.
+# run_torchrun("course_lib.distributed.reshard_job",
+#              ["--checkpoint", str(step12), "--expect", str(workdir / "straight" / "final.pth"),
+#               "--report", str(workdir / "reshard.json")], nproc_per_node=3, echo=True)
+# report = json.loads((workdir / "reshard.json").read_text())
+# assert [r["table_rows"] for r in report["ranks"]] == [3, 3, 2]
+# assert all(r["model_equal"] and r["table_equal"] for r in report["ranks"])
+#
+# # 2. Killed at step 4, the job resumes from step 4: the checkpoint of steps 1-4 was complete
+# #    before step 5 began (which rank dies does not matter). A raise with no restart budget is
+# #    a TorchrunError naming rank 1 and its exception.
+# rank0 = run_torchrun(job, ["--workdir", str(workdir / "kill0"), "--steps", "8",
+#                            "--save-every", "4", "--fault", "kill:0:4"],
+#                      nproc_per_node=2, max_restarts=3, timeout=240, echo=True)
+# assert any("resumed from step 4" in line for line in rank0.job_lines())
+# try:
+#     run_torchrun(job, ["--workdir", str(workdir / "raise1"), "--steps", "8",
+#                        "--save-every", "4", "--fault", "raise:1:6"], nproc_per_node=2)
+# except TorchrunError as error:
+#     print(error)
+#     assert "rank 1" in str(error)
+#
+# # 3. Killed on every attempt, the budget runs out: a final error, and the steps saved
+# #    before the kill are still there and intact.
+# try:
+#     run_torchrun(job, ["--workdir", str(workdir / "always"), "--steps", "12",
+#                        "--save-every", "4", "--fault", "kill:1:10:*"],
+#                  nproc_per_node=2, max_restarts=1, timeout=240)
+# except TorchrunError as error:
+#     print(error)
+# left = sorted((workdir / "always" / "checkpoints").glob("step_*"))
+# print([p.name for p in left])
+# for folder in left:
+#     check_step_folder(folder)  # raises IncompleteStepError if a shard is missing or short
+# assert [p.name for p in left][-1] == "step_000008"
+# ```
+#
+# </details>
+#
 # ## Conclusion
 #
 # - A wrapper's prefix (`module.` for DataParallel and DDP, `_orig_mod.` for `torch.compile`) is

@@ -62,6 +62,10 @@ model = SmallCNN()
 model.eval()
 example_input = torch.randn(1, 3, 224, 224)
 
+# %% [markdown]
+# The chapter's export call, inside a harness that catches what the exporter prints:
+
+# %%
 console = io.StringIO()
 with (
     warnings.catch_warnings(record=True) as caught,
