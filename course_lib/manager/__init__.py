@@ -1,6 +1,6 @@
 """The checkpoint manager of chapter 6.3.8, as a package you can read in order.
 
-Reading order (a learner needs the first two; the rest is for maintainers):
+Reading order (a learner reads the first three; the rest is for maintainers):
 
 1. ``api``: ``CheckpointManager``, the chapter's calls, each delegating to one part below.
 2. ``retention``: which checkpoints to keep, as pure functions you can try without files.

@@ -117,7 +117,10 @@ class CheckpointManager:
     def _open_without_repair(self, exc: OSError) -> None:
         """A folder we may read but not write (a shared results folder), or a full disk:
         the repair waits, and loading still works."""
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        if exc.errno in (
+            errno.ENOSPC,
+            getattr(errno, "EDQUOT", errno.ENOSPC),
+        ):  # no EDQUOT on Windows
             self._unwritten_manifest = getattr(exc, "repaired_manifest", None)
             warnings.warn(
                 f"{self.checkpoint_dir}: the disk is full, so the folder's repairs were not "

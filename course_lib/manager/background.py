@@ -98,6 +98,5 @@ class BackgroundWriter:
             self._thread = None
         error, self._error = self._error, None
         if error is not None:
-            if hasattr(error, "add_note"):
-                error.add_note("course_lib: raised by an earlier asynchronous save.")
+            error.add_note("course_lib: raised by an earlier asynchronous save.")
             raise error

@@ -13,8 +13,10 @@ Read this third, after ``api`` and ``retention``. Under the folder's lock, ``com
 7. ``_delete_pending``: the old files deleted, only now that the new checkpoint is committed.
 
 A crash before step 5 leaves the previous state (the new files are leftover temp or untracked
-files, which ``reconcile`` removes or reports); a crash after it leaves the new state with
-files still to delete, which ``reconcile`` deletes on the next start.
+files, which ``reconcile`` removes or reports), with one exception: saving an epoch again
+commits the removal of its earlier entry in step 1, so a crash then loses that epoch's older
+save (never another checkpoint). A crash after step 5 leaves the new state with files still
+to delete, which ``reconcile`` deletes on the next start.
 """
 
 from __future__ import annotations
@@ -160,7 +162,7 @@ def _point_best_at(folder: Path, entry: CheckpointEntry, say: Callable[[str], No
             f"{folder / entry.file} was saved, but best_model could not be updated ({exc}); "
             "load_best loads the checkpoint itself.",
             CheckpointFallbackWarning,
-            stacklevel=4,
+            stacklevel=5,  # _point_best_at, commit, save's write, save: the caller
         )
 
 

@@ -27,7 +27,7 @@ from course_lib.checkpoint import (
 from course_lib.manager.errors import CheckpointFallbackWarning
 from course_lib.manager.files import MANIFEST_NAME, read_checkpoint_files, sha256_file
 from course_lib.manager.manifest import BestPointer, CheckpointEntry, Manifest
-from course_lib.manager.retention import retention_reasons
+from course_lib.manager.retention import rank_best
 from course_lib.safe_io import (
     CheckpointError,
     CheckpointNotFoundError,
@@ -50,7 +50,7 @@ __all__ = [
 READ_ATTEMPTS = 5  # re-reads of a manifest that other processes keep changing under a reader
 
 Record = CheckpointEntry | BestPointer
-Candidate = tuple[Path, Record]
+Candidate = tuple[Path, Record, str]  # the file, its manifest record, why it is tried
 
 
 class LoadOptions(TypedDict, total=False):
@@ -151,29 +151,27 @@ def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[st
 def first_good(
     candidates: Sequence[Candidate],
     device: MapLocation,
-    next_note: Callable[[int], str],
-    none_loads: Callable[[list[CheckpointError]], CheckpointError] | None,
+    none_loads: Callable[[list[CheckpointError]], CheckpointError],
 ) -> tuple[Path, dict[str, Any]]:
-    """The first of ``candidates`` that reads and verifies.
+    """The first of ``candidates`` (path, record, why it is next) that reads and verifies.
 
-    Each one skipped is named in a ``CheckpointFallbackWarning`` ending in ``next_note(i)``.
-    If none reads: ``none_loads(errors)`` is raised, or, without it, the last candidate's own
-    error (not warned about).
+    Each one skipped is named in a ``CheckpointFallbackWarning`` that says what is tried next
+    (the next candidate's note); if none reads, ``none_loads(errors)`` is raised.
     """
     problems: list[CheckpointError] = []
-    for index, (path, record) in enumerate(candidates):
+    for index, (path, record, _) in enumerate(candidates):
         try:
             return path, read_file(path, record, device)
         except (CorruptCheckpointError, CheckpointNotFoundError, ForeignFileError) as exc:
-            if none_loads is None and index == len(candidates) - 1:
-                raise
             problems.append(exc)
+            if index + 1 < len(candidates):
+                following, note = candidates[index + 1][0], candidates[index + 1][2]
+                then = f"Loading {following.name}, {note}."
+            else:
+                then = "No other checkpoint is left to try."
             warnings.warn(
-                f"skipped {exc.path}: {exc.problem} {next_note(index)}",
-                CheckpointFallbackWarning,
-                stacklevel=4,
+                f"skipped {exc.path}: {exc.problem} {then}", CheckpointFallbackWarning, stacklevel=4
             )
-    assert none_loads is not None  # the loop above returned or raised otherwise
     raise none_loads(problems)
 
 
@@ -209,9 +207,8 @@ def read_latest(
             warnings.simplefilter("always")
             try:
                 found = first_good(
-                    [(folder / entry.file, entry) for entry in entries],
+                    [(folder / e.file, e, "the previous checkpoint") for e in entries],
                     device,
-                    lambda index: "Falling back to the previous checkpoint.",
                     none_loads,
                 )
             except CheckpointError as exc:
@@ -237,26 +234,17 @@ def read_best(
     not a backup, so one flipped bit damages both of its names.
     """
     candidates: list[Candidate] = []
-    notes: list[str] = []
     if manifest.best is not None:
         best = manifest.best
-        candidates.append((folder / best.file, best))
+        candidates.append((folder / best.file, best, "the best_model file"))
         source = manifest.checkpoints.get(best.source or "")
         if source is not None:
-            candidates.append((folder / source.file, source))
-            notes.append("the checkpoint it was made from")
-    reasons = retention_reasons(
-        manifest.checkpoints.values(),
-        max_to_keep=None,
-        keep_best=len(manifest.checkpoints),
-        best_metric=best_metric,
-        mode=mode,
-    )
-    listed = {path.name for path, _ in candidates}
-    for name in _ranked_best_first(manifest, reasons, best_metric, mode):
-        if name not in listed:
-            candidates.append((folder / name, manifest.checkpoints[name]))
-            notes.append(f"the next best checkpoint by {best_metric!r}")
+            candidates.append((folder / source.file, source, "the checkpoint it was made from"))
+    listed = {path.name for path, _, _ in candidates}
+    for entry in rank_best(manifest.checkpoints.values(), best_metric, mode):
+        if entry.file not in listed:
+            note = f"the next best checkpoint by {best_metric!r}"
+            candidates.append((folder / entry.file, entry, note))
     if not candidates:
         raise CheckpointNotFoundError(
             folder / f"{BEST_STEM}.pth",
@@ -274,25 +262,7 @@ def read_best(
             "restore the files from a backup; manager.load_latest() may still find a good one.",
         )
 
-    return first_good(
-        candidates,
-        device,
-        lambda index: (
-            f"Loading {candidates[index + 1][0].name}, {notes[index]}."
-            if index < len(notes)
-            else "No other checkpoint has the metric."
-        ),
-        none_loads,
-    )
-
-
-def _ranked_best_first(
-    manifest: Manifest, reasons: dict[str, list[str]], best_metric: str, mode: str
-) -> list[str]:
-    """The checkpoints that have a value of ``best_metric``, best first (ties: newer first)."""
-    ranked = [e for e in manifest.ordered(newest_first=True) if "best" in reasons[e.file]]
-    sign = 1.0 if mode == "min" else -1.0
-    return [e.file for e in sorted(ranked, key=lambda e: sign * float(e.metrics[best_metric]))]
+    return first_good(candidates, device, none_loads)
 
 
 def apply(

@@ -235,7 +235,15 @@ def _plain_name(name: object) -> str:
     return name
 
 
+class _Bool:
+    """``_typed(value, _Bool, ...)``: a real ``bool`` (``_typed`` refuses bools elsewhere)."""
+
+
 def _typed(value: object, kind: type | tuple[type, ...], what: str) -> Any:
+    if kind is _Bool:
+        if not isinstance(value, bool):
+            raise _Damaged(f"{what} is {type(value).__name__} {value!r:.40}, not true or false")
+        return value
     if isinstance(value, bool) or not isinstance(value, kind):  # to Python a bool is an int
         raise _Damaged(
             f"{what} is {type(value).__name__} {value!r:.40}, not what the manager writes"
@@ -285,8 +293,8 @@ def _entry(raw: object) -> CheckpointEntry:
         time=str(raw.get("time", "")),
         torch_version=str(raw.get("torch_version", "")),
         course_version=str(raw.get("course_version", "")),
-        protected=bool(raw.get("protected", False)),
-        adopted=bool(raw.get("adopted", False)),
+        protected=_typed(raw.get("protected", False), _Bool, f"entry {name!r} protected"),
+        adopted=_typed(raw.get("adopted", False), _Bool, f"entry {name!r} adopted"),
     )
 
 
@@ -318,6 +326,12 @@ def _best_metric(raw: object) -> BestMetric | None:
 
 def _parse(document: object) -> Manifest:
     document = _typed(document, dict, "the manifest")
+    version = _typed(document.get("version", MANIFEST_VERSION), int, "'version'")
+    if version > MANIFEST_VERSION:
+        raise _Damaged(
+            f"version {version} was written by a newer course_lib (this one reads up to "
+            f"{MANIFEST_VERSION}): update course_lib rather than let this one rewrite it"
+        )
     checkpoints = _typed(document.get("checkpoints"), list, "'checkpoints'")
     pending = _typed(document.get("pending_delete", []), list, "'pending_delete'")
     entries = [_entry(raw) for raw in checkpoints]

@@ -24,6 +24,7 @@ __all__ = [
     "best_so_far",
     "metric_value",
     "order_key",
+    "rank_best",
     "retention_reasons",
 ]
 
@@ -49,7 +50,7 @@ class Candidate:
 
     ``Candidate(file='e7', epoch=7, metrics={'val_loss': 0.31})``.
 
-    Taught in notebooks/08_checkpoint_manager.ipynb, step 2.
+    Taught in notebooks/08_checkpoint_manager.ipynb, step 4.
     """
 
     file: str
@@ -85,6 +86,15 @@ def metric_value(metrics: Mapping[str, object], name: str) -> float | None:
     return float(value)
 
 
+def rank_best(entries: Iterable[Ranked], best_metric: str, mode: str) -> list[Ranked]:
+    """The records that have a numeric ``metrics[best_metric]``, best first (ties: newer first)."""
+    newest_first = sorted(entries, key=order_key, reverse=True)
+    valued = [(metric_value(e.metrics, best_metric), e) for e in newest_first]
+    sign = 1.0 if mode == "min" else -1.0
+    ranked = sorted(((v, e) for v, e in valued if v is not None), key=lambda p: sign * p[0])
+    return [e for _, e in ranked]  # sorted() is stable: among ties the newer stays first
+
+
 def retention_reasons(
     entries: Iterable[Ranked],
     *,
@@ -118,11 +128,7 @@ def retention_reasons(
     for entry in latest:
         reasons[str(entry.file)].append("latest")
     if keep_best > 0:
-        valued = [(metric_value(e.metrics, best_metric), e) for e in newest_first]
-        ranked = [(v, e) for v, e in valued if v is not None]
-        sign = 1.0 if mode == "min" else -1.0
-        ranked.sort(key=lambda pair: sign * pair[0])  # stable: newer first among ties
-        for _, entry in ranked[:keep_best]:
+        for entry in rank_best(entries, best_metric, mode)[:keep_best]:
             reasons[str(entry.file)].append("best")
     if keep_every:
         for entry in entries:

@@ -384,7 +384,10 @@ def test_damaged_latest_falls_back_with_a_warning(tmp_path, fmt, damage):
     assert checkpoint["epoch"] == 2
     assert float(model.weight.detach()[0, 0]) == 2.0  # the model holds epoch 2, not a mix
     message = str(caught[0].message)
-    assert str(bad) in message and "Falling back" in message
+    assert (
+        str(bad) in message
+        and f"Loading checkpoint_epoch_0002{suffix}, the previous checkpoint" in message
+    )
     with pytest.raises(CorruptCheckpointError) as info:
         manager.load(bad, model)
     assert str(bad) in str(info.value) and "How to fix" in str(info.value)
@@ -476,3 +479,18 @@ def test_load_best_with_every_candidate_damaged_names_them_all(tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(CorruptCheckpointError, match="checkpoint_epoch_0000.pth"):
             manager.load_best(model)
+
+
+def test_load_best_without_a_best_pointer_and_every_file_damaged_is_a_clear_error(tmp_path):
+    """No save was marked best: the candidates are ranked by the metric; all damaged -> one error."""
+    manager = CheckpointManager(tmp_path, max_to_keep=3, keep_best=0)
+    model, optimizer = tiny()
+    for epoch in range(2):
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0 - epoch / 10})
+    for epoch in range(2):
+        flip_byte(tmp_path / f"checkpoint_epoch_{epoch:04d}.pth")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(CorruptCheckpointError, match="no best checkpoint loads"):
+            manager.load_best(model)
+    assert "No other checkpoint" in str(caught[-1].message)

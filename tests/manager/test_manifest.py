@@ -125,3 +125,18 @@ def test_a_planted_link_is_replaced_never_written_through(folder_with_a_checkpoi
         manager.save(make_mlp(), None, None, 2, {"val_loss": 0.1}, is_best=True)
     assert outside.read_text() == "precious"
     assert not (folder / "best_model.pth").is_symlink()
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        (lambda d: d.update(version=99), "newer"),
+        (lambda d: d.update(version="1"), "version"),
+        (lambda d: d["checkpoints"][0].update(protected="no"), "protected"),
+    ],
+    ids=["newer_version", "version_not_a_number", "protected_not_a_bool"],
+)
+def test_the_version_and_flags_are_checked_too(folder_with_a_checkpoint, change, problem):
+    _tamper(folder_with_a_checkpoint, change)
+    with pytest.raises(CorruptCheckpointError, match=problem):
+        read_manifest(folder_with_a_checkpoint)
