@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from course_lib.rng import capture_rng_state, restore_rng_state
-from course_lib.safe_io import CheckpointError, MapLocation, safe_load, safe_save
+from course_lib.safe_io import CheckpointError, ForeignFileError, MapLocation, safe_load, safe_save
 
 __all__ = [
     "BEST_STEM",
@@ -37,10 +37,12 @@ __all__ = [
     "MALFORMED_FIX",
     "PathLike",
     "apply_checkpoint",
+    "apply_checkpoint_from",
     "build_checkpoint",
     "check_checkpoint_fields",
     "checkpoint_filename",
     "load_checkpoint",
+    "require_training_checkpoint",
     "save_checkpoint",
     "to_plain",
     "train_with_checkpoint",
@@ -299,6 +301,55 @@ def save_checkpoint(
     return path
 
 
+def require_training_checkpoint(checkpoint: object, path: PathLike, fix: str) -> dict[str, Any]:
+    """``checkpoint`` (read from ``path``) if it is a training checkpoint, as a dict.
+
+    Anything else (a bare state_dict, a tensor, another program's dict) is a ``ForeignFileError``
+    that says what the file holds; ``fix`` says what to do where the caller loads it.
+    """
+    if isinstance(checkpoint, Mapping) and "model_state_dict" in checkpoint:
+        return dict(checkpoint)
+    what = (
+        f"keys {sorted(map(str, checkpoint))[:6]}"
+        if isinstance(checkpoint, Mapping)
+        else f"a {type(checkpoint).__name__}"
+    )
+    raise ForeignFileError(
+        path, f"is not a training checkpoint (no 'model_state_dict'; it holds {what}).", fix
+    )
+
+
+def apply_checkpoint_from(
+    checkpoint: Mapping[str, Any],
+    path: PathLike,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    scheduler: Any = None,
+    *,
+    scaler: Any = None,
+    restore_rng: bool = True,
+) -> None:
+    """``apply_checkpoint`` for a checkpoint read from ``path``: every failure names the file.
+
+    A field of the wrong type is "malformed"; a state that does not fit the model, optimizer or
+    scheduler passed in (other shapes, other parameter groups) says to build the same ones as
+    the run that saved it. The one place where loading a checkpoint file turns errors into
+    ``CheckpointError``s: ``load_checkpoint``, ``train_with_checkpoint`` and the manager use it.
+    """
+    try:
+        apply_checkpoint(
+            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+        )
+    except CheckpointFieldError as exc:
+        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise CheckpointError(
+            path,
+            f"does not fit what was passed in: {exc}",
+            "build the same model/optimizer/scheduler as the run that saved it.",
+        ) from exc
+
+
 def load_checkpoint(
     path: PathLike,
     model: nn.Module,
@@ -320,30 +371,14 @@ def load_checkpoint(
 
     Taught in notebooks/03_checkpoints.ipynb, step 2.
     """
-    checkpoint = safe_load(path, map_location=device)
-    if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
-        what = (
-            f"keys {sorted(map(str, checkpoint))[:4]}..."
-            if isinstance(checkpoint, Mapping)
-            else type(checkpoint).__name__
-        )
-        raise CheckpointError(
-            path,
-            f"is not a training checkpoint (no 'model_state_dict'; it holds {what}).",
-            "a bare state_dict loads with model.load_state_dict(safe_load(path)).",
-        )
-    try:
-        apply_checkpoint(
-            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
-        )
-    except CheckpointFieldError as exc:
-        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise CheckpointError(
-            path,
-            f"does not fit what was passed in: {exc}",
-            "build the same model/optimizer/scheduler as the run that saved it.",
-        ) from exc
+    checkpoint = require_training_checkpoint(
+        safe_load(path, map_location=device),
+        path,
+        "a bare state_dict loads with model.load_state_dict(safe_load(path)).",
+    )
+    apply_checkpoint_from(
+        checkpoint, path, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+    )
     epoch = int(checkpoint.get("epoch", -1))  # -1: nothing completed, resume at epoch 0
     loss = checkpoint.get("loss")
     if loss is None and checkpoint.get("metrics"):
@@ -473,9 +508,19 @@ def train_with_checkpoint(
     start_epoch, step = 0, 0
     best_val_loss = math.inf
     if resume_from is not None and Path(resume_from).exists():
-        checkpoint = safe_load(resume_from, map_location=device)
-        apply_checkpoint(
-            checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
+        checkpoint = require_training_checkpoint(
+            safe_load(resume_from, map_location=device),
+            resume_from,
+            "resume_from= names a file written by train_with_checkpoint (e.g. latest.pth).",
+        )
+        apply_checkpoint_from(
+            checkpoint,
+            resume_from,
+            model,
+            optimizer,
+            scheduler,
+            scaler=scaler,
+            restore_rng=restore_rng,
         )
         start_epoch = int(checkpoint["epoch"]) + 1
         step = int(checkpoint.get("step") or 0)

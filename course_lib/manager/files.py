@@ -28,10 +28,10 @@ from typing import Any
 
 import torch
 
+from course_lib.checkpoint import require_training_checkpoint
 from course_lib.safe_io import (
     CheckpointNotFoundError,
     CorruptCheckpointError,
-    ForeignFileError,
     MapLocation,
     atomic_write,
     safe_load,
@@ -308,19 +308,12 @@ def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
             checkpoint["model_state_dict"] = weights
     else:
         checkpoint = safe_load(path, map_location=device)
-    if not isinstance(checkpoint, Mapping) or "model_state_dict" not in checkpoint:
-        what = (
-            f"a dict with keys {sorted(map(str, checkpoint))[:6]}"
-            if isinstance(checkpoint, Mapping)
-            else f"a {type(checkpoint).__name__}"
-        )
-        raise ForeignFileError(
-            path,
-            f"holds {what}, not a training checkpoint (no 'model_state_dict').",
-            "a bare state_dict loads with model.load_state_dict(safe_load(path)); "
-            "a checkpoint for this manager is written by manager.save(...).",
-        )
-    return dict(checkpoint)
+    return require_training_checkpoint(
+        checkpoint,
+        path,
+        "a bare state_dict loads with model.load_state_dict(safe_load(path)); "
+        "a checkpoint for this manager is written by manager.save(...).",
+    )
 
 
 def _load_safetensors(path: Path, device: MapLocation) -> dict[str, torch.Tensor]:

@@ -18,12 +18,7 @@ from typing import Any, TypedDict
 import torch
 from torch import nn
 
-from course_lib.checkpoint import (
-    BEST_STEM,
-    MALFORMED_FIX,
-    CheckpointFieldError,
-    apply_checkpoint,
-)
+from course_lib.checkpoint import BEST_STEM, apply_checkpoint_from
 from course_lib.manager.errors import CheckpointFallbackWarning
 from course_lib.manager.files import MANIFEST_NAME, read_checkpoint_files, sha256_file
 from course_lib.manager.manifest import BestPointer, CheckpointEntry, Manifest
@@ -269,17 +264,15 @@ def apply(
     checkpoint: dict[str, Any], path: Path, target: Target, say: Callable[[str], None]
 ) -> dict[str, Any]:
     """Put ``checkpoint`` (read from ``path``) into ``target``; return it."""
-    try:
-        apply_checkpoint(
-            checkpoint,
-            target.model,
-            target.optimizer,
-            target.scheduler,
-            scaler=target.scaler,
-            restore_rng=target.restore_rng,
-        )
-    except CheckpointFieldError as exc:
-        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
+    apply_checkpoint_from(
+        checkpoint,
+        path,
+        target.model,
+        target.optimizer,
+        target.scheduler,
+        scaler=target.scaler,
+        restore_rng=target.restore_rng,
+    )
     say(f"Loaded checkpoint: {path}")
     say(f"  Epoch: {checkpoint.get('epoch')}")
     say(f"  Metrics: {checkpoint.get('metrics', 'N/A')}")
