@@ -16,7 +16,7 @@ import struct
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import torch
 
@@ -27,6 +27,9 @@ __all__ = [
     "CheckpointDeviceError",
     "CheckpointError",
     "CheckpointNotFoundError",
+    "DISK_FULL_ERRNOS",
+    "NO_PERMISSION_ERRNOS",
+    "WriteError",
     "CorruptCheckpointError",
     "ForeignFileError",
     "MapLocation",
@@ -79,6 +82,52 @@ class CheckpointError(RuntimeError):
         self.problem = problem
         self.fix = fix
         super().__init__(f"{self.path}: {problem}\n  How to fix: {fix}")
+
+
+DISK_FULL_ERRNOS = frozenset(
+    code for code in (errno.ENOSPC, getattr(errno, "EDQUOT", None)) if code is not None
+)  # no EDQUOT on Windows
+NO_PERMISSION_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
+
+
+class WriteError(CheckpointError, OSError):
+    """A file could not be written (disk full, no permission, ...); ``errno`` is the cause's.
+
+    The base of the manager's ``CheckpointWriteError`` and the exporters' ``ExportWriteError``:
+    each says what was kept and how to fix its own kind of write.
+    """
+
+    def __str__(self) -> str:  # OSError's own would print only "[Errno 28] ..."
+        return f"{self.path}: {self.problem}\n  How to fix: {self.fix}"
+
+    @classmethod
+    def from_os_error(
+        cls,
+        path: str | os.PathLike[str],
+        exc: BaseException,
+        *,
+        failed: str,
+        kept: str,
+        when_full: str,
+        when_denied: str,
+        otherwise: str,
+    ) -> Self:
+        """The error for ``exc``: "``failed``: <reason> (<ERRNO>)``kept``", with the fix that
+        fits the cause (a full disk, a folder that cannot be written, anything else)."""
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
+        if code in DISK_FULL_ERRNOS:
+            fix = when_full
+        elif code in NO_PERMISSION_ERRNOS:
+            fix = when_denied
+        else:
+            fix = otherwise
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        name = f" ({errno.errorcode[code]})" if code in errno.errorcode else ""
+        error = cls(path, f"{failed}: {reason}{name}{kept}", fix)
+        error.errno = code
+        error.strerror = reason
+        error.filename = str(path)
+        return error
 
 
 class CheckpointNotFoundError(CheckpointError, FileNotFoundError):

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from course_lib.safe_io import CheckpointError
+from course_lib.safe_io import CheckpointError, WriteError
 
 __all__ = [
     "ExportError",
@@ -36,14 +35,11 @@ class ExportError(CheckpointError):
     """
 
 
-class ExportWriteError(ExportError, OSError):
+class ExportWriteError(ExportError, WriteError):
     """An exported file could not be written (disk full, no permission, ...); the old file is kept.
 
     ``errno`` is the underlying ``OSError``'s (``errno.ENOSPC`` for a full disk).
     """
-
-    def __str__(self) -> str:  # OSError's own would print only "[Errno 28] ..."
-        return f"{self.path}: {self.problem}\n  How to fix: {self.fix}"
 
 
 class TraceMismatchError(ExportError):
@@ -135,23 +131,14 @@ class StaticShapeError(ExportError, ValueError):
 
 def write_error(path: Path, exc: BaseException, what: str) -> ExportWriteError:
     """The ``ExportWriteError`` for a failed write of ``path`` (the previous file is intact)."""
-    code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EIO
     folder = path.parent
-    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
-        fix = f"free space on the disk that holds {folder}, or export to another folder."
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = f"make {folder} writable (e.g. chmod u+w {folder}) or export to another folder."
-    else:
-        fix = f"check the disk and the folder {folder}; then export again."
-    reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
     kept = "the previous file is unchanged" if path.exists() else "no file was left there"
-    error = ExportWriteError(
+    return ExportWriteError.from_os_error(
         path,
-        f"the {what} could not be written: {reason}"
-        f"{f' ({errno.errorcode[code]})' if code in errno.errorcode else ''}; {kept}.",
-        fix,
+        exc,
+        failed=f"the {what} could not be written",
+        kept=f"; {kept}.",
+        when_full=f"free space on the disk that holds {folder}, or export to another folder.",
+        when_denied=f"make {folder} writable (e.g. chmod u+w {folder}) or export to another folder.",
+        otherwise=f"check the disk and the folder {folder}; then export again.",
     )
-    error.errno = code
-    error.strerror = reason
-    error.filename = str(path)
-    return error

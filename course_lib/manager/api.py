@@ -22,7 +22,6 @@ Taught in notebooks/08_checkpoint_manager.ipynb; exercise 1 builds the idea in 2
 
 from __future__ import annotations
 
-import errno
 import os
 import warnings
 from collections.abc import Mapping
@@ -50,7 +49,7 @@ from course_lib.manager.manifest import (
 )
 from course_lib.manager.reconcile import entry_from_file, reconcile
 from course_lib.manager.retention import RetentionPolicy
-from course_lib.safe_io import MapLocation
+from course_lib.safe_io import DISK_FULL_ERRNOS, NO_PERMISSION_ERRNOS, MapLocation
 
 __all__ = ["CheckpointManager"]
 
@@ -117,17 +116,14 @@ class CheckpointManager:
     def _open_without_repair(self, exc: OSError) -> None:
         """A folder we may read but not write (a shared results folder), or a full disk:
         the repair waits, and loading still works."""
-        if exc.errno in (
-            errno.ENOSPC,
-            getattr(errno, "EDQUOT", errno.ENOSPC),
-        ):  # no EDQUOT on Windows
+        if exc.errno in DISK_FULL_ERRNOS:
             self._unwritten_manifest = getattr(exc, "repaired_manifest", None)
             warnings.warn(
                 f"{self.checkpoint_dir}: the disk is full, so the folder's repairs were not "
                 "written; loading works, and saving will fail until space is freed.",
                 stacklevel=3,
             )
-        elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        elif exc.errno in NO_PERMISSION_ERRNOS:
             self.read_only = True
         else:
             raise exc

@@ -8,11 +8,10 @@ damaged or missing file was skipped and an older checkpoint used instead.
 
 from __future__ import annotations
 
-import errno
 from pathlib import Path
 
 from course_lib.manager.files import MANIFEST_NAME
-from course_lib.safe_io import CheckpointError
+from course_lib.safe_io import CheckpointError, WriteError
 
 __all__ = [
     "CheckpointFallbackWarning",
@@ -26,15 +25,12 @@ class CheckpointLockTimeoutError(CheckpointError):
     """The folder's lock was held by another process for longer than the timeout."""
 
 
-class CheckpointWriteError(CheckpointError, OSError):
+class CheckpointWriteError(WriteError):
     """A checkpoint could not be written (disk full, no permission, ...); nothing was committed.
 
     ``errno`` is the underlying ``OSError``'s. The previous checkpoints and the manifest are
     unchanged, so training can resume from the newest committed checkpoint.
     """
-
-    def __str__(self) -> str:  # OSError's own would print only "[Errno 28] ..."
-        return f"{self.path}: {self.problem}\n  How to fix: {self.fix}"
 
 
 class CheckpointFallbackWarning(UserWarning):
@@ -48,29 +44,16 @@ def write_error(path: Path, exc: OSError, newest: str | None) -> CheckpointWrite
     ``path`` is a checkpoint file, or the checkpoint folder itself when that could not be used.
     """
     folder = path if path.is_dir() or not path.suffix else path.parent
-    code = exc.errno
-    if code == errno.ENOSPC or code == getattr(errno, "EDQUOT", None):
-        fix = (
-            f"free space on the disk that holds {folder}, lower max_to_keep, or pass "
-            "another checkpoint_dir; then save again."
-        )
-    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        fix = (
-            f"make {folder} writable (e.g. chmod u+w {folder}) or pass a "
-            "checkpoint_dir you can write to; then save again."
-        )
-    else:
-        fix = f"check the disk and the folder {folder}; then save again."
     kept = f"the newest committed checkpoint is still {newest}" if newest else "nothing was lost"
-    error = CheckpointWriteError(
+    return CheckpointWriteError.from_os_error(
         path,
-        f"could not be saved: {exc.strerror or exc}"
-        f"{f' ({errno.errorcode[code]})' if code in errno.errorcode else ''}. "
-        f"Nothing was committed: {MANIFEST_NAME} and the checkpoints already saved are "
+        exc,
+        failed="could not be saved",
+        kept=f". Nothing was committed: {MANIFEST_NAME} and the checkpoints already saved are "
         f"unchanged ({kept}).",
-        fix,
+        when_full=f"free space on the disk that holds {folder}, lower max_to_keep, or pass "
+        "another checkpoint_dir; then save again.",
+        when_denied=f"make {folder} writable (e.g. chmod u+w {folder}) or pass a "
+        "checkpoint_dir you can write to; then save again.",
+        otherwise=f"check the disk and the folder {folder}; then save again.",
     )
-    error.errno = code
-    error.strerror = exc.strerror
-    error.filename = str(path)
-    return error
