@@ -41,6 +41,7 @@ __all__ = [
     "safe_save",
     "save_with_backup",
     "torch_save",
+    "fsync_directory",
     "verify_zip_crc",
 ]
 
@@ -398,7 +399,7 @@ def _damaged(path: Path, exc: BaseException) -> CorruptCheckpointError:
     )
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     """Make a rename in ``directory`` durable (a no-op where directories cannot be opened)."""
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -488,7 +489,7 @@ def atomic_write(
             exc.add_note(f"course_lib: nothing was written; {path} is unchanged{free}.")
         raise
     if sync_directory:
-        _fsync_directory(directory)
+        fsync_directory(directory)
     return given
 
 

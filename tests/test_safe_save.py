@@ -395,7 +395,7 @@ def test_directory_fsync_can_be_left_to_a_later_commit(tmp_path, monkeypatch):
     import course_lib.safe_io as safe_io
 
     synced = []
-    monkeypatch.setattr(safe_io, "_fsync_directory", synced.append)
+    monkeypatch.setattr(safe_io, "fsync_directory", synced.append)
     safe_io.atomic_write(tmp_path / "a.bin", lambda t: t.write_bytes(b"a"), sync_directory=False)
     assert synced == []
     safe_io.atomic_write(tmp_path / "b.bin", lambda t: t.write_bytes(b"b"))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from course_lib.export.errors import write_error
+from course_lib.safe_io import fsync_directory
 
 __all__ = [
     "save_through_python",
@@ -59,16 +60,7 @@ def write_atomically(
         shutil.rmtree(scratch, ignore_errors=True)
         raise
     shutil.rmtree(scratch, ignore_errors=True)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return path
-    try:
-        os.fsync(fd)  # make the rename durable
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(folder)  # make the renames durable
     return path
 
 
