@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from course_lib.safe_io import CheckpointError, MapLocation, safe_load
+from course_lib.safe_io import CheckpointError, MapLocation, load_safetensors, safe_load
 
 __all__ = ["build_on_meta", "load_big_model", "open_weights", "tensors_left_on_meta", "wide_mlp"]
 
@@ -59,20 +59,11 @@ def open_weights(
     path = Path(path)
     if path.suffix != ".safetensors":
         return safe_load(path, map_location=map_location, mmap=True, verify_crc=verify_crc)
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointError(path, "no such file.", "check the path.")
-    device = str(torch.device(map_location)) if map_location is not None else "cpu"
-    try:
-        return load_file(path, device=device)
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(
-            path,
-            f"not a readable safetensors file ({type(exc).__name__}: {exc}).",
-            "check that the file was written completely by safetensors.torch.save_file.",
-        ) from None
+    return load_safetensors(
+        path,
+        map_location,
+        fix="check that the file was written completely by safetensors.torch.save_file.",
+    )
 
 
 def tensors_left_on_meta(model: nn.Module) -> list[str]:

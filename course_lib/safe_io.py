@@ -42,6 +42,7 @@ __all__ = [
     "save_with_backup",
     "torch_save",
     "fsync_directory",
+    "load_safetensors",
     "verify_zip_crc",
 ]
 
@@ -432,6 +433,39 @@ def _new_file_mode(existing: Path) -> int:
         return existing.stat().st_mode & 0o7777
     except FileNotFoundError:
         return 0o666 & ~_current_umask()
+
+
+def load_safetensors(
+    path: str | os.PathLike[str],
+    map_location: MapLocation = "cpu",
+    *,
+    fix: str = "load an earlier checkpoint or a backup.",
+) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file's tensors (memory-mapped on the CPU), with ``safe_load``'s errors.
+
+    A missing file is a ``CheckpointNotFoundError``; an empty or unreadable one a
+    ``CorruptCheckpointError`` whose fix is ``fix`` (what to do where the caller reads it). The
+    format holds only tensors, so nothing in the file can run code.
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointNotFoundError(path, "no such file.", "check the path.")
+    if path.stat().st_size == 0:
+        raise CorruptCheckpointError(
+            path, "the file is empty (0 bytes): the save that created it never wrote its data.", fix
+        )
+    device = (
+        str(torch.device(map_location)) if isinstance(map_location, (str, torch.device)) else "cpu"
+    )
+    try:
+        return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise CorruptCheckpointError(
+            path, f"not a readable safetensors file ({type(exc).__name__}: {exc}).", fix
+        ) from None
 
 
 def atomic_write(

@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from course_lib.safe_io import CheckpointError, atomic_write
+from course_lib.safe_io import CheckpointError, atomic_write, load_safetensors
 
 __all__ = ["load_state_safetensors", "save_state_safetensors"]
 
@@ -106,21 +106,16 @@ def load_state_safetensors(
     Taught in ``notebooks/02_whole_model.ipynb``.
     """
     from safetensors import SafetensorError, safe_open
-    from safetensors.torch import load_file
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(path, "no such file.", "check the path.")
-    device = str(torch.device(map_location))
+    fix = "check that the file was written completely (save_state_safetensors writes atomically)."
+    tensors = load_safetensors(path, map_location, fix=fix)
     try:
         with safe_open(path, framework="pt") as file:
             metadata = file.metadata() or {}
-        tensors = load_file(path, device=device)
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(
-            path,
-            f"not a readable safetensors file ({type(exc).__name__}: {exc}).",
-            "check that the file was written completely (save_state_safetensors writes atomically).",
+            path, f"not a readable safetensors file ({type(exc).__name__}: {exc}).", fix
         ) from None
     if _METADATA_KEY not in metadata:
         return tensors

@@ -30,10 +30,9 @@ import torch
 
 from course_lib.checkpoint import require_training_checkpoint
 from course_lib.safe_io import (
-    CheckpointNotFoundError,
-    CorruptCheckpointError,
     MapLocation,
     atomic_write,
+    load_safetensors,
     safe_load,
     torch_save,
 )
@@ -300,7 +299,7 @@ def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
     A file that holds something else than a training checkpoint raises ``ForeignFileError``.
     """
     if path.suffix == ".safetensors":
-        weights = _load_safetensors(path, device)
+        weights = load_safetensors(path, device)
         sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
         checkpoint = safe_load(sidecar, map_location=device)
         if isinstance(checkpoint, Mapping):
@@ -314,30 +313,6 @@ def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
         "a bare state_dict loads with model.load_state_dict(safe_load(path)); "
         "a checkpoint for this manager is written by manager.save(...).",
     )
-
-
-def _load_safetensors(path: Path, device: MapLocation) -> dict[str, torch.Tensor]:
-    """Memory-mapped safetensors weights, with the same clear errors as ``safe_load``."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    if not path.is_file():
-        raise CheckpointNotFoundError(path, "no such file.", "check the path.")
-    if path.stat().st_size == 0:
-        raise CorruptCheckpointError(
-            path,
-            "the file is empty (0 bytes): the save that created it never wrote its data.",
-            "load an earlier checkpoint or a backup.",
-        )
-    target = str(torch.device(device)) if isinstance(device, (str, torch.device)) else "cpu"
-    try:
-        return load_file(path, device=target)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise CorruptCheckpointError(
-            path,
-            f"not a readable safetensors file ({type(exc).__name__}: {exc}).",
-            "load an earlier checkpoint or a backup.",
-        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
