@@ -1,0 +1,37 @@
+"""The core path fits in an afternoon: ``tools/course_length.py``'s estimate, at most 180 minutes."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("course_length", ROOT / "tools/course_length.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_estimate_counts_prose_code_and_cells(tmp_path):
+    tool = _tool()
+    notebook = tmp_path / "x.ipynb"
+    notebook.write_text(
+        '{"cells": [{"cell_type": "markdown", "source": ["' + "word " * 400 + '"]},'
+        ' {"cell_type": "code", "source": ["a = 1\\n", "\\n", "b = 2\\n"]}]}'
+    )
+    length = tool.measure_notebook(notebook)
+    assert (length.words, length.code_lines, length.cells) == (400, 2, 2)
+    assert abs(length.minutes - (400 / 200 + 2 * 0.25 + 2 * 0.3)) < 1e-9
+
+
+def test_the_core_path_is_complete_and_at_most_180_minutes():
+    tool = _tool()
+    _, core = tool.measure_course()
+    names = [length.name for length in core]
+    assert names == tool.CORE_NOTEBOOKS + tool.CORE_EXERCISES, "a core notebook is missing"
+    total = sum(length.minutes for length in core)
+    table = ", ".join(f"{length.name} {length.minutes:.0f}" for length in core)
+    assert total <= tool.CORE_LIMIT_MINUTES, f"core path {total:.0f} min: {table}"
