@@ -2,21 +2,21 @@
 
 This is the learner's own check, and it works in the copy of the course handed to students: it
 runs every cell in a fresh kernel (as JupyterLab's "Restart Kernel and Run All" does), lists each
-cell that failed as JupyterLab numbers it, and says whether the self-check cell passed. Where the
-teacher's hidden checks are installed (the full course), it then grades the notebook with them
-too; where they are not, it says so plainly. Taught in ``notebooks/00_introduction.ipynb``.
+cell that failed as JupyterLab numbers it, and says whether the self-check cell passed. In the
+teacher's full course, ``./course check`` then grades the notebook with the hidden checks too
+(``python -m teacher.grading``); in a student copy it says that those are the teacher's.
+Taught in ``notebooks/00_introduction.ipynb``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["SelfCheck", "hidden_checks_installed", "run_self_check"]
+__all__ = ["SelfCheck", "run_self_check"]
 
 SELF_CHECK_MARK = "self-check passed"
 
@@ -34,12 +34,6 @@ class SelfCheck:
         lines = [f"{self.notebook}: {verdict}"]
         lines += [f"  cell error: {error}" for error in self.cell_errors]
         return "\n".join(lines)
-
-
-def hidden_checks_installed() -> bool:
-    """True in the teacher's full course: the grader and its hidden checks are present."""
-    teacher = Path(__file__).resolve().parent.parent / "teacher" / "exercises"
-    return importlib.util.find_spec("course_lib.grading.pipeline") is not None and teacher.is_dir()
 
 
 def run_self_check(notebook: str | Path, *, cell_timeout: int = 300) -> SelfCheck:
@@ -79,19 +73,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = run_self_check(notebook)
         print(result.summary())
         ok &= result.passed
-    if hidden_checks_installed():
-        from course_lib.grading import grade_notebook
-
-        print("\nThe teacher's hidden checks (more cases of the same rules):")
-        for notebook in args.notebooks:
-            report = grade_notebook(notebook)
-            print(report.summary())
-            ok &= report.score == report.max_score
-    else:
-        print(
-            "\nThe hidden checks your teacher grades with are not part of this copy of the course: "
-            "the self-check above is the check you can run yourself."
-        )
     return 0 if ok else 1
 
 

@@ -66,7 +66,7 @@ def test_what_a_notebook_calls_names_the_notebook_that_teaches_it(module, name):
 
 @pytest.mark.parametrize(
     "package",
-    ["course_lib.manager", "course_lib.grading", "course_lib.export", "course_lib.distributed"],
+    ["course_lib.manager", "teacher.grading", "course_lib.export", "course_lib.distributed"],
 )
 def test_a_package_gives_the_reading_order_of_all_its_modules(package):
     module = importlib.import_module(package)

@@ -21,7 +21,7 @@ import nbformat
 import pytest
 from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
 
-from course_lib.grading import Status, grade_class, sandbox_available
+from teacher.grading import Status, grade_class, sandbox_available
 
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import nbformat
 from submissions import EXERCISES, with_cells
 
-from course_lib.grading.collect import collect_class, read_submission
+from teacher.grading.collect import collect_class, read_submission
 
 
 def test_exercise_from_metadata_survives_renaming(tmp_path):

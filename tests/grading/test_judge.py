@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from course_lib.grading.judge import AnswerMissing, Answers, load_exercise
-from course_lib.grading.records import CheckResult
+from teacher.grading.judge import AnswerMissing, Answers, load_exercise
+from teacher.grading.records import CheckResult
 
 
 def test_answers_refuse_links_oversized_and_damaged_files(tmp_path):
@@ -74,7 +74,7 @@ def test_each_check_is_worth_its_points_and_keeps_its_full_message(tmp_path):
 def test_every_exercise_has_questions_checks_and_an_asker():
     from submissions import EXERCISES
 
-    from course_lib.grading.collect import EXERCISES_DIR, known_exercises
+    from teacher.grading.collect import EXERCISES_DIR, known_exercises
 
     assert known_exercises() == EXERCISES
     for name in EXERCISES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import course_lib.grading as grading
+import teacher.grading as grading
 
 PACKAGE = Path(grading.__file__).parent
 TESTS = Path(__file__).parent

@@ -9,7 +9,7 @@ import sys
 import pytest
 from submissions import ROOT
 
-from course_lib.grading.release import build_release, is_released
+from teacher.grading.release import build_release, is_released
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def test_release_has_the_course_and_nothing_of_the_teacher(release):
                    "exercises/ex1_checkpoint_manager.ipynb", "course_lib/safe_io.py",
                    "course_lib/selfcheck.py"):  # fmt: skip
         assert needed in present, needed
-    forbidden = ("solutions/", "teacher/", "course_lib/grading/", "nbsrc/", "tests/test_", "tools/")
+    forbidden = ("solutions/", "teacher/", "nbsrc/", "tests/test_", "tools/")
     assert not [p for p in present if p.startswith(forbidden)]
     code = [p for p in present if p.endswith((".py", ".ipynb"))]
     assert not [p for p in code if "# BEGIN SOLUTION" in (out / p).read_text(errors="replace")]
@@ -39,7 +39,8 @@ def test_release_refuses_to_overwrite(release):
 
 
 def test_only_listed_paths_are_released():
-    assert is_released("course_lib/safe_io.py") and not is_released("course_lib/grading/judge.py")
+    assert is_released("course_lib/safe_io.py") and is_released("course_lib/selfcheck.py")
+    assert not is_released("teacher/grading/judge.py")
     assert not is_released("solutions/ex1_checkpoint_manager.ipynb")
     assert not is_released("teacher/exercises/ex1_checkpoint_manager/judge.py")
 
@@ -51,9 +52,9 @@ def test_learner_check_in_the_release_runs_the_self_check_and_names_the_teacher(
     solved = (ROOT / "solutions" / "ex3_partial_loading.ipynb").read_text()
     student_copy.write_text(solved)  # a learner who solved it
     result = subprocess.run(
-        [sys.executable, "-m", "course_lib.selfcheck", str(student_copy)],
+        [str(out / "course"), "check", str(student_copy)],
         cwd=out, capture_output=True, text=True, timeout=280,
-        env={**os.environ, "PYTHONPATH": str(out)},
+        env={**os.environ, "PYTHONPATH": str(out), "COURSE_PYTHON": sys.executable},
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "self-check passed" in result.stdout

@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from course_lib.grading.records import CheckResult, GradeReport, Status
-from course_lib.grading.report import GRADEBOOK_COLUMNS, write_feedback, write_gradebook
+from teacher.grading.records import CheckResult, GradeReport, Status
+from teacher.grading.report import GRADEBOOK_COLUMNS, write_feedback, write_gradebook
 
 
 def _report(student, status=Status.OK, **kwargs):

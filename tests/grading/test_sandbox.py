@@ -11,8 +11,8 @@ import nbformat
 import pytest
 from submissions import ROOT, with_cells
 
-from course_lib.grading import Limits, Status, grade_notebook, sandbox_available
-from course_lib.grading.sandbox import run_sandboxed
+from teacher.grading import Limits, Status, grade_notebook, sandbox_available
+from teacher.grading.sandbox import run_sandboxed
 
 needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
@@ -20,7 +20,7 @@ PROBE = """
 import json, os, socket, pathlib
 seen = {"uid": os.getuid(), "cwd": os.getcwd(), "course": sorted(os.listdir(%(root)r)),
         "course_lib": sorted(os.listdir(%(root)r + "/course_lib")),
-        "grading": sorted(os.listdir(%(root)r + "/course_lib/grading"))}
+        "teacher": os.path.exists(%(root)r + "/teacher")}
 for name, path in [("repo_write", %(root)r + "/course_lib/x.py"), ("tmp_write", "/tmp/x"),
                    ("usr_write", "/usr/x")]:
     try:
@@ -34,9 +34,9 @@ except OSError as exc:
 import course_lib.safe_io
 seen["course_lib_imports"] = True
 try:
-    import course_lib.grading.judge
+    import teacher.grading.judge
     seen["grading_imports"] = True
-except ImportError:
+except ImportError:  # the grader and the hidden checks live outside what the sandbox shows
     seen["grading_imports"] = False
 pathlib.Path("/answers/probe.json").write_text(json.dumps(seen))
 """
@@ -48,7 +48,7 @@ def test_the_sandbox_shows_only_course_lib_read_only_and_no_network(tmp_path):
     seen = json.loads((run.answers_dir / "probe.json").read_text())
     assert run.sandboxed and seen["uid"] == 65534 and seen["cwd"] == "/submission"
     assert seen["course"] == [".venv", "course_lib"] or seen["course"] == ["course_lib"]
-    assert "safe_io.py" in seen["course_lib"] and seen["grading"] == []
+    assert "safe_io.py" in seen["course_lib"] and seen["teacher"] is False
     assert seen["repo_write"] == "OSError" or seen["repo_write"].endswith("Error")
     assert seen["repo_write"] != "written" and seen["usr_write"] != "written"
     assert seen["tmp_write"] == "written" and not (ROOT / "course_lib" / "x.py").exists()
@@ -88,7 +88,7 @@ def test_without_bubblewrap_grading_runs_and_says_so_loudly(tmp_path):
     nbformat.write(with_cells("ex3_partial_loading"), student / "ex3_partial_loading.ipynb")
     out = tmp_path / "grades.csv"
     result = subprocess.run(
-        [sys.executable, "-m", "course_lib.grading", "--class", str(tmp_path / "class"),
+        [sys.executable, "-m", "teacher.grading", "--class", str(tmp_path / "class"),
          "--out", str(out), "--seed", "5"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
         env={**os.environ, "COURSE_SANDBOX": "off"},
@@ -136,7 +136,7 @@ torch.equal = lambda *a, **k: True
 @needs_bwrap
 def test_warm_children_are_walled_off_from_the_zygote_and_each_other(tmp_path):
     """Two jobs in turn in one zygote: neither reaches the zygote, the other, or its traces."""
-    from course_lib.grading.sandbox import WarmSandbox
+    from teacher.grading.sandbox import WarmSandbox
 
     warm = WarmSandbox(tmp_path, Limits())
     try:

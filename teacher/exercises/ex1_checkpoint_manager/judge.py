@@ -6,7 +6,7 @@ checks then read the checkpoint folders it left on disk and the values its metho
 
 import torch
 
-from course_lib.grading.judge import points
+from teacher.grading.judge import points
 
 
 def _epochs(rng, count):

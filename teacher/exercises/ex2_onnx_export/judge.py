@@ -8,7 +8,7 @@ solution's file for the same model.
 import numpy as np
 import torch
 
-from course_lib.grading.judge import AnswerMissing, points
+from teacher.grading.judge import AnswerMissing, points
 
 
 def questions(rng):

@@ -6,7 +6,7 @@ otherwise) and compared, type and value, with the solution's conversion of the s
 
 import torch
 
-from course_lib.grading.judge import points
+from teacher.grading.judge import points
 
 
 def questions(rng):

@@ -2,7 +2,7 @@
 
 import torch
 
-from course_lib.grading.judge import points
+from teacher.grading.judge import points
 
 WRAPPERS = ["module.", "_orig_mod."]
 

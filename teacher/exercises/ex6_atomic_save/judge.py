@@ -7,7 +7,7 @@ checkpoint, the old one or a new one, never a torn or missing file.
 
 import torch
 
-from course_lib.grading.judge import AnswerMissing, points
+from teacher.grading.judge import AnswerMissing, points
 
 NUMEL = 4_000_000  # 16 MB: a save takes long enough for a kill to land inside it
 

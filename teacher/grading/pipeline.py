@@ -17,15 +17,14 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from course_lib.grading.collect import REPO_ROOT, collect_class, read_submission
-from course_lib.grading.judge import Answers, load_exercise
-from course_lib.grading.records import GradeReport, SandboxRun, Status, Submission
-from course_lib.grading.report import write_feedback, write_gradebook
-from course_lib.grading.sandbox import Limits, WarmSandbox, run_sandboxed, sandbox_available
+from teacher.grading.collect import collect_class, read_submission
+from teacher.grading.judge import Answers, load_exercise
+from teacher.grading.paths import SOLUTIONS_DIR
+from teacher.grading.records import GradeReport, SandboxRun, Status, Submission
+from teacher.grading.report import write_feedback, write_gradebook
+from teacher.grading.sandbox import Limits, WarmSandbox, run_sandboxed, sandbox_available
 
 __all__ = ["grade_class", "grade_notebook", "grade_submissions"]
-
-SOLUTIONS_DIR = REPO_ROOT / "solutions"
 
 
 class SolutionError(RuntimeError):

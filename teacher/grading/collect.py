@@ -10,19 +10,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from course_lib.grading.records import Submission
+from teacher.grading.paths import EXERCISES_DIR
+from teacher.grading.records import Submission
 
 __all__ = [
-    "EXERCISES_DIR",
     "collect_class",
     "known_exercises",
     "read_submission",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
-# The teacher's material: per exercise, ``judge.py`` (questions and hidden checks, run by the
-# grader) and ``answer.py`` (asks the student's code those questions, inside the sandbox).
-EXERCISES_DIR = REPO_ROOT / "teacher" / "exercises"
 NOTEBOOK_LIMIT_BYTES = 20_000_000
 
 

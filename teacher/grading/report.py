@@ -13,8 +13,8 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-from course_lib.grading.records import GradeReport
 from course_lib.safe_io import atomic_write
+from teacher.grading.records import GradeReport
 
 __all__ = ["GRADEBOOK_COLUMNS", "write_feedback", "write_gradebook"]
 

@@ -2,7 +2,7 @@
 
 The sandbox (Linux, ``bwrap``) has no network, runs as uid 65534 in its own user, PID, IPC and
 mount namespaces, sees the Python environment read-only and of the course only ``course_lib``
-(without this package: no grader code, no hidden checks, no solutions, no tests). Its only
+(no grader code, no hidden checks, no solutions, no tests). Its only
 writable places are a fresh home folder (its working directory), the answers folder and a private
 ``/tmp``; all of them are thrown away after judging. It dies with the grader, and when it ends
 every process it started ends with it (its PID namespace goes). Time, memory, file-size and output
@@ -31,14 +31,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_lib.grading.collect import EXERCISES_DIR, REPO_ROOT
-from course_lib.grading.in_sandbox import ISOLATION_FAILED
-from course_lib.grading.records import SandboxRun
+from teacher.grading.in_sandbox import ISOLATION_FAILED
+from teacher.grading.paths import COURSE_LIB_DIR, EXERCISES_DIR, REPO_ROOT
+from teacher.grading.records import SandboxRun
 
 __all__ = ["Limits", "WarmSandbox", "run_sandboxed", "sandbox_available"]
 
 RUNNER = Path(__file__).with_name("in_sandbox.py")
-PACKAGE_DIR = Path(__file__).resolve().parent
 NOBODY = "65534"
 TMP_LIMIT_BYTES = 512 << 20  # the private /tmp is memory: bounded
 # What the sandbox sees of /etc: enough for the dynamic linker, user names and fonts, no secrets.
@@ -91,7 +90,7 @@ def _python_paths() -> list[Path]:
 
 def _mounted_under_tmp() -> list[str]:
     """What the sandbox binds below /tmp (a course or environment there), shallowest first."""
-    mounted = [*_python_paths(), PACKAGE_DIR.parent]
+    mounted = [*_python_paths(), COURSE_LIB_DIR]
     return [
         str(p) for p in sorted(mounted, key=lambda p: len(p.parts)) if Path("/tmp") in p.parents
     ]
@@ -115,13 +114,12 @@ def _bwrap_prefix() -> list[str]:
 
 
 def _sandbox_command(mounts: list[str], program: list[str]) -> list[str]:
-    """bubblewrap with what every sandbox sees (the environment read-only, course_lib without
-    this package, a clean environment), plus ``mounts``, running ``program``."""
+    """bubblewrap with what every sandbox sees (the environment read-only, course_lib, a
+    clean environment), plus ``mounts``, running ``program``."""
     command = _bwrap_prefix()
     for path in _python_paths():
         command += ["--ro-bind", str(path), str(path)]
-    course_lib = PACKAGE_DIR.parent
-    command += ["--ro-bind", str(course_lib), str(course_lib), "--tmpfs", str(PACKAGE_DIR)]
+    command += ["--ro-bind", str(COURSE_LIB_DIR), str(COURSE_LIB_DIR)]
     command += [*mounts, "--clearenv"]
     for key, value in _environment("/submission").items():
         command += ["--setenv", key, value]

@@ -12,13 +12,14 @@ A pipeline of four steps, one module each; read them in this order:
 4. ``report``: the gradebook CSV (a status per student and exercise) and a feedback file per student.
 
 ``pipeline`` joins them (``grade_notebook``, ``grade_class``); ``records`` holds the dataclasses
-passed between steps; ``release`` builds the copy of the course handed to students.
-``python -m course_lib.grading --help`` (or ``./course grade``) is the command line.
+passed between steps; ``paths`` says where the course's parts are; ``release`` builds the copy
+of the course handed to students (``course_lib`` whole, nothing of ``teacher/``).
+``python -m teacher.grading --help`` (or ``./course grade``) is the command line.
 """
 
-from course_lib.grading.pipeline import grade_class, grade_notebook, grade_submissions
-from course_lib.grading.records import CheckResult, GradeReport, Status, Submission
-from course_lib.grading.sandbox import Limits, sandbox_available
+from teacher.grading.pipeline import grade_class, grade_notebook, grade_submissions
+from teacher.grading.records import CheckResult, GradeReport, Status, Submission
+from teacher.grading.sandbox import Limits, sandbox_available
 
 __all__ = [
     "CheckResult",

@@ -2,7 +2,7 @@
 
 It holds what a learner needs (the notebooks, the exercises, ``course_lib``, the README and the
 set-up files) and nothing a learner must not see: no ``solutions/``, no ``teacher/`` (the hidden
-checks), no grader (``course_lib/grading``), no notebook sources (the exercises' sources contain
+checks and the grader), no notebook sources (the exercises' sources contain
 their solutions), no tests. Only files git tracks or would add are copied (never ignored ones: no venv, no scratch).
 """
 
@@ -15,19 +15,16 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from course_lib.grading.collect import REPO_ROOT
+from teacher.grading.paths import REPO_ROOT
 
 __all__ = ["build_release", "is_released"]
 
 RELEASED = ("README.md", "course", "pyproject.toml", "environment.yml", "conftest.py",
             ".gitignore", "notebooks/", "exercises/", "course_lib/", "tests/nbval_sanitize.cfg")  # fmt: skip
-WITHHELD = ("course_lib/grading/",)
 
 
 def is_released(name: str) -> bool:
     """Whether a repository path (POSIX, relative) goes into the student release."""
-    if any(name.startswith(prefix) for prefix in WITHHELD):
-        return False
     return any(name == item or (item.endswith("/") and name.startswith(item)) for item in RELEASED)
 
 

@@ -1,4 +1,4 @@
-"""``python -m course_lib.grading`` (``./course grade``): grade one notebook, or a whole class."""
+"""``python -m teacher.grading`` (``./course grade``): grade one notebook, or a whole class."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from course_lib.grading.pipeline import SolutionError, grade_class, grade_notebook
-from course_lib.grading.records import Status
-from course_lib.grading.sandbox import Limits, sandbox_available
+from teacher.grading.pipeline import SolutionError, grade_class, grade_notebook
+from teacher.grading.records import Status
+from teacher.grading.sandbox import Limits, sandbox_available
 
 UNSANDBOXED_WARNING = (
     "WARNING: bubblewrap (bwrap) is not available, so student code runs WITHOUT a sandbox: it can "

@@ -30,8 +30,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from course_lib.grading.collect import EXERCISES_DIR
-from course_lib.grading.records import CheckResult
+from teacher.grading.paths import EXERCISES_DIR
+from teacher.grading.records import CheckResult
 
 __all__ = ["AnswerMissing", "Answers", "Exercise", "load_exercise", "points"]
 
