@@ -34,8 +34,8 @@ import nbformat
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from course_lib.grading import grade_class, sandbox_available  # noqa: E402
-from course_lib.grading.judge import load_exercise  # noqa: E402
+from teacher.grading import grade_class, sandbox_available  # noqa: E402
+from teacher.grading.judge import load_exercise  # noqa: E402
 
 EXERCISES = sorted(p.stem for p in (ROOT / "exercises").glob("ex*.ipynb"))
 ASSIGNMENT = "chapter63"
