@@ -26,12 +26,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from course_lib.errors import CourseError
 from course_lib.rng import capture_rng_state, restore_rng_state
 from course_lib.safe_io import CheckpointError, ForeignFileError, MapLocation, safe_load, safe_save
 
 __all__ = [
     "BEST_STEM",
     "CheckpointFieldError",
+    "CheckpointMismatchError",
     "FORMAT_VERSION",
     "LATEST_NAME",
     "MALFORMED_FIX",
@@ -140,8 +142,15 @@ MALFORMED_FIX = (
 )
 
 
-class CheckpointFieldError(ValueError):
+class CheckpointFieldError(CourseError, ValueError):
     """A checkpoint's field has a type no checkpoint of ours (or the chapter's) has; names it."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__("checkpoint", problem, MALFORMED_FIX)
+
+
+class CheckpointMismatchError(CourseError, KeyError):
+    """A checkpoint does not hold what the call asks it to restore (no model or optimizer state)."""
 
 
 _STATE_FIELDS = ("optimizer_state_dict", "scheduler_state_dict", "scaler_state_dict", "metrics")
@@ -204,15 +213,17 @@ def apply_checkpoint(
 
     Reads our checkpoints and the chapter's (``'rng_state'``/``'cuda_rng_state'`` keys). Pass
     ``optimizer=None`` to load the weights only (for evaluation). An optimizer passed for a
-    checkpoint without optimizer state raises a ``KeyError`` (resuming with fresh moments would
+    checkpoint without optimizer state raises ``CheckpointMismatchError`` (a ``KeyError``: resuming
+    with fresh moments would
     silently change the run); a missing scheduler or scaler state gives a warning and leaves
     that object as it is, as the chapter's loader did.
     """
     if "model_state_dict" not in checkpoint:
-        raise KeyError(
-            "this is not a training checkpoint: it has no 'model_state_dict' "
-            f"(keys: {sorted(checkpoint)[:8]}). A bare state_dict loads with "
-            "model.load_state_dict(torch.load(path, weights_only=True))."
+        raise CheckpointMismatchError(
+            "checkpoint",
+            "is not a training checkpoint: it has no 'model_state_dict' "
+            f"(keys: {sorted(checkpoint)[:8]}).",
+            "a bare state_dict loads with model.load_state_dict(torch.load(path, weights_only=True)).",
         )
     check_checkpoint_fields(checkpoint)
     model.load_state_dict(checkpoint["model_state_dict"])
@@ -225,9 +236,11 @@ def apply_checkpoint(
             continue
         if checkpoint.get(key) is None:
             if name == "optimizer":
-                raise KeyError(
-                    f"an optimizer was passed but the checkpoint holds no {key!r}: pass "
-                    "optimizer=None to load the weights only, or start a fresh optimizer on purpose."
+                raise CheckpointMismatchError(
+                    "checkpoint",
+                    f"an optimizer was passed but it holds no {key!r}.",
+                    "pass optimizer=None to load the weights only, or start a fresh optimizer on "
+                    "purpose.",
                 )
             warnings.warn(
                 f"the checkpoint holds no {key!r}: the {name} passed in starts fresh "
@@ -341,7 +354,9 @@ def apply_checkpoint_from(
             checkpoint, model, optimizer, scheduler, scaler=scaler, restore_rng=restore_rng
         )
     except CheckpointFieldError as exc:
-        raise CheckpointError(path, f"is malformed: {exc}.", MALFORMED_FIX) from None
+        raise CheckpointError(path, f"is malformed: {exc.problem}.", MALFORMED_FIX) from None
+    except CheckpointMismatchError as exc:
+        raise CheckpointError(path, exc.problem, exc.fix) from None
     except (KeyError, RuntimeError, ValueError) as exc:
         raise CheckpointError(
             path,

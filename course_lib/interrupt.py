@@ -16,15 +16,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from course_lib.errors import FileError
+
 __all__ = ["InterruptError", "KilledRun", "kill_demo_job_after", "kill_while_saving"]
 
 
-class InterruptError(RuntimeError):
+class InterruptError(FileError):
     """The process could not be killed at the moment asked for; says why and what to do."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str) -> None:
-        self.path, self.problem, self.fix = Path(path), problem, fix
-        super().__init__(f"{self.path}: {problem}\n  How to fix: {fix}")
 
 
 @dataclass(frozen=True)

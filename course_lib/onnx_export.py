@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from course_lib.errors import CourseError
 from course_lib.export import (
     EXPORT_LOGGERS,
     ExportError,
@@ -70,7 +71,7 @@ MIN_OPSET = 18
 DEFAULT_BATCH_SIZES = (1, 2, 13)
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(CourseError, ImportError):
     """A package the ONNX path needs is not installed; the message says what to install."""
 
 
@@ -108,16 +109,17 @@ class OnnxExportError(ExportError):
     """
 
 
-class OnnxMismatchError(AssertionError):
+class OnnxMismatchError(CourseError, AssertionError):
     """onnxruntime's outputs differ from the PyTorch model's beyond the tolerances."""
 
     def __init__(self, report: VerificationReport) -> None:
         self.report = report
         super().__init__(
-            f"{report.path}: onnxruntime differs from the PyTorch model (eval mode) beyond "
-            f"atol={report.atol:g}, rtol={report.rtol:g}:\n{report.table()}\n"
-            "  How to fix: export again from the model as it is now (after model.eval()); a file "
-            "exported before the weights changed, or in training mode, gives other answers."
+            report.path,
+            "onnxruntime differs from the PyTorch model (eval mode) beyond "
+            f"atol={report.atol:g}, rtol={report.rtol:g}:\n{report.table()}",
+            "export again from the model as it is now (after model.eval()); a file "
+            "exported before the weights changed, or in training mode, gives other answers.",
         )
 
 
@@ -126,8 +128,9 @@ def _require(module: str, purpose: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{purpose} needs the package {module!r}, which cannot be imported ({exc}).\n"
-            f"  How to fix: pip install {module}"
+            module,
+            f"{purpose} needs this package, which cannot be imported ({exc}).",
+            f"pip install {module}",
         ) from exc
 
 

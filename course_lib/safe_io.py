@@ -21,6 +21,7 @@ from typing import Any, Self
 import torch
 
 from course_lib.device import try_device
+from course_lib.errors import FileError
 
 __all__ = [
     "CODE_RUNNING_GLOBALS",
@@ -73,17 +74,11 @@ CODE_RUNNING_GLOBALS = frozenset(
 MapLocation = str | torch.device | Callable[..., Any] | dict[str, str] | None
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(FileError):
     """A checkpoint file could not be loaded; the message names the file and the fix.
 
     Taught in notebooks/01_state_dict.ipynb.
     """
-
-    def __init__(self, path: str | os.PathLike[str], problem: str, fix: str) -> None:
-        self.path = Path(path)
-        self.problem = problem
-        self.fix = fix
-        super().__init__(f"{self.path}: {problem}\n  How to fix: {fix}")
 
 
 DISK_FULL_ERRNOS = frozenset(
@@ -92,15 +87,12 @@ DISK_FULL_ERRNOS = frozenset(
 NO_PERMISSION_ERRNOS = frozenset((errno.EACCES, errno.EPERM, errno.EROFS))
 
 
-class WriteError(CheckpointError, OSError):
+class WriteError(FileError, OSError):
     """A file could not be written (disk full, no permission, ...); ``errno`` is the cause's.
 
     The base of the manager's ``CheckpointWriteError`` and the exporters' ``ExportWriteError``:
     each says what was kept and how to fix its own kind of write.
     """
-
-    def __str__(self) -> str:  # OSError's own would print only "[Errno 28] ..."
-        return f"{self.path}: {self.problem}\n  How to fix: {self.fix}"
 
     @classmethod
     def from_os_error(

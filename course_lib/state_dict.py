@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from course_lib.display import format_table
+from course_lib.errors import CourseError
 
 logger = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class LoadReport:
         return f"LoadReport({self.summary()})"
 
 
-class StateDictMismatchError(RuntimeError):
+class StateDictMismatchError(CourseError):
     """A strict load found missing, unexpected or shape-mismatched keys; ``.report`` says which.
 
     Nothing was loaded: the model is exactly as it was before the call.
@@ -154,9 +155,10 @@ class StateDictMismatchError(RuntimeError):
     def __init__(self, report: LoadReport, what: str = "model") -> None:
         self.report = report
         super().__init__(
-            f"state_dict does not match the {what}: {report.summary()}\n"
-            "  How to fix: pass strict=False to load the matching keys (and read the report), "
-            "or rename_state_dict_keys / remove_module_prefix first."
+            "state_dict",
+            f"does not match the {what}: {report.summary()}",
+            "pass strict=False to load the matching keys (and read the report), "
+            "or rename_state_dict_keys / remove_module_prefix first.",
         )
 
 

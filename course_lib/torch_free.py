@@ -23,12 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from course_lib.safe_io import CheckpointError
+from course_lib.errors import CourseError
 
 __all__ = ["TorchFreeRun", "TorchFreeRunError", "run_onnx_without_torch"]
 
 
-class TorchFreeRunError(CheckpointError):
+class TorchFreeRunError(CourseError):
     """The ONNX file could not be run in the torch-free process; the message names the fix."""
 
 

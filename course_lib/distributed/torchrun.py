@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from course_lib.distributed import _reaper
+from course_lib.errors import CourseError
 
 __all__ = [
     "RankFailure",
@@ -70,13 +71,13 @@ class TorchrunResult:
         return [line for line in self.output.splitlines() if line.startswith(prefixes)]
 
 
-class TorchrunError(RuntimeError):
+class TorchrunError(CourseError):
     """torchrun ended with a failure; ``.result`` has the output, ``.failures`` the failed ranks."""
 
-    def __init__(self, result: TorchrunResult, message: str) -> None:
+    def __init__(self, result: TorchrunResult, subject: str, problem: str, fix: str) -> None:
         self.result = result
         self.failures = result.failures
-        super().__init__(message)
+        super().__init__(subject, problem, fix)
 
 
 class TorchrunTimeoutError(TorchrunError, TimeoutError):
@@ -302,17 +303,19 @@ def run_torchrun(
     if timed_out:
         raise TorchrunTimeoutError(
             result,
-            f"{name} ran past {timeout:g} s and was killed with all its workers.\n"
-            f"  The job's last lines:\n{_last_lines(output)}\n"
-            "  How to fix: a worker is stuck (a collective its peers never joined?); give the "
+            name,
+            f"ran past {timeout:g} s and was killed with all its workers.\n"
+            f"  The job's last lines:\n{_last_lines(output)}",
+            "a worker is stuck (a collective its peers never joined?); give the "
             "process group a timeout (init_process_group(timeout=...)) shorter than this one.",
         )
     if not result.ok:
         restarts = f" after {max_restarts} restart(s)" if max_restarts else ""
         raise TorchrunError(
             result,
-            f"{name} failed{restarts}: {_describe(result.failures)}.\n"
-            "  How to fix: read that rank's traceback in .failures (or .result.output); "
+            name,
+            f"failed{restarts}: {_describe(result.failures)}.",
+            "read that rank's traceback in .failures (or .result.output); "
             "checkpoints saved before the failure are intact.",
         )
     return result

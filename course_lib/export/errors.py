@@ -6,7 +6,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from course_lib.safe_io import CheckpointError, WriteError
+from course_lib.errors import FileError
+from course_lib.safe_io import WriteError
 
 __all__ = [
     "ExportError",
@@ -28,10 +29,11 @@ class TraceMismatchWarning(UserWarning):
     """A trace answers differently from the model on inputs other than the example."""
 
 
-class ExportError(CheckpointError):
+class ExportError(FileError):
     """An export helper failed; the message names the file (or model), the problem and the fix.
 
-    The course's house error style (``CheckpointError(path, problem, fix)``), for exports.
+    The course's error family (``course_lib.errors.CourseError``), for exports: apart from
+    checkpoint errors, so that ``except CheckpointError`` never catches an export's.
     """
 
 
