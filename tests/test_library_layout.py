@@ -66,12 +66,19 @@ def test_what_a_notebook_calls_names_the_notebook_that_teaches_it(module, name):
 
 @pytest.mark.parametrize(
     "package",
-    ["course_lib.manager", "teacher.grading", "course_lib.export", "course_lib.distributed"],
+    [
+        "course_lib",
+        "course_lib.manager",
+        "teacher.grading",
+        "course_lib.export",
+        "course_lib.distributed",
+    ],
 )
 def test_a_package_gives_the_reading_order_of_all_its_modules(package):
     module = importlib.import_module(package)
     folder = Path(module.__file__).parent
     parts = {p.stem for p in folder.glob("*.py")} - {"__init__", "__main__"}
+    parts |= {p.parent.name for p in folder.glob("*/__init__.py")}  # subpackages
     named = set(re.findall(r"``(\w+)``", module.__doc__ or ""))
     assert parts <= named, f"{package}'s docstring does not place {sorted(parts - named)}"
 
