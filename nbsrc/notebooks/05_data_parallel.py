@@ -76,7 +76,6 @@ print(load_state_dict_any_prefix(model, compiled.state_dict()).summary())
 # %%
 SCRIPT = """
 import sys
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -85,22 +84,18 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from course_lib.models import make_mlp
 
-out = Path(sys.argv[1])
+out = sys.argv[1]
 dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
-rank = dist.get_rank()
 model = DDP(make_mlp())  # rank 0's initial weights are broadcast to every rank
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-for step in range(3):
-    torch.manual_seed(100 * rank + step)  # each rank its own batch
+for step in range(3):  # each rank draws its own random batch
     optimizer.zero_grad()
     model(torch.randn(8, 10)).square().mean().backward()  # gradients averaged across ranks
     optimizer.step()
-if rank == 0:
-    torch.save(model.module.state_dict(), out / "final.pth")  # one writer, no prefix
+if dist.get_rank() == 0:
+    torch.save(model.module.state_dict(), f"{out}/final.pth")  # one writer, no prefix
 dist.barrier()  # the others wait until final.pth is written
-dcp.save({"model": model.state_dict()}, checkpoint_id=out / "dcp")  # each rank writes its part
-if rank == 0:
-    print("[job] dcp files:", sorted(p.name for p in (out / "dcp").iterdir()))
+dcp.save({"model": model.state_dict()}, checkpoint_id=f"{out}/dcp")  # each rank writes its part
 dist.destroy_process_group()
 """
 _ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
@@ -108,7 +103,7 @@ _ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
 # %% [markdown]
 # `torchrun` starts one process per rank and tells each its rank. `run_torchrun` runs
 # `torchrun --standalone --nproc-per-node=2 -m ddp_minimal ...` with a deadline, kills every
-# worker when it ends, and prints the `[job]` lines. The file loads into a plain model:
+# worker when it ends, and names a failed rank. The file loads into a plain model:
 
 # %%
 import os
@@ -116,7 +111,8 @@ import os
 from course_lib.distributed import run_torchrun
 
 os.environ["PYTHONPATH"] = str(workdir)  # where the workers import ddp_minimal from
-run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120, echo=True)
+run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
+print("dcp files:", sorted(p.name for p in (workdir / "dcp").iterdir()))
 print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", map_location=device)))
 
 # %% [markdown]
