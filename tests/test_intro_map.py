@@ -1,7 +1,8 @@
 """00's map quotes ``tools/course_length.py``: every core step, in order, with its minutes.
 
 A figure in prose must be the one the tool computes now; when a notebook changes, this test
-names the row to update (the message holds the whole table, ready to paste).
+names the rows to update. `python tests/test_intro_map.py` rewrites the table from the tool;
+then rebuild 00 with tools/build_notebooks.py.
 """
 
 from __future__ import annotations
@@ -48,3 +49,21 @@ def test_the_map_names_every_deeper_notebook():
               "04b_partial_loading_in_depth", "05b_torchrun_elastic", "06b_export_in_depth",
               "07b_onnx_latency", "08b_retention_async", "09b_durability_in_depth"]  # fmt: skip
     assert [n for n in path16 if f"({n}.ipynb)" not in text] == []
+
+
+def refresh() -> None:
+    """Rewrite 00's table from the tool (then rebuild 00 with tools/build_notebooks.py)."""
+    tool = _tool()
+    rows = dict(expected_rows(tool))
+    _, core = tool.measure_course()
+    path = ROOT / "nbsrc/notebooks/00_introduction.py"
+    text = ROW.sub(
+        lambda m: m.group(0)[: m.start("minutes") - m.start()] + rows[m["name"]] + " |",
+        path.read_text(),
+    )
+    total = f"# | total | | {round(sum(c.minutes for c in core))} |"
+    path.write_text(TOTAL.sub(total, text))
+
+
+if __name__ == "__main__":  # python tests/test_intro_map.py: refresh the table
+    refresh()

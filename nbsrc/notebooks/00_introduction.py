@@ -31,7 +31,7 @@ device, workdir = notebook.start("intro")
 # | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 16 |
 # | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 65 |
 # | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 64 |
-# | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 22 |
+# | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 21 |
 # | [`06_torchscript`](06_torchscript.ipynb) | 6.3.6 | 59 |
 # | [`07_onnx`](07_onnx.ipynb) | 6.3.7 | 54 |
 # | [`08_checkpoint_manager`](08_checkpoint_manager.ipynb) | 6.3.8 | 102 |
@@ -40,7 +40,7 @@ device, workdir = notebook.start("intro")
 # | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 10 |
 # | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | ? |
 # | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 20 |
-# | total | | 509 |
+# | total | | 508 |
 #
 # **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in 15 minutes.
 #
