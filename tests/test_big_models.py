@@ -293,7 +293,7 @@ def test_02_runs_both_allow_lists_before_the_helper():
     source = SOURCES["02_whole_model"].read_text()
     scoped = source.index("torch.serialization.safe_globals(")
     process_wide = source.index("torch.serialization.add_safe_globals(")
-    helper = source.index("safe_load(workdir")
+    helper = source.index("safe_load(path")
     assert scoped < process_wide < helper
     assert "scoped:       MyModel" in "".join(_outputs("02_whole_model"))
 

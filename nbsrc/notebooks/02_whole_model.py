@@ -23,22 +23,19 @@ class MyModel(nn.Module):
 
 
 model = MyModel()
-torch.save(model, workdir / "complete_model.pth")  # the whole model
-torch.save(model.state_dict(), workdir / "model_state_dict.pth")  # for comparison
-whole, weights = [
-    (workdir / n).stat().st_size for n in ("complete_model.pth", "model_state_dict.pth")
-]
-print(
-    f"whole model: {whole} bytes, state_dict: {weights} bytes, difference: {whole - weights} bytes"
-)
+path = workdir / "complete_model.pth"
+torch.save(model, path)  # the whole model
+torch.save(model.state_dict(), workdir / "weights.pth")  # for comparison
+sizes = [p.stat().st_size for p in (path, workdir / "weights.pth")]
+print(f"whole model, state_dict: {sizes} bytes; difference: {sizes[0] - sizes[1]} bytes")
 
 # %% [markdown]
-# The pickled structure costs 752 bytes here: that matters for a tiny model, not a large
+# The pickled structure costs 824 bytes here: that matters for a tiny model, not a large
 # one. Loading is what bites. Since PyTorch 2.6, `torch.load` defaults to `weights_only=True`,
 # which accepts tensors and plain containers only, so the chapter's load **fails on purpose**:
 
 # %% tags=["raises-exception"]
-model = torch.load(workdir / "complete_model.pth")
+model = torch.load(path)
 model.eval()
 
 # %% [markdown]
@@ -51,14 +48,11 @@ model.eval()
 from course_lib.safe_io import safe_load
 
 with torch.serialization.safe_globals([MyModel, nn.Linear]):  # trusted in this block only
-    print("scoped:      ", type(torch.load(workdir / "complete_model.pth")).__name__)
+    print("scoped:      ", type(torch.load(path)).__name__)
 torch.serialization.add_safe_globals([MyModel, nn.Linear])  # trusted from now on
-print("process-wide:", type(torch.load(workdir / "complete_model.pth")).__name__)
+print("process-wide:", type(torch.load(path)).__name__)
 torch.serialization.clear_safe_globals()
-print(
-    "safe_load:   ",
-    type(safe_load(workdir / "complete_model.pth", allowed_globals=[MyModel, nn.Linear])).__name__,
-)
+print("safe_load:   ", type(safe_load(path, allowed_globals=[MyModel, nn.Linear])).__name__)
 
 # %% [markdown]
 # Trust does not bring back a class that is gone. In a process that never defined `MyModel` (or
@@ -66,7 +60,7 @@ print(
 
 # %% tags=["raises-exception"]
 del MyModel  # as in a fresh process
-torch.load(workdir / "complete_model.pth", weights_only=False)
+torch.load(path, weights_only=False)
 
 # %% [markdown]
 # ## The security lesson: loading a pickle runs code

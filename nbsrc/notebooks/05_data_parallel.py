@@ -88,10 +88,8 @@ out = sys.argv[1]
 dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 model = DDP(make_mlp())  # rank 0's initial weights are broadcast to every rank
 optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-for step in range(3):  # each rank draws its own random batch
-    optimizer.zero_grad()
-    model(torch.randn(8, 10)).square().mean().backward()  # gradients averaged across ranks
-    optimizer.step()
+model(torch.randn(8, 10)).square().mean().backward()  # own batch; gradients averaged
+optimizer.step()  # so every rank takes the same step
 if dist.get_rank() == 0:
     torch.save(model.module.state_dict(), f"{out}/final.pth")  # one writer, no prefix
 dist.barrier()  # the others wait until final.pth is written
