@@ -28,7 +28,7 @@ device, workdir = notebook.start("intro")
 # |---|---|---|
 # | [`00_introduction`](00_introduction.ipynb) | intro | 3 |
 # | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | 12 |
-# | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 15 |
+# | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 14 |
 # | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 65 |
 # | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 64 |
 # | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 21 |
@@ -40,7 +40,7 @@ device, workdir = notebook.start("intro")
 # | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 10 |
 # | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | ? |
 # | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 20 |
-# | total | | 506 |
+# | total | | 505 |
 #
 # **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in 15 minutes.
 #

@@ -67,7 +67,9 @@ torch.load(path, weights_only=False)
 #
 # A pickle may tell the loader "call this function with these arguments", any function. An
 # attacker's checkpoint looks like ordinary weights; its payload here only writes a marker file.
-# Today's default refuses it before anything runs (**fails on purpose**):
+# Today's default refuses it before anything runs (**fails on purpose**). With
+# `weights_only=False`, what every `torch.load` did before PyTorch 2.6 and what old tutorials
+# still show, the payload runs the moment the file is loaded (the cell after it):
 
 
 # %% tags=["raises-exception"]
@@ -78,10 +80,6 @@ class Payload:
 
 torch.save({"weights": nn.Linear(10, 5).state_dict(), "note": Payload()}, workdir / "crafted.pth")
 torch.load(workdir / "crafted.pth")
-
-# %% [markdown]
-# With `weights_only=False`, what every `torch.load` did before PyTorch 2.6 and what old
-# tutorials still show, the payload runs the moment the file is loaded:
 
 # %%
 torch.load(workdir / "crafted.pth", weights_only=False)

@@ -81,25 +81,11 @@ from course_lib.inspection import inspect_checkpoint
 print(inspect_checkpoint(workdir / "model_dp.pth").summary())
 
 # %% [markdown]
-# ## 2. `DistributedDataParallel`, launched with `torchrun`
+# ## 2. A real job under `torchrun`
 #
-# PyTorch's documentation recommends `DistributedDataParallel` over `DataParallel`, even on a
-# single machine:
-#
-# - `DataParallel` is one process with one thread per GPU: the threads fight over Python's GIL, the
-#   model is copied to every GPU on every forward pass, and inputs and outputs are gathered on the
-#   first GPU, which runs out of memory first. It cannot span machines.
-# - DDP runs one **process** per device. Each process keeps its own copy of the model, sees its own
-#   part of the data, and during `backward()` the gradients are averaged across processes (an
-#   *all-reduce*, overlapped with the computation), so every copy takes the same optimizer step.
-#   The same code runs on one machine or many.
-#
-# DDP keeps the model as `.module` too: its keys carry the same `module.` prefix.
-#
-# Something has to start those processes, tell each its *rank*, and let them find each other (the
-# *rendezvous*). That is `torchrun` (`python -m torch.distributed.run`), PyTorch's launcher, the
-# one you will use on a cluster. It runs a script or a module once per rank; each worker is a
-# fresh Python interpreter, so the training code lives in a file, not in this notebook. Ours is
+# `05_data_parallel` explained why DDP, and ran a minimal script with `torchrun`
+# (`python -m torch.distributed.run`), PyTorch's launcher: it starts one fresh Python process per
+# rank, tells each its *rank*, and lets them find each other (the *rendezvous*). Here the job is
 # `course_lib/distributed/elastic_job.py` (open it beside this notebook). It trains the chapter's
 # MLP with DDP for 12 steps, writes a sharded checkpoint every 4 steps, and at the end rank 0
 # saves `ddp.module.state_dict()` (no prefix) as `final.pth` while the others wait at a barrier.
