@@ -27,7 +27,7 @@ device, workdir = notebook.start("intro")
 # | step | section | minutes |
 # |---|---|---|
 # | [`00_introduction`](00_introduction.ipynb) | intro | 3 |
-# | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | 12 |
+# | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | 11 |
 # | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 14 |
 # | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 65 |
 # | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 64 |

@@ -21,11 +21,9 @@ for name, param in model.state_dict().items():
     print(f"  {name}: {param.shape}")
 
 # %% [markdown]
-# The names are paths through the module tree: `0.weight` is the `weight` of the module at index
-# `0`, stored as `[out_features, in_features]`; the `ReLU` has no tensors. Not everything is
-# learned: `BatchNorm1d` keeps *buffers* (running mean, variance, a counter) that the optimizer
-# never sees but `eval()` uses, so they are in the `state_dict` too. Pick an entry to see its
-# shape and histogram (the panel needs a running kernel):
+# `0.weight` is the `weight` of the module at index `0`, shaped `[out, in]`; `ReLU` has no
+# tensors. `BatchNorm1d` also keeps *buffers* (running statistics) that no optimizer updates but
+# `eval()` uses, so they are in the `state_dict` too. Pick an entry (needs a running kernel):
 
 # %% tags=["nbval-ignore-output"]
 from course_lib.explore import layer_explorer
@@ -51,12 +49,10 @@ print(result)
 # %% [markdown]
 # ## Another device: `map_location`; and the trap of `assign=True`
 #
-# `torch.load` puts a tensor back on the device it was saved from: a file from a GPU machine
-# asks for a GPU, and a CPU-only machine refuses it. `map_location` (`"cpu"`, `"cuda:0"`, or a
-# `torch.device` chosen at run time) puts the tensors where you say. Then,
+# `torch.load` puts tensors back on the device they were saved from, so a CPU-only machine
+# refuses a GPU file; `map_location` (`"cpu"`, `"cuda:0"`, a `torch.device`) moves them. Then
 # `load_state_dict(state, assign=True)` makes the model *take* the loaded tensors instead of
-# copying them (`01b`'s big-model recipe needs it): an optimizer created before still holds the
-# old ones and would train nothing. Create it after:
+# copying them (`01b` needs it): an optimizer created before holds the old ones. Create it after:
 
 # %%
 from course_lib.device import save_as_if_on_gpu
