@@ -17,7 +17,7 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
     Columns default to every key seen, in order of appearance. Floats get 4 decimals, missing
     values ``-``, SHA-256 digests (a ``sha256`` column) their first 12 hex digits.
 
-    Taught in notebooks/05_data_parallel.ipynb.
+    Taught in notebooks/05b_torchrun_elastic.ipynb.
     """
     if not rows:
         return "(no rows)"
@@ -45,6 +45,6 @@ def format_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | Non
 def show_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> None:
     """Print ``format_table(rows, columns)``.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    Taught in notebooks/01b_big_models.ipynb.
     """
     print(format_table(rows, columns))

@@ -17,7 +17,7 @@ __all__ = [
 def state_dict_rows(model: nn.Module) -> list[dict[str, Any]]:
     """One row per ``state_dict`` entry: name, parameter or buffer, shape, element count, dtype.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    Taught in notebooks/01b_big_models.ipynb.
     """
     parameter_names = {name for name, _ in model.named_parameters()}
     return [
@@ -35,7 +35,7 @@ def state_dict_rows(model: nn.Module) -> list[dict[str, Any]]:
 def layer_summary(model: nn.Module, name: str) -> str:
     """A few lines about one ``state_dict`` entry: shape, count, and value statistics.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    Taught in notebooks/01b_big_models.ipynb.
     """
     tensor = model.state_dict()[name]
     values = tensor.detach().float().cpu()
@@ -51,7 +51,7 @@ def layer_summary(model: nn.Module, name: str) -> str:
 def plot_layer_histogram(model: nn.Module, name: str, ax: Any = None) -> Any:
     """Draw a histogram of one entry's values on ``ax`` (a new figure when None); return the axes.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    Taught in notebooks/01b_big_models.ipynb.
     """
     import matplotlib.pyplot as plt
 

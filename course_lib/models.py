@@ -16,7 +16,7 @@ __all__ = [
 def make_mlp(in_features: int = 10, hidden: int = 20, out_features: int = 5) -> nn.Sequential:
     """The chapter's 6.3.1 model: ``Sequential(Linear(10, 20), ReLU(), Linear(20, 5))``.
 
-    Taught in notebooks/02_whole_model.ipynb.
+    Taught in notebooks/05_data_parallel.ipynb.
     """
     return nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(), nn.Linear(hidden, out_features))
 

@@ -82,7 +82,7 @@ def remove_module_prefix(
     ``torch.nn.modules.utils.consume_prefix_in_state_dict_if_present``, which works in place and
     strips from any key that has the prefix). Returns a new dict; the tensors are shared.
 
-    Taught in notebooks/05_data_parallel.ipynb.
+    Taught in notebooks/05b_torchrun_elastic.ipynb.
     """
     return _strip(state_dict, detect_wrapper_prefix(state_dict.keys(), prefixes))
 
@@ -102,7 +102,7 @@ def add_module_prefix(
     name in ``_metadata``), as a ``DataParallel``/DDP (``'module.'``) or compiled (``'_orig_mod.'``)
     model's ``state_dict()`` would have it.
 
-    Taught in notebooks/05_data_parallel.ipynb.
+    Taught in notebooks/05b_torchrun_elastic.ipynb.
     """
     if not prefix.endswith("."):
         raise ValueError(

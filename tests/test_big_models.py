@@ -1,4 +1,4 @@
-"""Loading big models (meta + mmap + assign), safetensors state, and notebooks 01/02's own defects.
+"""Loading big models (meta + mmap + assign), safetensors state, and notebooks 01/01b/02/02b's defects.
 
 The memory test measures real processes (``/proc/self/status``) on a 64 MB model: it checks the
 property the helper exists for (one copy of the weights, not two), not a speed or an exact size.
@@ -26,7 +26,7 @@ from course_lib.tensor_state import load_state_safetensors, save_state_safetenso
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {
     name: ROOT / "nbsrc" / "notebooks" / f"{name}.py"
-    for name in ("01_state_dict", "02_whole_model")
+    for name in ("01_state_dict", "01b_big_models", "02_whole_model", "02b_safe_formats")
 }
 
 
@@ -177,7 +177,7 @@ def test_damaged_structure_metadata_is_a_checkpoint_error(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# Notebooks 01 and 02
+# Notebooks 01, 01b, 02 and 02b
 # ----------------------------------------------------------------------------------------------
 
 
@@ -231,14 +231,78 @@ def _solution_blocks(name: str) -> list[str]:
     return blocks
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES))
+# 01 and 02's solutions use the notebook's own variables (a learner runs them after the notebook):
+# tests/test_inline_solutions.py runs those; 01b and 02b's are self-contained and run here.
+SELF_CONTAINED = ["01b_big_models", "02b_safe_formats"]
+
+
+@pytest.mark.parametrize("name", SELF_CONTAINED)
 def test_inline_exercise_solutions_pass_their_own_checks(name, tmp_path, monkeypatch):
     blocks = _solution_blocks(name)
-    assert len(blocks) >= 2, "each exercise has a collapsed solution with its check"
+    assert blocks, "each exercise has a collapsed solution with its check"
     monkeypatch.chdir(tmp_path)
     namespace = {"workdir": tmp_path, "__name__": "__solution__"}  # one kernel, cells in order
     for block in blocks:
         exec(compile(block, f"<{name} solution>", "exec"), namespace)  # the asserts are the check
+
+
+def _outputs(name: str) -> list[str]:
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    return [
+        "".join(out.get("text", "")) + "".join(out.get("data", {}).get("text/plain", ""))
+        for cell in nb["cells"]
+        if cell["cell_type"] == "code"
+        for out in cell["outputs"]
+    ]
+
+
+def test_02_quotes_the_size_difference_its_run_printed():
+    """02 said "a few kilobytes" where its output showed 680 bytes."""
+    printed = re.findall(r"difference: (\d+) bytes", "".join(_outputs("02_whole_model")))
+    prose = SOURCES["02_whole_model"].read_text()
+    assert len(printed) == 1, printed
+    assert f"costs {printed[0]} bytes" in prose
+    assert "kilobyte" not in prose
+
+
+@pytest.mark.parametrize("name", sorted(SOURCES))
+def test_no_stray_load_state_dict_report(name):
+    """01 showed `<All keys matched successfully>` as a cell's value (an unassigned
+    `model.load_state_dict(...)` at the end of a cell). Printing the report on purpose is fine."""
+    nb = json.loads((ROOT / "notebooks" / f"{name}.ipynb").read_text())
+    stray = [
+        cell["source"][-1] if isinstance(cell["source"], list) else cell["source"].splitlines()[-1]
+        for cell in nb["cells"]
+        if cell["cell_type"] == "code"
+        for out in cell["outputs"]
+        if out["output_type"] == "execute_result"
+        and "All keys matched" in "".join(out["data"].get("text/plain", ""))
+    ]
+    assert stray == [], f"assign the result (`_ = ...`) or print it on purpose: {stray}"
+
+
+def test_01_shows_the_optimizer_made_before_assign_loses_the_model():
+    """The official recipe's caveat, live: after load_state_dict(..., assign=True), an optimizer
+    created earlier holds the old tensors; one created after holds the model's."""
+    text = "".join(_outputs("01_state_dict"))
+    assert "made before, holds the weight: False" in text
+    assert "made after, holds the weight:  True" in text
+
+
+def test_02_runs_both_allow_lists_before_the_helper():
+    source = SOURCES["02_whole_model"].read_text()
+    scoped = source.index("torch.serialization.safe_globals(")
+    process_wide = source.index("torch.serialization.add_safe_globals(")
+    helper = source.index("safe_load(path")
+    assert scoped < process_wide < helper
+    assert "scoped:       MyModel" in "".join(_outputs("02_whole_model"))
+
+
+def test_02_does_not_call_an_exported_program_safe():
+    """A `.pt2` archive can carry pickles and native code: load programs only from a trusted source."""
+    prose = SOURCES["02_whole_model"].read_text()
+    assert "not a pickle" not in prose
+    assert "trusted source" in prose and "safetensors" in prose
 
 
 def test_further_reading_ends_each_notebook():

@@ -1,5 +1,8 @@
 """A learner's view, in a real browser: JupyterLab runs a chapter notebook and its widget responds.
 
+The layer explorer lives in the lean 01_state_dict (nine cells, a few seconds), which is why the
+widget test runs that notebook rather than a separate one.
+
 Drives Debian's Chromium with Playwright against the course's own ``./course lab``. The notebooks are
 copied to a temporary folder first, so the run cannot change the committed ones.
 """
@@ -124,7 +127,7 @@ def test_learner_runs_the_state_dict_chapter_and_uses_the_layer_explorer(open_an
 
     # Every cell ran (the last code cell shows its output) and none failed but the cells that
     # fail on purpose (tagged raises-exception, which JupyterLab's Run All runs past).
-    expect(outputs.filter(has_text="on the course device: True")).to_be_visible()
+    expect(outputs.filter(has_text="made after, holds the weight:  True")).to_be_visible()
     expect(tracebacks(page)).to_have_count(failing_on_purpose("01_state_dict.ipynb"))
     page.screenshot(path=str(course.parent / "state_dict_chapter.png"))
     # The copy in the temporary folder ran, not the committed notebook.

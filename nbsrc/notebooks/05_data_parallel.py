@@ -3,53 +3,18 @@
 #
 # Training on several devices wraps the model, and the wrapper shows up in the checkpoint: every
 # key of a `DataParallel` (or `DistributedDataParallel`) model's `state_dict` starts with
-# `module.`. This notebook follows the chapter through that prefix, fixes the chapter's recipe,
-# and then goes where the chapter points next, with the tools a real multi-machine job uses:
-# `torchrun` starts the processes, `DistributedDataParallel` trains, `torch.distributed.checkpoint`
-# writes *sharded* checkpoints, and a job that loses a worker carries on from the last one.
-#
-# ## What you will learn
-#
-# - where the `module.` prefix comes from, and the two ways to deal with it;
-# - why the chapter's loading snippet fails as written, and a one-call loader for every
-#   combination of plain/wrapped checkpoint and plain/wrapped model;
-# - to launch a DDP training script with `torchrun` from this notebook, save from rank 0 behind a
-#   barrier, and load with the right `map_location`;
-# - to checkpoint with `torch.distributed.checkpoint` (DCP) every few steps so that a step appears
-#   only when every rank's shard is written, kill a worker with `SIGKILL`, and let torchrun
-#   restart the job, which ends with the same bits as a run that was never interrupted;
-# - to run the same job as two torchrun "nodes" (the command you will type on a cluster), and to
-#   load a checkpoint of 2 ranks in 1 process, on 3 ranks, or as one ordinary file.
-#
-# ## Prerequisites
-#
-# `state_dict`s (`01_state_dict`), optimizers and RNG state in checkpoints (`03_checkpoints`), and
-# notebook `04_mismatched_state_dict`. No GPU needed: everything runs on the CPU (DDP with the
-# `gloo` backend); on a machine with a GPU per process the same script uses `nccl`.
-#
-# **Run time**: about a minute on 2 CPU cores. Sections 2, 3 and 5 each start a real torchrun
-# job, and every worker is a new Python process that imports PyTorch (several seconds each); the
-# heavier runs (faults, resharding on 3 ranks, the asynchronous save) live in the tests and in
-# `benchmarks/bench_distributed.py`.
-
-# %%
-from course_lib import notebook
-
-device, workdir = notebook.start("6.3.5")
-
-# %% [markdown]
-# ## 1. `DataParallel` and its `module.` prefix
-#
-# `nn.DataParallel` keeps your model as its attribute `.module`, so the names of all parameters
-# gain a `module.` in front. (Without a GPU it simply calls the model: the code runs anywhere.)
-# The chapter's code, as written:
+# `module.`. No GPU needed: `DataParallel` without one simply calls the model. Deeper:
+# [`05b_torchrun_elastic`](05b_torchrun_elastic.ipynb) (every prefix combination, a job that
+# survives a killed worker, two nodes, resharding). The chapter's code, as written:
 
 # %%
 import torch
 from torch import nn
 
+from course_lib import notebook
 from course_lib.models import make_mlp
 
+device, workdir = notebook.start("6.3.5")
 model = make_mlp().to(device)
 
 # DataParallel adds the prefix 'module.' to every key
@@ -58,13 +23,11 @@ torch.save(model.module.state_dict(), workdir / "model.pth")  # note .module
 
 # or save the whole state_dict and deal with the prefix when loading
 torch.save(model.state_dict(), workdir / "model_dp.pth")
-
-print("model.pth:   ", list(torch.load(workdir / "model.pth")))
 print("model_dp.pth:", list(torch.load(workdir / "model_dp.pth")))
 
 # %% [markdown]
-# The chapter then strips the prefix when loading and loads the result into `model`, which is still
-# the `DataParallel` wrapper and so *expects* the prefix. This cell fails on purpose.
+# The chapter then strips the prefix and loads the result into `model`, which is still the
+# `DataParallel` wrapper and so *expects* the prefix. This cell **fails on purpose**:
 
 
 # %% tags=["raises-exception"]
@@ -85,434 +48,104 @@ state_dict = remove_module_prefix(state_dict)
 model.load_state_dict(state_dict)
 
 # %% [markdown]
-# The stripped `state_dict` is meant for the *plain* model: load it into `model.module` (or into a
-# new, unwrapped model), and keep the prefixed one for the wrapper.
+# The stripped `state_dict` is for the *plain* model: load it into `model.module`. `torch.compile`
+# wraps a model too and adds `_orig_mod.` (its `state_dict()` shows it without compiling
+# anything). `course_lib.prefixes.load_state_dict_any_prefix` strips whatever wrapper prefix a
+# checkpoint has (only when *every* key carries it, so `module_norm.weight` is never cut short)
+# and loads into a plain or wrapped model:
 
 # %%
+from course_lib.prefixes import load_state_dict_any_prefix
+
 print(model.module.load_state_dict(state_dict))
-fresh = make_mlp().to(device)
-print(fresh.load_state_dict(state_dict))
+compiled = torch.compile(make_mlp().to(device))
+print("torch.compile keys:", list(compiled.state_dict())[:2])
+print(load_state_dict_any_prefix(model, compiled.state_dict()).summary())
 
 # %% [markdown]
-# The chapter's function also drops `_metadata` (see `04_mismatched_state_dict`), and the same
-# problem comes back with `torch.compile`, whose wrapper adds `_orig_mod.`, or with both wrappers
-# (`module._orig_mod.`). `course_lib.prefixes.remove_module_prefix` strips `module.` and
-# `_orig_mod.`, nested in any order, keeps `_metadata`, and strips a prefix only when **every**
-# key carries it, as a wrapper's keys do. So a key that merely starts with the letters "module"
-# (`module_norm.weight`, `modules_list.0.weight`) is never cut short, the danger of the `k[7:]`
-# idiom wherever it is used without its check. `add_module_prefix` does the reverse.
+# ## `DistributedDataParallel`, and why
 #
-# `load_state_dict_any_prefix` is the one call for every combination: it unwraps the model, strips
-# whatever wrapper prefix the checkpoint has, and loads strictly (with a report, as in notebook 04).
+# PyTorch recommends `DistributedDataParallel` (DDP) over `DataParallel`: `DataParallel` is one
+# process with a thread per GPU (they contend for Python's GIL), copies the model to every GPU on
+# every forward pass, gathers outputs on the first GPU, and cannot span machines. DDP runs one
+# **process** per device; `backward()` averages the gradients across them, so every copy takes
+# the same step. Its keys carry `module.` too. A minimal script (each process is a fresh Python,
+# so the code lives in a file): rank 0 alone saves (two writers would race), a barrier holds the
+# others until the file exists, then each rank writes its part of a `dcp.save` checkpoint:
 
 # %%
-from course_lib.prefixes import (
-    add_module_prefix,
-    load_state_dict_any_prefix,
-    remove_module_prefix,
-)
-
-plain_state = torch.load(workdir / "model.pth")
-dp_state = torch.load(workdir / "model_dp.pth")
-print("stripped:", list(remove_module_prefix(dp_state)))
-compiled_layout = add_module_prefix(add_module_prefix(plain_state, "_orig_mod."), "module.")
-print("DataParallel(torch.compile(model)) keys:", list(compiled_layout)[:2], "...")
-print("stripped:", list(remove_module_prefix(compiled_layout))[:2], "...")
-print(
-    "a key that only looks prefixed:",
-    list(remove_module_prefix({"module_norm.weight": 0, "module.fc.weight": 1})),
-)
-
-for checkpoint_name, checkpoint in [
-    ("plain", plain_state),
-    ("module.", dp_state),
-    ("module._orig_mod.", compiled_layout),
-]:
-    for model_name, wrap in [("plain model", lambda m: m), ("DataParallel", nn.DataParallel)]:
-        report = load_state_dict_any_prefix(wrap(make_mlp().to(device)), checkpoint)
-        print(f"{checkpoint_name:18s} checkpoint -> {model_name:12s}: {report.summary()}")
-
-# %% [markdown]
-# And to know which prefix a file carries before building anything:
-
-# %%
-from course_lib.inspection import inspect_checkpoint
-
-print(inspect_checkpoint(workdir / "model_dp.pth").summary())
-
-# %% [markdown]
-# ## 2. `DistributedDataParallel`, launched with `torchrun`
-#
-# PyTorch's documentation recommends `DistributedDataParallel` over `DataParallel`, even on a
-# single machine:
-#
-# - `DataParallel` is one process with one thread per GPU: the threads fight over Python's GIL, the
-#   model is copied to every GPU on every forward pass, and inputs and outputs are gathered on the
-#   first GPU, which runs out of memory first. It cannot span machines.
-# - DDP runs one **process** per device. Each process keeps its own copy of the model, sees its own
-#   part of the data, and during `backward()` the gradients are averaged across processes (an
-#   *all-reduce*, overlapped with the computation), so every copy takes the same optimizer step.
-#   The same code runs on one machine or many.
-#
-# DDP keeps the model as `.module` too: its keys carry the same `module.` prefix.
-#
-# Something has to start those processes, tell each its *rank*, and let them find each other (the
-# *rendezvous*). That is `torchrun` (`python -m torch.distributed.run`), PyTorch's launcher, the
-# one you will use on a cluster. It runs a script or a module once per rank; each worker is a
-# fresh Python interpreter, so the training code lives in a file, not in this notebook. Ours is
-# `course_lib/distributed/elastic_job.py` (open it beside this notebook). It trains the chapter's
-# MLP with DDP for 12 steps, writes a sharded checkpoint every 4 steps, and at the end rank 0
-# saves `ddp.module.state_dict()` (no prefix) as `final.pth` while the others wait at a barrier.
-#
-# The command, exactly as you could type it in a terminal:
-
-# %%
+SCRIPT = """
 import sys
 
-from course_lib.distributed import torchrun_command
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-job = "course_lib.distributed.elastic_job"
-straight_args = ["--workdir", str(workdir / "straight"), "--steps", "12", "--save-every", "4"]
-print(
-    " ".join(torchrun_command(job, straight_args, nproc_per_node=2)).replace(
-        sys.executable, "python"
-    )
-)
+from course_lib.models import make_mlp
+
+out = sys.argv[1]
+dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
+model = DDP(make_mlp())  # rank 0's initial weights are broadcast to every rank
+optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+model(torch.randn(8, 10)).square().mean().backward()  # own batch; gradients averaged
+optimizer.step()  # so every rank takes the same step
+if dist.get_rank() == 0:
+    torch.save(model.module.state_dict(), f"{out}/final.pth")  # one writer, no prefix
+dist.barrier()  # the others wait until final.pth is written
+dcp.save({"model": model.state_dict()}, checkpoint_id=f"{out}/dcp")  # each rank writes its part
+dist.destroy_process_group()
+"""
+_ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
 
 # %% [markdown]
-# `--standalone` runs the rendezvous on this machine; `--nproc-per-node=2` starts two workers and
-# gives them `RANK`, `WORLD_SIZE`, `LOCAL_RANK`, `MASTER_ADDR` and `MASTER_PORT` in their
-# environment, which is all `init_process_group()` needs. From a notebook, `run_torchrun` starts
-# that command as a subprocess, waits with a deadline, kills torchrun's whole process group when
-# it ends (no worker is left behind, even if this kernel dies), and turns a failure into an error
-# that names the rank and what it did. It shows the job's own `[job]` lines, printed by rank 0,
-# rather than torchrun's logs:
+# `torchrun` starts one process per rank and tells each its rank. `run_torchrun` runs
+# `torchrun --standalone --nproc-per-node=2 -m ddp_minimal ...` with a deadline, kills every
+# worker when it ends, and names a failed rank. The file loads into a plain model:
 
 # %%
+import os
+
 from course_lib.distributed import run_torchrun
 
-straight = run_torchrun(job, straight_args, nproc_per_node=2, timeout=180, echo=True)
-print(f"torchrun ran for {straight.seconds:.1f} s")
+os.environ["PYTHONPATH"] = str(workdir)  # where the workers import ddp_minimal from
+run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
+print("dcp files:", sorted(p.name for p in (workdir / "dcp").iterdir()))
+print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", map_location=device)))
 
 # %% [markdown]
-# Only **rank 0 saves** `final.pth` (every rank holds the same weights; two processes writing one
-# file would race), and the **barrier** after it keeps the others from reading it too early. Load
-# it with `map_location` set to *your* device (under NCCL, rank *r* would use `cuda:r`), into a
-# plain model: the job saved `ddp.module.state_dict()`, without the prefix.
-
-# %%
-from course_lib.safe_io import safe_load
-
-final_straight = safe_load(workdir / "straight" / "final.pth", map_location=device)
-print(list(final_straight))
-print(make_mlp().to(device).load_state_dict(final_straight))
-
-# %% [markdown]
-# ## 3. A worker dies, the job carries on
+# ## Sharded checkpoints, in one paragraph
 #
-# Checkpoints exist for this moment. `--fault kill:1:10` makes rank 1 send itself `SIGKILL` at the
-# start of step 10, as the kernel's out-of-memory killer or a lost machine would: no exception,
-# no cleanup. With `--max-restarts=3` torchrun then stops the surviving worker, starts both again
-# (`TORCHELASTIC_RESTART_COUNT` tells them which attempt this is), and the job loads the newest
-# complete checkpoint, step 8, and trains steps 9 to 12 again.
-
-# %%
-killed_args = ["--workdir", str(workdir / "killed"), "--steps", "12", "--save-every", "4"]
-killed = run_torchrun(
-    job,
-    killed_args + ["--fault", "kill:1:10"],
-    nproc_per_node=2,
-    max_restarts=3,
-    timeout=240,
-    echo=True,
-)
-
-# %% [markdown]
-# Was anything lost? Compare the final weights of both runs, bit for bit, and draw each run's
-# loss per step (the log `losses.jsonl` gets a line per step from rank 0, tagged with the attempt).
-
-# %%
-import matplotlib.pyplot as plt
-
-from course_lib.distributed.loss_curves import plot_elastic_losses, read_losses
-
-final_killed = safe_load(workdir / "killed" / "final.pth", map_location=device)
-print(
-    "final weights bitwise equal:",
-    all(torch.equal(final_straight[k], final_killed[k]) for k in final_straight),
-)
-straight_log, killed_log = read_losses(workdir / "straight"), read_losses(workdir / "killed")
-print("restarts torchrun made:", max(r.attempt for r in killed_log))
-print("steps computed twice:", [r.step for r in killed_log if r.attempt > 0 and r.step <= 10])
-plot_elastic_losses(straight_log, killed_log)
-plt.show()
-
-# %% [markdown]
-# The curves lie on top of each other, and steps 9 and 10, computed before and after the restart,
-# have the same loss: the resumed job did exactly what the first attempt did. That takes more than
-# model and optimizer. The job also makes:
+# With DDP every rank holds the whole model, so rank 0's `torch.save` is enough. When the model
+# is split across ranks (FSDP, tensor parallelism), no rank has it all: `dcp.save` has each rank
+# write its shard plus a `.metadata` file saying where each piece lives, and `dcp.load`
+# reassembles it on any number of ranks, even one (`05b_torchrun_elastic`).
 #
-# - **the data order** a function of the seed and the epoch (as `DistributedSampler.set_epoch`
-#   does), so a resumed job knows which batch step 9 was without any loader state;
-# - **each rank's RNG state** part of the checkpoint, under a key of its own (`rng.rank0`,
-#   `rng.rank1`): the job adds random noise to its inputs, different on every rank;
-# - **the thread count** the same in every run (`OMP_NUM_THREADS=1`): the order in which a matrix
-#   product adds up its terms depends on it, and floating-point addition is not associative.
+# ## Exercise
 #
-# One more detail makes the restart work at all. torchrun keeps one key-value store for all
-# attempts, and a plain `init_process_group()` writes the same keys into it every time; after a
-# restart the new workers can read the *dead* workers' addresses and fail with `Gloo
-# connectFullMesh failed ... Connection refused`, using up a restart. The job's
-# `init_process_group_for_attempt` gives every attempt its own key prefix.
+# Load `model_dp.pth` (with the prefix) into a fresh, unwrapped `make_mlp()` using only PyTorch:
+# `torch.nn.modules.utils.consume_prefix_in_state_dict_if_present` strips a prefix in place.
 #
-# ## 4. A checkpoint appears all at once
-#
-# A worker can die in the middle of a save, leaving some ranks' shards written and others not.
-# The job's `save_step` (in `course_lib/distributed/step_checkpoints.py`) has every rank write
-# into `step_000008.incomplete/`, waits at a barrier until all have, and only then rank 0 renames
-# the folder to `step_000008/`: one rename, atomic on a POSIX file system. A folder without the
-# suffix is complete:
-
-# %%
-checkpoints = workdir / "killed" / "checkpoints"
-print(sorted(p.name for p in checkpoints.iterdir()))
-print(sorted(p.name for p in (checkpoints / "step_000012").iterdir()))
-
-# %% [markdown]
-# A complete-looking folder can still be damaged later (a full disk during a copy, a lost file).
-# Before resuming, the job checks the newest folder against its `.metadata`, which records which
-# bytes of which file hold every tensor. Here a copy with rank 1's shard of step 12 cut in half:
-# the check refuses it (this cell fails on purpose) ...
-
-# %% tags=["raises-exception"]
-import shutil
-
-from course_lib.distributed import check_step_folder, newest_complete_step
-
-damaged = workdir / "damaged"
-shutil.copytree(checkpoints, damaged)
-shard = damaged / "step_000012" / "__1_0.distcp"
-with shard.open("r+b") as f:
-    f.truncate(shard.stat().st_size // 2)
-check_step_folder(damaged / "step_000012")
-
-# %% [markdown]
-# ... and a restarted job would fall back to the previous complete step (the tests run exactly
-# that: a worker truncates its shard, kills itself, and the job still ends with the same bits):
-
-# %%
-choice = newest_complete_step(damaged)
-print("resume from step", choice.step)
-print("refused:", choice.refused)
-# %% [markdown]
-# ## 5. Two nodes on one machine
-#
-# On a cluster you start torchrun once per machine (*node*), and the nodes meet at a rendezvous
-# endpoint. Here are two "nodes" of one worker each, both on this machine, meeting through the
-# `c10d` rendezvous on 127.0.0.1. Every node runs the same command:
-
-# %%
-two_node_args = ["--workdir", str(workdir / "two_nodes"), "--steps", "12", "--save-every", "4"]
-command = torchrun_command(
-    job,
-    two_node_args,
-    nproc_per_node=1,
-    nnodes=2,
-    rdzv_endpoint="127.0.0.1:29500",
-    rdzv_id="course",
-)
-print(" ".join(command).replace(sys.executable, "python"))
-
-# %% [markdown]
-# `run_torchrun(..., nnodes=2)` starts it twice (on a free port rather than 29500, which another
-# job on this machine may hold). Two nodes of one worker make the same world of 2 ranks as before,
-# so the result must be the same, to the bit:
-
-# %%
-two_nodes = run_torchrun(job, two_node_args, nproc_per_node=1, nnodes=2, timeout=180, echo=True)
-final_two = safe_load(workdir / "two_nodes" / "final.pth", map_location=device)
-print(
-    "bitwise equal to the single-node run:",
-    all(torch.equal(final_straight[k], final_two[k]) for k in final_straight),
-)
-
-# %% [markdown]
-# On a real cluster, what changes in that command:
-#
-# - `--rdzv-endpoint=HOST:29500`: a host that every node can reach (usually node 0's name), and a
-#   free port on it; `--rdzv-id`: unique per job (e.g. `$SLURM_JOB_ID`), so that two jobs never
-#   meet by mistake. `--node-rank` is not needed: with `c10d` torchrun ignores it and numbers the
-#   nodes itself (only the static rendezvous, `--master-addr`/`--master-port`, uses it).
-# - `--nnodes=2` becomes the number of machines, or `MIN:MAX` (`--nnodes=2:4`) for a job that goes
-#   on with fewer nodes after losing one; `--nproc-per-node` becomes the number of GPUs per machine
-#   (`gpu`), and `--max-restarts` how many failures the job survives.
-# - The backend: `choose_backend` in the job picks **NCCL** when every rank of a node has its own
-#   GPU (`torch.cuda.device_count() >= LOCAL_WORLD_SIZE`), and `gloo` otherwise, as here. Each rank
-#   then calls `torch.cuda.set_device(LOCAL_RANK)` and loads with `map_location=f"cuda:{LOCAL_RANK}"`.
-#   If the machines have several network interfaces, `NCCL_SOCKET_IFNAME` (or
-#   `GLOO_SOCKET_IFNAME`) names the one to use.
-# - The checkpoint folder must be on storage that every node sees (a shared file system): each rank
-#   writes its own shard into the same step folder.
-#
-# ## 6. Resharding: saved by 2 ranks, loaded by 1, by 3, or as one file
-#
-# DCP wrote one file per rank plus a `.metadata` file that records every tensor's global shape and
-# which piece (*chunk*) of it each file holds. The model and optimizer are replicated (each rank
-# has all of them; DCP lets each rank write some), while `table` was split by rows across the
-# ranks, so each rank wrote its own half: two chunks. (DDP replicates the model; the table stands
-# for what FSDP or tensor parallelism would split.)
-
-# %%
-from course_lib.display import format_table
-
-step12 = workdir / "straight" / "checkpoints" / "step_000012"
-info = inspect_checkpoint(step12)
-print(info.summary())
-print(
-    format_table(
-        [r for r in info.rows if r["key"].startswith(("model.", "table", "rng"))],
-        ["key", "shape", "dtype", "chunks"],
-    )
-)
-
-# %% [markdown]
-# Loading needs a `state_dict` of the right structure to fill in place. `get_state_dict` gives it
-# for model and optimizer (without the `module.` prefix, and with the optimizer state keyed by
-# parameter *names* rather than numbers), `dcp.load` fills it from the files of both ranks, and
-# `set_state_dict` puts it into the model and optimizer. Here in this one process, without any
-# process group (the two RNG states belong to ranks that no longer exist: not loaded):
-
-# %%
-import warnings
-
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-# DCP warns that there is no process group; here that is the point.
-warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
-
-model = make_mlp().to(device)
-optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
-model_sd, optim_sd = get_state_dict(model, optimizer)
-to_fill = {"model": model_sd, "optim": optim_sd, "table": torch.zeros(8, 6, device=device)}
-dcp.load(to_fill, checkpoint_id=step12, no_dist=True)
-set_state_dict(
-    model, optimizer, model_state_dict=to_fill["model"], optim_state_dict=to_fill["optim"]
-)
-print(
-    "parameters equal to final.pth:",
-    all(torch.equal(final_straight[k], v) for k, v in model.state_dict().items()),
-)
-print("optimizer steps restored:", int(optimizer.state_dict()["state"][0]["step"].item()))
-print("the table, both ranks' rows reassembled:")
-print(to_fill["table"].cpu())
-
-# %% [markdown]
-# On 3 ranks, each reads the rows it now owns (3, 3 and 2 of the 8): that is
-# `course_lib/distributed/reshard_job.py`, run by the tests and in the exercises below. To hand a
-# DCP checkpoint to someone who uses plain `torch.load`, convert it into one ordinary file with
-# `dcp_to_torch_save` (the reverse is `torch_save_to_dcp`):
-
-# %%
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
-
-dcp_to_torch_save(step12, workdir / "full_checkpoint.pth")
-full = safe_load(workdir / "full_checkpoint.pth", map_location=device)
-print("entries:", list(full), "| rng:", list(full["rng"]))
-plain = make_mlp().to(device)
-print(plain.load_state_dict(full["model"]))
-print(
-    "parameters equal:",
-    all(torch.equal(final_straight[k], v) for k, v in plain.state_dict().items()),
-)
-
-# %% [markdown]
-# DCP can also save in the background: `dcp.async_save` returns as soon as the state is copied to
-# CPU memory and writes the files while training goes on. `benchmarks/bench_distributed.py`
-# measures how long a training step is blocked by it, against `dcp.save`, under torchrun.
-#
-# ## Exercises
-#
-# - Load the checkpoint on **3 ranks**: run `run_torchrun("course_lib.distributed.reshard_job",
-#   ["--checkpoint", str(step12), "--expect", str(workdir / "straight" / "final.pth"), "--report",
-#   str(workdir / "reshard.json")], nproc_per_node=3, echo=True)` and read how many rows of the
-#   table each rank got.
-# - Kill rank 0 instead of rank 1, at step 4 (`--fault kill:0:4`): which step does the job resume
-#   from, and why? Then try `--fault raise:1:6` with `max_restarts=0`: what does the error say?
-# - Run the killed job again with `"--fault", "kill:1:10:*"` (every attempt) and `max_restarts=1`.
-#   Which checkpoints are left, and are they intact (`check_step_folder`)?
-#
-# <details><summary>Solutions (each ends in a check that passes; about a minute of torchrun)</summary>
+# <details><summary>Solution (click to open)</summary>
 #
 # ```python
-# import json
+# from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 #
-# from course_lib.distributed import TorchrunError, check_step_folder
-#
-# # 1. Three ranks share the table's 8 rows as 3, 3 and 2; every rank gets the whole model.
-# run_torchrun("course_lib.distributed.reshard_job",
-#              ["--checkpoint", str(step12), "--expect", str(workdir / "straight" / "final.pth"),
-#               "--report", str(workdir / "reshard.json")], nproc_per_node=3, echo=True)
-# report = json.loads((workdir / "reshard.json").read_text())
-# assert [r["table_rows"] for r in report["ranks"]] == [3, 3, 2]
-# assert all(r["model_equal"] and r["table_equal"] for r in report["ranks"])
-#
-# # 2. Killed at step 4, the job resumes from step 4: the checkpoint of steps 1-4 was complete
-# #    before step 5 began (which rank dies does not matter). A raise with no restart budget is
-# #    a TorchrunError naming rank 1 and its exception.
-# rank0 = run_torchrun(job, ["--workdir", str(workdir / "kill0"), "--steps", "8",
-#                            "--save-every", "4", "--fault", "kill:0:4"],
-#                      nproc_per_node=2, max_restarts=3, timeout=240, echo=True)
-# assert any("resumed from step 4" in line for line in rank0.job_lines())
-# try:
-#     run_torchrun(job, ["--workdir", str(workdir / "raise1"), "--steps", "8",
-#                        "--save-every", "4", "--fault", "raise:1:6"], nproc_per_node=2)
-# except TorchrunError as error:
-#     print(error)
-#     assert "rank 1" in str(error)
-#
-# # 3. Killed on every attempt, the budget runs out: a final error, and the steps saved
-# #    before the kill are still there and intact.
-# try:
-#     run_torchrun(job, ["--workdir", str(workdir / "always"), "--steps", "12",
-#                        "--save-every", "4", "--fault", "kill:1:10:*"],
-#                  nproc_per_node=2, max_restarts=1, timeout=240)
-# except TorchrunError as error:
-#     print(error)
-# left = sorted((workdir / "always" / "checkpoints").glob("step_*"))
-# print([p.name for p in left])
-# for folder in left:
-#     check_step_folder(folder)  # raises IncompleteStepError if a shard is missing or short
-# assert [p.name for p in left][-1] == "step_000008"
+# state = torch.load(workdir / "model_dp.pth")
+# consume_prefix_in_state_dict_if_present(state, "module.")
+# result = make_mlp().load_state_dict(state)
+# assert result.missing_keys == [] and result.unexpected_keys == []
 # ```
-#
 # </details>
 #
 # ## Conclusion
 #
-# - A wrapper's prefix (`module.` for DataParallel and DDP, `_orig_mod.` for `torch.compile`) is
-#   part of every key. Save `model.module.state_dict()`, or strip the prefix when loading, and load
-#   into the *plain* model; `load_state_dict_any_prefix` handles every combination.
-# - Prefer `DistributedDataParallel` to `DataParallel`, and launch it with `torchrun`: one command
-#   for one machine or many (`--standalone`, or `--nnodes` with a `c10d` rendezvous endpoint).
-#   Rank 0 saves, a barrier keeps the others from reading early, every rank loads with its own
-#   `map_location`.
-# - `torch.distributed.checkpoint` writes a checkpoint in pieces from every rank at once; make a
-#   step visible only when all pieces are there, and check it before trusting it. With the data
-#   order, the RNG state of every rank and the optimizer in it, `--max-restarts` turns a dead worker
-#   into a pause, not a different result.
-# - A DCP checkpoint loads on any number of ranks, in one process, or converts to one ordinary file.
-#
-# Next: `06_torchscript`, exporting a model so that it runs without its Python code.
+# A wrapper's prefix (`module.` for DataParallel and DDP, `_orig_mod.` for `torch.compile`) is
+# part of every key: save `model.module.state_dict()`, or strip the prefix and load into the
+# plain model. Prefer DDP, launched with `torchrun`; rank 0 saves, a barrier keeps the others
+# waiting. Next: [`06_torchscript`](06_torchscript.ipynb).
 #
 # ## Further reading
 #
-# - PyTorch docs: [torchrun (Elastic Launch)](https://pytorch.org/docs/stable/elastic/run.html)
-#   and [error propagation with `@record`](https://pytorch.org/docs/stable/elastic/errors.html)
-# - PyTorch tutorial: [Fault-tolerant distributed training with torchrun](https://pytorch.org/tutorials/beginner/ddp_series_fault_tolerance.html)
-#   and [Getting started with DDP](https://pytorch.org/tutorials/intermediate/ddp_tutorial.html)
-# - PyTorch docs: [DistributedDataParallel](https://pytorch.org/docs/stable/generated/torch.nn.parallel.DistributedDataParallel.html)
-#   and [`torch.distributed`](https://pytorch.org/docs/stable/distributed.html) (backends, `init_process_group`, stores)
-# - PyTorch docs: [Distributed checkpoint (DCP)](https://pytorch.org/docs/stable/distributed.checkpoint.html)
-#   and the recipes [Getting started with DCP](https://pytorch.org/tutorials/recipes/distributed_checkpoint_recipe.html)
-#   and [Asynchronous saving with DCP](https://pytorch.org/tutorials/recipes/distributed_async_checkpoint_recipe.html)
+# - PyTorch tutorial: [Getting started with DDP](https://pytorch.org/tutorials/intermediate/ddp_tutorial.html)
+#   and the recipe [Getting started with DCP](https://pytorch.org/tutorials/recipes/distributed_checkpoint_recipe.html)
