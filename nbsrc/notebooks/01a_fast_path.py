@@ -116,6 +116,7 @@ def restore_rng_states(rng):
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
 
 
+# %%
 checkpoint = {
     "epoch": 4,
     "model": model.state_dict(),
