@@ -9,18 +9,14 @@
 # shows a run resumed without its RNGs, and fixes the chapter's `train_with_checkpoint`.
 
 # %%
-from course_lib import notebook
-
-device, workdir = notebook.start("6.3.3")
-
-# %%
 import random
 
 import numpy as np
 import torch
 
-from course_lib import checkpoint, demo_job
+from course_lib import checkpoint, demo_job, notebook
 
+device, workdir = notebook.start("6.3.3")
 torch.set_num_threads(1)  # tiny models: one thread is fastest and gives the same bits everywhere
 
 # %% [markdown]
@@ -107,43 +103,26 @@ def resume(path, model, optimizer, scheduler):
 
 
 # %% [markdown]
-# A training loop that uses them: the demo job (dropout, a shuffling `DataLoader`, Adam, a
-# step scheduler). `make_demo_job` seeds every RNG and builds the same model and data each time,
-# as a restarted script does; `stop_after` ends the run early, like a kill after that epoch's
-# checkpoint.
+# A training loop that uses them, on the demo job (dropout, a shuffling `DataLoader`, Adam, a
+# step scheduler; `demo_job.train_one_epoch` trains and validates one epoch). `make_demo_job`
+# seeds every RNG and builds the same model and data each time, as a restarted script does.
+# Twelve epochs straight; then twelve epochs stopped after the 5th (`stop_after`, like a kill
+# after that epoch's checkpoint) and resumed from the file by fresh objects:
 
 
 # %%
 def train(path, epochs, stop_after=None):
     job = demo_job.make_demo_job()
-    model, optimizer, scheduler, loss_fn = (
-        job["model"],
-        job["optimizer"],
-        job["scheduler"],
-        job["criterion"],
-    )
+    model, optimizer, scheduler = job["model"], job["optimizer"], job["scheduler"]
     start_epoch, best = 0, float("inf")
     if path.exists():
         start_epoch, best = resume(path, model, optimizer, scheduler)
     for epoch in range(start_epoch, stop_after or epochs):
-        model.train()
-        for inputs, targets in job["train_loader"]:
-            optimizer.zero_grad()
-            loss_fn(model(inputs), targets).backward()
-            optimizer.step()
-        scheduler.step()
-        model.eval()
-        with torch.no_grad():
-            best = min(best, sum(loss_fn(model(x), y).item() for x, y in job["val_loader"]))
+        best = min(best, demo_job.train_one_epoch(job))
         save(path, model, optimizer, scheduler, epoch, best)
-    return model  # fmt: skip
+    return model
 
 
-# %% [markdown]
-# Twelve epochs straight; then twelve epochs stopped after the 5th and resumed from the file by
-# fresh objects, with every RNG re-seeded by `make_demo_job`:
-
-# %%
 straight = train(workdir / "straight.pth", 12)
 train(workdir / "run.pth", 12, stop_after=5)
 resumed = train(workdir / "run.pth", 12)
