@@ -47,6 +47,17 @@ def resume(path, model, optimizer, scheduler):
     return state["start_epoch"]
 """
 
+# Nothing saved, nothing resumed: the run after each kill starts again from scratch, and so ends
+# with the uninterrupted run's weights. Only "where did the resumed run start" tells it apart.
+STARTS_AGAIN = """
+def save(path, model, optimizer, scheduler, epoch):
+    pass
+
+
+def resume(path, model, optimizer, scheduler):
+    return 0
+"""
+
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
 
@@ -67,12 +78,17 @@ def test_the_stub_gets_nothing(tmp_path):
     assert len(checks) == 4 and all(c.points == 0 for c in checks.values()), report.summary()
 
 
-@pytest.mark.parametrize("answer", [MODEL_ONLY, NO_NUMPY_RNG], ids=["model_only", "no_numpy_rng"])
+@pytest.mark.parametrize(
+    "answer",
+    [MODEL_ONLY, NO_NUMPY_RNG, STARTS_AGAIN],
+    ids=["model_only", "no_numpy_rng", "starts_again"],
+)
 def test_a_partial_checkpoint_gets_nothing_on_the_resume_checks(answer, tmp_path):
     nb = without_self_check(replacing(EXERCISE, "def save", answer))
     report, checks = grade(nb, tmp_path)
     assert checks["test_the_uninterrupted_run_trains_as_given"].points == 1, report.summary()
-    assert checks["test_the_checkpoint_loads_with_weights_only"].points == 1, report.summary()
+    saves = answer is not STARTS_AGAIN
+    assert checks["test_the_checkpoint_loads_with_weights_only"].points == saves, report.summary()
     for name in RESUME_CHECKS:
         assert checks[name].points == 0, report.summary()
-        assert "momentum" in checks[name].message
+        assert ("momentum" if saves else "no checkpoint file") in checks[name].message

@@ -33,9 +33,11 @@ def make_job(seed):
     return model, DataLoader(data, batch_size=32, shuffle=True), optimizer, scheduler
 
 
-def _train(save, resume, path, job, kill_at_step=None):
+def _train(save, resume, path, job, kill_at_step=None, must_resume=False):
     """The exercise's ``train``, with a real SIGKILL where the notebook's returns."""
     model, loader, optimizer, scheduler = job
+    if must_resume and not path.exists():
+        raise FileNotFoundError("after the kill there was no checkpoint file: save wrote nothing")
     start = int(resume(path, model, optimizer, scheduler)) if path.exists() else 0
     step = start * len(loader)
     for epoch in range(start, EPOCHS):
@@ -50,7 +52,7 @@ def _train(save, resume, path, job, kill_at_step=None):
             step += 1
         scheduler.step()
         save(path, model, optimizer, scheduler, epoch)
-    return model
+    return model, start
 
 
 def _in_a_fresh_process(ask, qid, run):
@@ -75,18 +77,21 @@ def answer(questions, ask):
         for index, step in enumerate(question["kill_at"]):
             run = _Run(save, resume, path, seed, step)
             _in_a_fresh_process(ask, f"{qid}.run{index}", run)
-        _in_a_fresh_process(ask, qid, _Run(save, resume, path, seed, None, ask, qid))
+        last = _Run(save, resume, path, seed, None, bool(question["kill_at"]), (ask, qid))
+        _in_a_fresh_process(ask, qid, last)
 
 
 class _Run:
     """One run of the loop in its process; the last one keeps its final weights as the answer."""
 
-    def __init__(self, save, resume, path, seed, kill_at_step, ask=None, qid=None):
-        self.args = (save, resume, path, seed, kill_at_step)
-        self.ask, self.qid = ask, qid
+    def __init__(self, save, resume, path, seed, kill_at_step, after_a_kill=False, answer=None):
+        self.args = (save, resume, path, make_job, seed, kill_at_step, after_a_kill)
+        self.answer = answer
 
     def __call__(self):
-        save, resume, path, seed, kill_at_step = self.args
-        model = _train(save, resume, path, make_job(seed), kill_at_step)
-        if self.ask is not None:
-            self.ask.save_tensors(self.qid, model.state_dict())
+        save, resume, path, build, seed, kill_at_step, after_a_kill = self.args
+        model, start = _train(save, resume, path, build(seed), kill_at_step, after_a_kill)
+        if self.answer is not None:
+            ask, qid = self.answer
+            ask.save_json(f"{qid}.start", start)  # the epoch the last run began with
+            ask.save_tensors(qid, model.state_dict())

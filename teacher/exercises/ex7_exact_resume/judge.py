@@ -9,7 +9,8 @@ import torch
 
 from course_lib.grading.judge import points
 
-STEPS = 48  # 6 epochs of 8 batches
+STEPS_PER_EPOCH = 8  # 256 samples in batches of 32
+STEPS = 6 * STEPS_PER_EPOCH
 
 HINT = (
     "resume must put back everything the next epoch depends on: the model, the optimizer (SGD's "
@@ -45,11 +46,25 @@ def test_the_uninterrupted_run_trains_as_given(student, solution):
 
 @points(1)
 def test_the_checkpoint_loads_with_weights_only(student):
-    student.torch_file("straight/checkpoint.pt")  # AnswerMissing says why not
+    if not student.exists("straight/checkpoint.pt"):
+        student.succeeded("straight")  # it raised: say what
+        raise AssertionError("save wrote no file at the path it was given")
+    student.torch_file("straight/checkpoint.pt")  # AnswerMissing says why it does not load
+
+
+def _resumed_after_the_last_checkpoint(student, questions, qid):
+    """A run that trains from scratch after the kill would end "bit for bit" right too."""
+    question = next(q for q in questions if q["id"] == qid)
+    start = student.json(f"{qid}.start")
+    assert start == question["kill_at"][-1] // STEPS_PER_EPOCH, (
+        f"after the kill, resume returned {start!r}: it must return the epoch after the last "
+        "one saved (the run must continue, not start again)"
+    )
 
 
 @points(2)
-def test_resumes_bit_for_bit_after_a_kill(student, solution):
+def test_resumes_bit_for_bit_after_a_kill(student, solution, questions):
+    _resumed_after_the_last_checkpoint(student, questions, "killed_once")
     different = _same_weights(student, solution, "killed_once", "after one kill")
     assert not different, (
         f"killed once and resumed in a fresh process, the run ended with other weights "
@@ -58,7 +73,8 @@ def test_resumes_bit_for_bit_after_a_kill(student, solution):
 
 
 @points(2)
-def test_resumes_bit_for_bit_after_two_kills(student, solution):
+def test_resumes_bit_for_bit_after_two_kills(student, solution, questions):
+    _resumed_after_the_last_checkpoint(student, questions, "killed_twice")
     different = _same_weights(student, solution, "killed_twice", "after two kills")
     assert not different, (
         f"killed twice and resumed each time in a fresh process, the run ended with other "
