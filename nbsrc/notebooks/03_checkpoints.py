@@ -140,8 +140,8 @@ print("the file holds", list(saved), "with the RNGs of", list(saved["rng"]))
 # `course_lib.checkpoint` keeps the chapter's names and calls, and adds what a real project
 # needs: NumPy numbers become plain floats (the chapter's failing call above works), every RNG is
 # stored as here (and every CUDA device's), an optional `GradScaler`, the atomic write of 6.3.9,
-# a `weights_only=True` load, and errors that name the file and the fix. Its
-# `train_with_checkpoint` is the chapter's loop fixed (03b):
+# a `weights_only=True` load, and errors that name the file and the fix (its
+# `train_with_checkpoint`, the chapter's loop fixed, is in 03b). The call that failed above:
 
 # %%
 ours = workdir / "ours.pth"
