@@ -117,6 +117,7 @@ def train(path, epochs, stop_after=None):
     start_epoch, best = 0, float("inf")
     if path.exists():
         start_epoch, best = resume(path, model, optimizer, scheduler)
+        print(f"resumed from {path.name} at epoch {start_epoch}, best so far {best:.4f}")
     for epoch in range(start_epoch, stop_after or epochs):
         best = min(best, demo_job.train_one_epoch(job))
         save(path, model, optimizer, scheduler, epoch, best)
