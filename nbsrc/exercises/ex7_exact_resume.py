@@ -22,7 +22,7 @@
 
 # %%
 import random
-import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -99,15 +99,15 @@ def resume(path, model, optimizer, scheduler):
 # ## Self-check
 #
 # The run uninterrupted, then the same run stopped at step 20 (in epoch 2, after epoch 1's
-# checkpoint) and resumed by fresh objects. `make_job` re-seeds every RNG, as a restarted script
-# does: only your checkpoint can bring back the states they had at the end of epoch 1.
+# checkpoint) and resumed by fresh objects, from epoch 2. `make_job` re-seeds every RNG, as a
+# restarted script does: only your checkpoint can bring back their states at the end of epoch 1.
 
 # %%
-folder = Path("scratch") / "ex7"
-shutil.rmtree(folder, ignore_errors=True)
-folder.mkdir(parents=True)
+folder = Path(tempfile.mkdtemp(prefix="ex7-"))
 straight = train(folder / "straight.pt", make_job())
 train(folder / "run.pt", make_job(), stop_at_step=20)
+model, _, optimizer, scheduler = make_job()
+assert resume(folder / "run.pt", model, optimizer, scheduler) == 2, "resume must return 2 here"
 resumed = train(folder / "run.pt", make_job())
 
 torch.load(folder / "run.pt", weights_only=True)  # plain values only, or this fails
