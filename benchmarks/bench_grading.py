@@ -1,6 +1,6 @@
 """Seconds per submission: the course's sandboxed grader against nbgrader's autograde, one run.
 
-A generated class (``--students`` × the six exercises; even students hand in the solutions, odd
+A generated class (``--students`` × the seven exercises; even students hand in the solutions, odd
 ones the untouched stubs) is graded by
 
 - nbgrader 0.9.6 ``autograde`` (serial, as nbgrader runs), when ``--nbgrader-python`` names a

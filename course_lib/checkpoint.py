@@ -292,7 +292,7 @@ def save_checkpoint(
     ``safe_save``: an interrupted save leaves the previous file intact. The folder is created if
     needed. The dict also has the chapter's ``'loss'`` key, so the chapter's loader reads it.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 2.
+    Taught in notebooks/03_checkpoints.ipynb (its last steps).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -384,7 +384,7 @@ def load_checkpoint(
     the model's parameters keep their own device (``load_state_dict`` copies into them). The
     returned epoch is the last *completed* one: resume at ``epoch + 1``.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 2.
+    Taught in notebooks/03_checkpoints.ipynb (its last steps).
     """
     checkpoint = require_training_checkpoint(
         safe_load(path, map_location=device),
@@ -514,7 +514,7 @@ def train_with_checkpoint(
     the global RNG state: give it none (the global torch RNG is then used) or save its state in
     ``extra`` yourself.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 5.
+    Taught in notebooks/03b_resume_in_depth.ipynb, step 4.
     """
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ __all__ = [
     "main",
     "make_demo_job",
     "make_demo_model",
+    "train_one_epoch",
 ]
 
 
@@ -45,7 +46,7 @@ def make_demo_job(seed: int = 0) -> dict[str, Any]:
     Everything a run needs, built the same way in every process, as a real training script does
     before it resumes.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 5.
+    Taught in notebooks/03_checkpoints.ipynb and 03b_resume_in_depth.ipynb, step 4.
     """
     from course_lib.data import make_loaders, make_regression_data
     from course_lib.notebook import seed_everything
@@ -65,6 +66,27 @@ def make_demo_job(seed: int = 0) -> dict[str, Any]:
     }
 
 
+def train_one_epoch(job: dict[str, Any]) -> float:
+    """One epoch of a ``make_demo_job`` job; returns the mean validation loss.
+
+    Trains (``model.train()``, the shuffled loader, one optimizer step per batch), steps the
+    scheduler, then validates (``model.eval()``, no gradients). The model stays on the CPU.
+
+    Taught in notebooks/03_checkpoints.ipynb, where the learner's checkpoint wraps it.
+    """
+    model, criterion, optimizer = job["model"], job["criterion"], job["optimizer"]
+    model.train()
+    for inputs, targets in job["train_loader"]:
+        optimizer.zero_grad()
+        criterion(model(inputs), targets).backward()
+        optimizer.step()
+    job["scheduler"].step()
+    model.eval()
+    with torch.no_grad():
+        losses = [criterion(model(inputs), targets).item() for inputs, targets in job["val_loader"]]
+    return sum(losses) / len(losses)
+
+
 def demo_training(
     checkpoint_dir: PathLike,
     num_epochs: int = 12,
@@ -78,9 +100,10 @@ def demo_training(
 ) -> tuple[nn.Module, dict[str, list[Any]]]:
     """Run (or, with ``resume=True``, continue from ``latest.pth``) the demo job; return the
     model and the history. ``epoch_delay`` sleeps after each epoch so that another process can
+    interrupt it at a chosen point.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 4.
-    interrupt it at a chosen point."""
+    Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
+    """
     job = make_demo_job(seed)
     checkpoint_dir = Path(checkpoint_dir)
     model = job.pop("model")

@@ -1,9 +1,9 @@
-"""Kill a real process at a chosen moment: the crashes that notebooks 03 and 09 show.
+"""Kill a real process at a chosen moment: the crashes that notebooks 03b and 09 show.
 
 ``SIGKILL`` (``kill -9``) gives a process no chance to clean up, like a power cut or the
 out-of-memory killer. These harnesses start the process, wait for the moment (an epoch's
 checkpoint on disk; a save half written) and kill it there, so that the notebook shows what the
-crash left behind. Taught in notebooks/03_checkpoints.ipynb (step 4) and
+crash left behind. Taught in notebooks/03b_resume_in_depth.ipynb (step 3) and
 notebooks/09_safe_saving.ipynb (step 1).
 """
 
@@ -56,7 +56,7 @@ def kill_demo_job_after(
     reported ``epochs`` finished epochs (their checkpoint is on disk).
 
     The job pauses ``epoch_delay`` seconds between epochs, so the kill lands at the same point on
-    every run. Taught in notebooks/03_checkpoints.ipynb, step 4.
+    every run. Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
     """
     log = Path(log)
     command = [sys.executable, "-u", "-m", "course_lib.demo_job", str(run_dir)]

@@ -19,7 +19,7 @@ def plot_resume_curves(
 ) -> Any:
     """Validation loss per epoch: uninterrupted, killed and resumed with and without RNG state.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 4.
+    Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
     """
     import matplotlib.pyplot as plt
 

@@ -5,7 +5,7 @@ it first appeared (``0%`` or, on a resumed run, ``42%``): a committed notebook t
 that looks hung. In a Jupyter kernel, ``epoch_bar`` shows tqdm's text bar through one display
 that each update replaces (``display_id``), so JupyterLab shows it live and the saved notebook
 holds its final state; elsewhere (a terminal, a script) it is tqdm's usual text bar.
-Taught in notebooks/03_checkpoints.ipynb, step 4.
+Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class _DisplayedBar(tqdm):
 def epoch_bar(total: int, *, initial: int = 0, desc: str = "epochs", unit: str = "epoch") -> tqdm:
     """A tqdm bar over ``total`` steps, starting at ``initial``; ``write()`` prints above it.
 
-    Taught in notebooks/03_checkpoints.ipynb, step 4.
+    Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
     """
     if in_kernel():
         return _DisplayedBar(total=total, initial=initial, desc=desc, unit=unit)

@@ -27,7 +27,7 @@ CELL_LINE_LIMIT = 40
 # (notebook, first line of the cell) -> why it may be longer than CELL_LINE_LIMIT.
 LONG_CELL_EXCEPTIONS: dict[tuple[str, str], str] = {
     (
-        "03_checkpoints.ipynb",
+        "03b_resume_in_depth.ipynb",
         "# fmt: off",
     ): "the chapter's train_with_checkpoint, in the chapter's own layout (67 lines there)",
     ("08_checkpoint_manager.ipynb", "class CheckpointManager:"): (

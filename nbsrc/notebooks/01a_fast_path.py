@@ -12,7 +12,7 @@
 # | 2 | load with `weights_only=True` and `map_location` | [`01_state_dict`](01_state_dict.ipynb), [`02_whole_model`](02_whole_model.ipynb) |
 # | 3 | a training checkpoint holds everything, RNG states included | [`03_checkpoints`](03_checkpoints.ipynb) |
 # | 4 | save atomically: temporary file, `fsync`, `os.replace` | [`09_safe_saving`](09_safe_saving.ipynb) |
-# | 5 | deploy an exported program (`torch.export`, ONNX), not a pickle | [`06_torchscript`](06_torchscript.ipynb), [`07_onnx`](07_onnx.ipynb) |
+# | 5 | deploy an exported program (`torch.export`, ONNX), loaded only from a trusted source | [`06_torchscript`](06_torchscript.ipynb), [`07_onnx`](07_onnx.ipynb) |
 
 # %%
 from course_lib import notebook
@@ -88,26 +88,57 @@ print(len(state), "tensors on", next(iter(state.values())).device.type)
 # `weights_only=True`.
 
 # %%
+import random
+
+import numpy as np
+
+
+def rng_states():
+    """Every RNG as plain lists and numbers: loads with weights_only=True, whatever map_location."""
+    version, internal, gauss_next = random.getstate()
+    name, key, *rest = np.random.get_state()
+    cuda = [s.tolist() for s in torch.cuda.get_rng_state_all()] if torch.cuda.is_available() else []
+    return {
+        "python": [version, list(internal), gauss_next],
+        "numpy": [name, key.tolist(), *rest],
+        "torch": torch.get_rng_state().tolist(),
+        "cuda": cuda,
+    }
+
+
+def restore_rng_states(rng):
+    version, internal, gauss_next = rng["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    name, key, *rest = rng["numpy"]
+    np.random.set_state((name, np.array(key, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(rng["torch"], dtype=torch.uint8))  # a CPU ByteTensor
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in rng["cuda"]])
+
+
+# %%
 checkpoint = {
     "epoch": 4,
     "model": model.state_dict(),
     "optimizer": optimizer.state_dict(),
     "scheduler": scheduler.state_dict(),
     "best_val_loss": 0.25,
-    "torch_rng": torch.get_rng_state(),
+    "rng": rng_states(),
 }
 torch.save(checkpoint, workdir / "checkpoint.pth")
 
-restored = torch.load(workdir / "checkpoint.pth", map_location="cpu", weights_only=True)
+restored = torch.load(workdir / "checkpoint.pth", map_location=device, weights_only=True)
 model.load_state_dict(restored["model"])
 optimizer.load_state_dict(restored["optimizer"])
 scheduler.load_state_dict(restored["scheduler"])
-torch.set_rng_state(restored["torch_rng"])
-print("resume at epoch", restored["epoch"] + 1)
+restore_rng_states(restored["rng"])
+print("resume at epoch", restored["epoch"] + 1, "with the RNGs of", list(restored["rng"]))
 
 # %% [markdown]
-# `course_lib.checkpoint` keeps the chapter's calls and stores every RNG (Python, NumPy, torch,
-# each CUDA device), converts values to plain ones and writes atomically (4). Notebook 03 kills a
+# The RNG states are lists, not tensors: `map_location=device` moves every tensor in the file,
+# and `torch.set_rng_state` refuses a state that is not a CPU ByteTensor. `course_lib.checkpoint`
+# keeps the chapter's calls, stores every RNG (Python, NumPy, torch, each CUDA device), converts
+# NumPy numbers to plain ones and writes atomically (4). Notebook 03 kills a
 # real training process and shows the resumed run equal, bit for bit, to one never interrupted.
 
 # %%
@@ -123,22 +154,42 @@ print("RNGs stored:", list(safe_load(workdir / "ours.pth")["rng"]))
 #
 # `torch.save(obj, path)` empties `path` and then writes it: a crash in between destroys the
 # checkpoint you had. Write a temporary file in the same folder, `fsync` it to the disk, then
-# `os.replace` it over the target (atomic: readers see the old file or the new one, never half).
+# `os.replace` it over the target (atomic: readers see the old file or the new one, never half),
+# `fsync` the folder, and remove the temporary file if anything fails.
 
 # %%
-target = workdir / "model.pth"
-temporary = target.with_name(f".{target.name}.tmp")
-with open(temporary, "wb") as f:
-    torch.save(model.state_dict(), f)
-    f.flush()
-    os.fsync(f.fileno())
-os.replace(temporary, target)
+import tempfile
+from pathlib import Path
+
+
+def atomic_save(obj, target):
+    target = Path(target)
+    # A unique name in the same folder: two writers never collide, and the rename stays atomic.
+    fd, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)  # a failed save leaves the old file, nothing else
+        raise
+    if os.name == "posix":  # fsync the folder: the rename itself reaches the disk (not on Windows)
+        folder = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+
+atomic_save(model.state_dict(), workdir / "model.pth")
 print(sorted(p.name for p in workdir.iterdir() if p.name.startswith(("model", ".model"))))
 
 # %% [markdown]
-# `safe_save` does this with a unique temporary name (two writers never collide), an `fsync` of
-# the folder after the rename, and clean-up when the save fails. Notebook 09 kills a save
-# half-way to show the difference; `save_with_backup` keeps the previous file too.
+# `safe_save` is the same write, keeping the permissions a plain save would give, with errors
+# that name the fix (disk full, no permission). Notebook 09 kills a save half-way to show the
+# difference; `save_with_backup` keeps the previous file too.
 
 # %%
 from course_lib.safe_io import safe_save
@@ -150,7 +201,10 @@ print("loads:", len(safe_load(workdir / "model.pth")), "tensors")
 # ## 5. Export for deployment
 #
 # A `state_dict` needs your Python class to run. For deployment, export a program: its graph and
-# weights in one file that runs without the class. `torch.export` is PyTorch's current way
+# weights in one file that runs without the class. A program is code, though: a `.pt2` archive can
+# itself carry pickles and native code (`torch.export.load` falls back to `weights_only=False` for
+# parts of it, and loads AOTInductor libraries). Load programs only from a trusted source; for
+# weights you do not trust, use safetensors or ONNX. `torch.export` is PyTorch's current way
 # (TorchScript is deprecated); declare which dimensions may vary, here the batch:
 
 # %%
