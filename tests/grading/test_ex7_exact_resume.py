@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from submissions import replacing, with_cells, without_self_check
 
-from course_lib.grading import Limits, grade_notebook, sandbox_available
+from teacher.grading import Limits, grade_notebook, sandbox_available
 
 EXERCISE = "ex7_exact_resume"
 RESUME_CHECKS = {

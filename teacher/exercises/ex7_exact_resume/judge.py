@@ -7,7 +7,7 @@ Here the final weights must equal, bit for bit, those of the solution's uninterr
 
 import torch
 
-from course_lib.grading.judge import points
+from teacher.grading.judge import points
 
 STEPS_PER_EPOCH = 8  # 256 samples in batches of 32
 STEPS = 6 * STEPS_PER_EPOCH
