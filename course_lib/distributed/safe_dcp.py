@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import pickletools
 import re
 import stat
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -31,6 +32,7 @@ from typing import Any
 
 import torch
 from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.default_planner import DefaultLoadPlanner
 from torch.distributed.checkpoint.filesystem import _StorageInfo
 from torch.distributed.checkpoint.format_utils import _EmptyStateDictLoadPlanner
@@ -132,6 +134,38 @@ def shard_name(name: str) -> str:
     """``rank 1's shard __1_0.distcp`` for DCP's shard names, else the name itself."""
     match = re.fullmatch(r"__([0-9]+)_[0-9]+\.distcp", name, flags=re.ASCII)
     return f"rank {match.group(1)}'s shard {name}" if match else name
+
+
+def _globals_named(data: bytes) -> list[str]:
+    """Every global the pickle names (GLOBAL, STACK_GLOBAL), found without running it."""
+    names: list[str] = []
+    memo: dict[int, Any] = {}
+    strings: list[Any] = [None, None]
+    last: Any = None
+    try:
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                last = argument
+                strings = [strings[1], argument]
+            elif opcode.name in ("BINGET", "LONG_BINGET", "GET"):
+                last = memo.get(int(argument))
+                strings = [strings[1], last]
+            elif opcode.name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif opcode.name in ("BINPUT", "LONG_BINPUT", "PUT"):
+                memo[int(argument)] = last
+            elif opcode.name == "GLOBAL":
+                names.append(str(argument).replace(" ", "."))
+                last = None
+            elif opcode.name == "STACK_GLOBAL":
+                if all(isinstance(x, str) for x in strings):
+                    names.append(f"{strings[0]}.{strings[1]}")
+                last = None
+            else:
+                last = None
+    except Exception:  # noqa: BLE001 - a damaged pickle: what was found before the damage counts
+        pass
+    return list(dict.fromkeys(names))
 
 
 def _is_int(value: Any) -> bool:
@@ -331,7 +365,18 @@ def read_dcp_metadata(path: str | os.PathLike[str]) -> Metadata:
     try:
         metadata = _MetadataUnpickler(io.BytesIO(data)).load()
     except _Refused as exc:
-        raise UnsafeCheckpointError(folder / ".metadata", [exc.name]) from None
+        names = _globals_named(data) or [exc.name]
+        foreign = [n for n in names if tuple(n.rsplit(".", 1)) not in _ALLOWED] or [exc.name]
+        error = UnsafeDCPFolderError(
+            folder,
+            f".metadata is a pickle that would call {', '.join(foreign[:8])}: DCP reads it with "
+            "plain pickle.load, which runs such calls as code. A checkpoint's metadata holds only "
+            "DCP's own classes, shapes and dtypes",
+            "do not load this folder with dcp.load or FileSystemReader; delete it and use a "
+            "checkpoint from a source you trust (the course's readers refuse it)",
+        )
+        error.unsafe_globals = foreign
+        raise error from None
     except RecursionError:
         raise CorruptCheckpointError(
             folder, ".metadata is damaged: it nests without end", _KEEP
@@ -350,16 +395,17 @@ class SafeFileSystemReader(FileSystemReader):
     """``FileSystemReader`` that reads ``.metadata`` with ``read_dcp_metadata`` and opens shards
     only as regular files inside the folder (checked again when they are opened)."""
 
-    def read_metadata(self, *args: Any, **kwargs: Any) -> Metadata:
-        if kwargs.get("rank") is not None:
-            raise CorruptCheckpointError(
-                Path(self.path), "per-rank metadata files are not read by the course", _KEEP
-            )
-        metadata = read_dcp_metadata(Path(self.path))
-        if metadata.storage_meta is None or type(metadata.storage_meta) is not StorageMeta:
-            metadata.storage_meta = StorageMeta()
-        metadata.storage_meta.load_id = self.load_id
-        return metadata
+    _checked: Metadata | None = None
+
+    def read_metadata(self) -> Metadata:  # no rank=: DCP's per-rank fallback is not read
+        """The checked metadata (read once: ``load_dcp`` reads it before ``dcp.load`` does)."""
+        if self._checked is None:
+            metadata = read_dcp_metadata(Path(self.path))
+            if type(metadata.storage_meta) is not StorageMeta:
+                metadata.storage_meta = StorageMeta()
+            metadata.storage_meta.load_id = self.load_id
+            self._checked = metadata
+        return self._checked
 
     def read_data(self, plan: Any, planner: LoadPlanner) -> Any:
         folder = Path(self.path)
@@ -374,18 +420,21 @@ class SafeFileSystemReader(FileSystemReader):
         return super().read_data(plan, planner)
 
 
-def _load_plain(value: io.BytesIO, read_item: ReadItem) -> Any:
+def _load_plain(value: io.BytesIO, read_item: ReadItem, folder: Path | None) -> Any:
     try:
         with torch.sparse.check_sparse_tensor_invariants():
             return torch.load(value, weights_only=True, map_location="cpu")
     except Exception as exc:  # noqa: BLE001 - weights_only refusal or damaged bytes
-        first = (str(exc).splitlines() or [""])[0][:200]
-        raise CorruptCheckpointError(
-            read_item.dest_index.fqn,
-            f"this non-tensor entry of the DCP folder does not load with weights_only=True "
+        lines = str(exc).splitlines() or [""]
+        first = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), lines[0])[:200]
+        raise UnsafeDCPFolderError(
+            folder or Path("."),
+            f"entry {read_item.dest_index.fqn!r} (not a tensor) does not load with "
+            f"weights_only=True "
             f"({type(exc).__name__}: {first})",
-            "do not load the folder if you do not trust it; DCP's own entries (numbers, strings, "
-            "lists) always load this way",
+            "do not load this folder: what DCP saves for a training state (numbers, strings, "
+            "lists, tensors) always loads this way, so the entry is damaged or hostile; use a "
+            "checkpoint from a source you trust",
         ) from None
 
 
@@ -393,12 +442,12 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, but non-tensor entries load with ``weights_only=True``."""
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(self, read_item, _load_plain(value, read_item))
+        _set_bytes(self, read_item, _load_plain(value, read_item, getattr(self, "folder", None)))
 
 
 class _SafeEmptyPlanner(_EmptyStateDictLoadPlanner):
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(self, read_item, _load_plain(value, read_item))
+        _set_bytes(self, read_item, _load_plain(value, read_item, getattr(self, "folder", None)))
 
 
 def _set_bytes(planner: DefaultLoadPlanner, read_item: ReadItem, obj: Any) -> None:
@@ -426,12 +475,15 @@ def load_dcp(
         no_dist = not dist.is_initialized()
     folder = Path(path)
     reader = SafeFileSystemReader(folder)
+    reader.read_metadata()  # a refusal raised here, not logged and wrapped by DCP
+    planner = SafeLoadPlanner()
+    planner.folder = folder
     with torch.sparse.check_sparse_tensor_invariants():
         try:
-            dcp.load(state, storage_reader=reader, planner=SafeLoadPlanner(), no_dist=no_dist)
+            dcp.load(state, storage_reader=reader, planner=planner, no_dist=no_dist)
         except CheckpointError:
             raise
-        except Exception as exc:  # DCP wraps a rank's error in CheckpointException
+        except (Exception, CheckpointException) as exc:  # a rank's error, wrapped by DCP
             inner = _course_error(exc)
             if inner is not None:
                 raise inner from None
@@ -445,6 +497,7 @@ def _course_error(exc: BaseException) -> CheckpointError | None:
         return exc
     failures = getattr(exc, "failures", None)
     for failure in failures.values() if isinstance(failures, dict) else ():
+        failure = failure[0] if isinstance(failure, tuple) and failure else failure  # (exc, tb)
         if isinstance(failure, BaseException) and (found := _course_error(failure)) is not None:
             return found
     cause = exc.__cause__ or exc.__context__
@@ -465,17 +518,21 @@ def dcp_to_torch_save(
 
     folder = Path(dcp_checkpoint_dir)
     state: dict[str, Any] = {}
+    reader = SafeFileSystemReader(folder)
+    reader.read_metadata()  # a refusal raised here, not logged and wrapped by DCP
+    planner = _SafeEmptyPlanner()
+    planner.folder = folder
     with torch.sparse.check_sparse_tensor_invariants():
         try:
             _load_state_dict(
                 state,
-                storage_reader=SafeFileSystemReader(folder),
-                planner=_SafeEmptyPlanner(),
+                storage_reader=reader,
+                planner=planner,
                 no_dist=True,
             )
         except CheckpointError:
             raise
-        except Exception as exc:
+        except (Exception, CheckpointException) as exc:  # a rank's error, wrapped by DCP
             inner = _course_error(exc)
             if inner is not None:
                 raise inner from None
