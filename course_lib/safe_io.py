@@ -196,8 +196,10 @@ def _inspect_zip(path: Path) -> None:
     if any(name.endswith("/constants.pkl") for name in names):
         raise ForeignFileError(
             path,
-            "this is a TorchScript archive, not a torch.save file.",
-            "load it with torch.jit.load(path).",
+            "this is a TorchScript archive, not a torch.save file. It is a program: "
+            "torch.jit.load runs its code while loading.",
+            "if you made it or trust its source completely, load it with "
+            "course_lib.export.load_torchscript(path, trusted=True); otherwise do not load it.",
         )
     if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
         return
@@ -207,7 +209,9 @@ def _inspect_zip(path: Path) -> None:
         raise ForeignFileError(
             path,
             "this is a torch.export program (.pt2), not a torch.save file.",
-            "load it with torch.export.load(path).",
+            "load it with course_lib.export.load_program(path): it checks first that "
+            "torch.export.load will run no code from the file (a .pt2 may hold pickles or "
+            "native libraries) and refuses such a file unless trusted=True.",
         )
     raise ForeignFileError(
         path,
