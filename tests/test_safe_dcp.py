@@ -163,7 +163,9 @@ def test_a_shard_payload_is_loaded_with_weights_only_and_refused(two_steps, tmp_
 
     marker = tmp_path / "ran"
     _plant_payload(step_folder(two_steps, 2), marker)
-    check_step_folder(step_folder(two_steps, 2))  # DCP's own classes, ranges inside the file
+    with pytest.raises(IncompleteStepError, match="'lr'.*weights_only=True"):
+        check_step_folder(step_folder(two_steps, 2))  # DCP's own classes, ranges in the file
+    assert newest_complete_step(two_steps).step == 1
     with pytest.raises(CheckpointError, match="weights_only=True") as error:
         load_dcp(_state(0.0), step_folder(two_steps, 2))
     assert "'lr'" in str(error.value) and "How to fix" in str(error.value)

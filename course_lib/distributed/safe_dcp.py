@@ -52,10 +52,12 @@ from course_lib.safe_io import CheckpointError, CorruptCheckpointError, UnsafeCh
 
 __all__ = [
     "MAX_METADATA_BYTES",
+    "MAX_PLAIN_ENTRY_BYTES",
     "MAX_SHAPE_DIMS",
     "SafeFileSystemReader",
     "SafeLoadPlanner",
     "UnsafeDCPFolderError",
+    "check_plain_entries",
     "dcp_to_torch_save",
     "load_dcp",
     "read_dcp_metadata",
@@ -391,6 +393,40 @@ def read_dcp_metadata(path: str | os.PathLike[str]) -> Metadata:
     return _validate(folder, metadata)
 
 
+MAX_PLAIN_ENTRY_BYTES = 64 << 20  # a learning rate, a list of betas: a few hundred bytes
+
+
+def check_plain_entries(path: str | os.PathLike[str], metadata: Metadata | None = None) -> None:
+    """Load every non-tensor entry of a DCP folder with ``weights_only=True``; raise if one fails.
+
+    These entries (an optimizer's ``lr``, ``betas``) are small ``torch.save`` payloads inside the
+    shards, which DCP's own planner loads with ``weights_only=False``: a payload that needs more
+    than plain data is refused here (``UnsafeDCPFolderError``), before any state is touched.
+    Taught in notebooks/05_data_parallel.ipynb, section 5.
+    """
+    folder = Path(path)
+    metadata = read_dcp_metadata(folder) if metadata is None else metadata
+    plain = {
+        key
+        for key, entry in metadata.state_dict_metadata.items()
+        if type(entry) is BytesStorageMetadata
+    }
+    for index, info in metadata.storage_data.items():
+        if index.fqn not in plain:
+            continue
+        if info.length > MAX_PLAIN_ENTRY_BYTES:
+            raise UnsafeDCPFolderError(
+                folder,
+                f"entry {index.fqn!r} (not a tensor) is {info.length:,} bytes: no training "
+                "state stores that much outside tensors",
+                "do not load this folder; use a checkpoint from a source you trust",
+            )
+        with (folder / info.relative_path).open("rb") as f:
+            f.seek(info.offset)
+            data = f.read(info.length)
+        _load_plain(io.BytesIO(data), index.fqn, folder)
+
+
 class SafeFileSystemReader(FileSystemReader):
     """``FileSystemReader`` that reads ``.metadata`` with ``read_dcp_metadata`` and opens shards
     only as regular files inside the folder (checked again when they are opened)."""
@@ -420,7 +456,7 @@ class SafeFileSystemReader(FileSystemReader):
         return super().read_data(plan, planner)
 
 
-def _load_plain(value: io.BytesIO, read_item: ReadItem, folder: Path | None) -> Any:
+def _load_plain(value: io.BytesIO, fqn: str, folder: Path | None) -> Any:
     try:
         with torch.sparse.check_sparse_tensor_invariants():
             return torch.load(value, weights_only=True, map_location="cpu")
@@ -429,7 +465,7 @@ def _load_plain(value: io.BytesIO, read_item: ReadItem, folder: Path | None) -> 
         first = next((ln.strip() for ln in lines if "WeightsUnpickler error" in ln), lines[0])[:200]
         raise UnsafeDCPFolderError(
             folder or Path("."),
-            f"entry {read_item.dest_index.fqn!r} (not a tensor) does not load with "
+            f"entry {fqn!r} (not a tensor) does not load with "
             f"weights_only=True "
             f"({type(exc).__name__}: {first})",
             "do not load this folder: what DCP saves for a training state (numbers, strings, "
@@ -442,12 +478,20 @@ class SafeLoadPlanner(DefaultLoadPlanner):
     """DCP's default load planner, but non-tensor entries load with ``weights_only=True``."""
 
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(self, read_item, _load_plain(value, read_item, getattr(self, "folder", None)))
+        _set_bytes(
+            self,
+            read_item,
+            _load_plain(value, read_item.dest_index.fqn, getattr(self, "folder", None)),
+        )
 
 
 class _SafeEmptyPlanner(_EmptyStateDictLoadPlanner):
     def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(self, read_item, _load_plain(value, read_item, getattr(self, "folder", None)))
+        _set_bytes(
+            self,
+            read_item,
+            _load_plain(value, read_item.dest_index.fqn, getattr(self, "folder", None)),
+        )
 
 
 def _set_bytes(planner: DefaultLoadPlanner, read_item: ReadItem, obj: Any) -> None:

@@ -23,7 +23,7 @@ from typing import Any
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
-from course_lib.distributed.safe_dcp import read_dcp_metadata
+from course_lib.distributed.safe_dcp import check_plain_entries, read_dcp_metadata
 from course_lib.safe_io import CheckpointError
 
 __all__ = [
@@ -68,12 +68,13 @@ def check_step_folder(path: str | os.PathLike[str]) -> None:
     Every byte range that ``.metadata`` records must lie inside an existing file: a missing shard
     (a rank crashed before writing it) or a truncated one (a copy or a disk cut short) is named
     with its rank. ``.metadata`` is a pickle: it is read by ``read_dcp_metadata``, which runs no
-    code from it and refuses shards that are links or lie outside the folder. Taught in
+    code from it and refuses shards that are links or lie outside the folder; its non-tensor
+    entries must load with ``weights_only=True`` (``check_plain_entries``). Taught in
     notebooks/05_data_parallel.ipynb, section 4.
     """
     folder = Path(path)
     try:
-        read_dcp_metadata(folder)
+        check_plain_entries(folder, read_dcp_metadata(folder))
     except IncompleteStepError:
         raise
     except CheckpointError as exc:
