@@ -260,7 +260,8 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> Path:
             raise ForeignFileError(
                 path,
                 "this is a torch.distributed.checkpoint directory, not a single file.",
-                "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=path).",
+                "load it with course_lib.distributed.load_dcp(state_dict, path), which reads its "
+                ".metadata pickle without running code (dcp.load would unpickle it freely).",
             )
         raise CheckpointNotFoundError(path, "is a directory, not a file.", "pass a file path.")
     size = path.stat().st_size
