@@ -196,7 +196,7 @@ def _inspect_dcp_directory(path: Path) -> CheckpointInfo:
         )
         for name in sorted(top)
     }
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    size = sum(f.lstat().st_size for f in path.iterdir() if f.is_file() and not f.is_symlink())
     return CheckpointInfo(path, size, rows, prefixes, kind="torch.distributed.checkpoint directory")
 
 
