@@ -253,13 +253,16 @@ def apply_checkpoint(
         if checkpoint.get("rng") is not None:
             try:
                 restore_rng_state(checkpoint["rng"])
-            except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - {'torch': 'x'}: AttributeError, and others
                 raise CheckpointFieldError(f"'rng' cannot be restored ({exc!r})") from None
         else:  # the chapter's layout: torch CPU and the current CUDA device only
             legacy: dict[str, Any] = {"torch": checkpoint.get("rng_state")}
             if checkpoint.get("cuda_rng_state") is not None:
                 legacy["cuda"] = [checkpoint["cuda_rng_state"]]
-            restore_rng_state(legacy)
+            try:
+                restore_rng_state(legacy)
+            except Exception as exc:  # noqa: BLE001 - a tensor of the wrong size or dtype
+                raise CheckpointFieldError(f"'rng_state' cannot be restored ({exc!r})") from None
     return checkpoint
 
 
@@ -357,10 +360,12 @@ def apply_checkpoint_from(
         raise CheckpointError(path, f"is malformed: {exc.problem}.", MALFORMED_FIX) from None
     except CheckpointMismatchError as exc:
         raise CheckpointError(path, exc.problem, exc.fix) from None
-    except (KeyError, RuntimeError, ValueError) as exc:
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - load_state_dict of a hostile state raises anything
         raise CheckpointError(
             path,
-            f"does not fit what was passed in: {exc}",
+            f"does not fit what was passed in: {type(exc).__name__}: {str(exc)[:300]}",
             "build the same model/optimizer/scheduler as the run that saved it.",
         ) from exc
 

@@ -140,7 +140,7 @@ def _aoti(model: nn.Module, example: torch.Tensor, path: Path) -> Callable[[Any]
     """torch.export with a dynamic batch, compiled ahead of time into a package, loaded back."""
     program = export.export_program(model, example)
     package = torch._inductor.aoti_compile_and_package(program, package_path=str(path))
-    return torch._inductor.aoti_load_package(package)
+    return export.load_aoti_package(package, trusted=True)  # compiled here, a moment ago
 
 
 @dataclass(frozen=True)

@@ -156,17 +156,18 @@ def _walk(obj: Any, path: str, rows: list[dict[str, Any]], prefixes: dict[str, s
 
 
 def _inspect_dcp_directory(path: Path) -> CheckpointInfo:
-    from torch.distributed.checkpoint import FileSystemReader
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-    metadata = FileSystemReader(str(path)).read_metadata()
+    from course_lib.distributed.safe_dcp import read_dcp_metadata
+
+    metadata = read_dcp_metadata(path)  # a pickle: read without running code, then checked
     rows = []
     for key, meta in sorted(metadata.state_dict_metadata.items()):
         if isinstance(meta, TensorStorageMetadata):
             numel = 1
             for n in meta.size:
                 numel *= n
-            itemsize = torch.empty((), dtype=meta.properties.dtype).element_size()
+            itemsize = meta.properties.dtype.itemsize
             rows.append(
                 {
                     "key": key,
@@ -195,7 +196,7 @@ def _inspect_dcp_directory(path: Path) -> CheckpointInfo:
         )
         for name in sorted(top)
     }
-    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    size = sum(f.lstat().st_size for f in path.iterdir() if f.is_file() and not f.is_symlink())
     return CheckpointInfo(path, size, rows, prefixes, kind="torch.distributed.checkpoint directory")
 
 
@@ -210,7 +211,8 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     Taught in notebooks/04_mismatched_state_dict.ipynb.
     """
     path = Path(path)
-    if path.is_dir() and (path / ".metadata").exists():
+    metadata = path / ".metadata"
+    if path.is_dir() and (metadata.is_symlink() or metadata.exists()):
         return _inspect_dcp_directory(path)
     check_checkpoint_file(path)
     with path.open("rb") as f:

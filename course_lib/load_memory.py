@@ -185,22 +185,27 @@ def _max_rss_bytes() -> int:
 
 
 def _load(method: str, path: str, factory: Callable[[], Any]) -> Any:
-    """The load itself: the raw PyTorch calls for the first three, the course helper after."""
+    """The load itself: the raw PyTorch calls for the first three, the course helper after.
+
+    Every way checks sparse tensors' indices as they load (a sparse tensor with an index out of
+    range loads silently otherwise, and ``to_dense()`` then crashes the process).
+    """
     import torch
 
     from course_lib.big_models import build_on_meta, load_big_model
 
-    if method == "naive":
-        model = factory()
-        model.load_state_dict(torch.load(path, weights_only=True))
-    elif method == "mmap":
-        model = factory()
-        model.load_state_dict(torch.load(path, weights_only=True, mmap=True))
-    elif method == "meta + assign":
-        model = build_on_meta(factory)
-        model.load_state_dict(torch.load(path, weights_only=True), assign=True)
-    else:  # "mmap + meta + assign" and "safetensors + meta + assign"
-        model = load_big_model(factory, path)
+    with torch.sparse.check_sparse_tensor_invariants():
+        if method == "naive":
+            model = factory()
+            model.load_state_dict(torch.load(path, weights_only=True))
+        elif method == "mmap":
+            model = factory()
+            model.load_state_dict(torch.load(path, weights_only=True, mmap=True))
+        elif method == "meta + assign":
+            model = build_on_meta(factory)
+            model.load_state_dict(torch.load(path, weights_only=True), assign=True)
+        else:  # "mmap + meta + assign" and "safetensors + meta + assign"
+            model = load_big_model(factory, path)
     return model
 
 

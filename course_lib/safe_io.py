@@ -44,10 +44,24 @@ __all__ = [
     "torch_save",
     "fsync_directory",
     "load_safetensors",
+    "check_safetensors_header",
     "verify_zip_crc",
 ]
 
 ZIP_MAGIC = b"PK\x03\x04"
+# What Python's zipfile raises on a damaged archive besides BadZipFile: a flipped bit in a name
+# (UnicodeDecodeError), in the flags (RuntimeError "encrypted"), in the method (NotImplementedError).
+_ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    UnicodeDecodeError,
+    NotImplementedError,
+    RuntimeError,
+    ValueError,
+    EOFError,
+    OSError,
+    struct.error,
+)
 # Globals that no checkpoint needs and that execute code or commands when called by the unpickler.
 CODE_RUNNING_GLOBALS = frozenset(
     {
@@ -177,10 +191,11 @@ def _inspect_zip(path: Path) -> None:
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
-    except zipfile.BadZipFile as exc:
+    except _ZIP_ERRORS as exc:
         raise CorruptCheckpointError(
             path,
-            f"the zip archive is damaged or truncated ({exc}; {path.stat().st_size} bytes): "
+            f"the zip archive is damaged or truncated ({type(exc).__name__}: {exc}; "
+            f"{path.stat().st_size} bytes): "
             "typically a save that was interrupted, a full disk, or a partial copy.",
             "load an earlier checkpoint or a backup; write checkpoints with safe_save "
             "so an interrupted save cannot replace a good file.",
@@ -188,8 +203,10 @@ def _inspect_zip(path: Path) -> None:
     if any(name.endswith("/constants.pkl") for name in names):
         raise ForeignFileError(
             path,
-            "this is a TorchScript archive, not a torch.save file.",
-            "load it with torch.jit.load(path).",
+            "this is a TorchScript archive, not a torch.save file. It is a program: "
+            "torch.jit.load runs its code while loading.",
+            "if you made it or trust its source completely, load it with "
+            "course_lib.export.load_torchscript(path, trusted=True); otherwise do not load it.",
         )
     if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
         return
@@ -199,7 +216,9 @@ def _inspect_zip(path: Path) -> None:
         raise ForeignFileError(
             path,
             "this is a torch.export program (.pt2), not a torch.save file.",
-            "load it with torch.export.load(path).",
+            "load it with course_lib.export.load_program(path): it checks first that "
+            "torch.export.load will run no code from the file (a .pt2 may hold pickles or "
+            "native libraries) and refuses such a file unless trusted=True.",
         )
     raise ForeignFileError(
         path,
@@ -233,7 +252,8 @@ def check_checkpoint_file(path: str | os.PathLike[str]) -> Path:
             raise ForeignFileError(
                 path,
                 "this is a torch.distributed.checkpoint directory, not a single file.",
-                "load it with torch.distributed.checkpoint.load(state_dict, checkpoint_id=path).",
+                "load it with course_lib.distributed.load_dcp(state_dict, path), which reads its "
+                ".metadata pickle without running code (dcp.load would unpickle it freely).",
             )
         raise CheckpointNotFoundError(path, "is a directory, not a file.", "pass a file path.")
     size = path.stat().st_size
@@ -277,10 +297,11 @@ def verify_zip_crc(path: str | os.PathLike[str]) -> None:
                 with archive.open(info) as entry:
                     while entry.read(1 << 22):
                         pass
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+    except _ZIP_ERRORS as exc:
         raise CorruptCheckpointError(
             path,
-            f"the file's data fails its CRC-32 check ({exc}): its bytes changed after it was "
+            f"the file's data fails its CRC-32 check ({type(exc).__name__}: {exc}): its bytes "
+            "changed after it was "
             "written (a failing disk, memory or a damaged copy).",
             "load an earlier checkpoint or a backup; keep checksums of checkpoints you rely on "
             "(CheckpointManager records a SHA-256 for each).",
@@ -299,7 +320,7 @@ def _importing_opcodes(path: Path) -> list[str]:
             if archive.getinfo(name).file_size > 64 << 20:
                 return []
             data = archive.read(name)
-    except (zipfile.BadZipFile, OSError, StopIteration):
+    except (*_ZIP_ERRORS, StopIteration):
         return []
     names, strings, importing = [], [], False
     try:
@@ -427,6 +448,51 @@ def _new_file_mode(existing: Path) -> int:
         return 0o666 & ~_current_umask()
 
 
+SAFETENSORS_MAX_HEADER = 100_000_000  # safetensors' own limit
+#: Every tensor costs about 1.5 KB of memory once loaded, whatever its size: a file may list many
+#: only if it holds about as many bytes (a header of 150,000 empty tensors took 218 MB, 2.2 s).
+SAFETENSORS_BYTES_PER_TENSOR = 256
+SAFETENSORS_FREE_TENSORS = 10_000
+
+
+def check_safetensors_header(
+    path: str | os.PathLike[str], *, fix: str = "load an earlier checkpoint or a backup."
+) -> int:
+    """Raise ``CorruptCheckpointError`` unless ``path``'s header is one safetensors can read
+    within a small multiple of the file's size in memory; return the header's length.
+
+    Reads the 8-byte length and the JSON header only (no tensor data); counts the tensors it
+    lists without parsing it. More than ``SAFETENSORS_FREE_TENSORS`` tensors need at least
+    ``SAFETENSORS_BYTES_PER_TENSOR`` bytes of file each.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CorruptCheckpointError(path, f"not a safetensors file ({size} bytes).", fix)
+        (length,) = struct.unpack("<Q", head)
+        if length > min(SAFETENSORS_MAX_HEADER, size - 8):
+            raise CorruptCheckpointError(
+                path,
+                f"not a readable safetensors file: its header claims {length:,} bytes "
+                f"(the file has {size:,}, safetensors allows {SAFETENSORS_MAX_HEADER:,}).",
+                fix,
+            )
+        header = f.read(length)
+    tensors = header.count(b'"dtype"')
+    allowed = max(SAFETENSORS_FREE_TENSORS, size // SAFETENSORS_BYTES_PER_TENSOR)
+    if tensors > allowed:
+        raise CorruptCheckpointError(
+            path,
+            f"its header lists {tensors:,} tensors in a file of {size:,} bytes: each costs "
+            f"about 1.5 KB of memory once loaded, so at most {allowed:,} are read from a file "
+            "this size (a file crafted to exhaust memory).",
+            fix,
+        )
+    return length
+
+
 def load_safetensors(
     path: str | os.PathLike[str],
     map_location: MapLocation = "cpu",
@@ -449,12 +515,14 @@ def load_safetensors(
         raise CorruptCheckpointError(
             path, "the file is empty (0 bytes): the save that created it never wrote its data.", fix
         )
+    check_safetensors_header(path, fix=fix)
     device = (
         str(torch.device(map_location)) if isinstance(map_location, (str, torch.device)) else "cpu"
     )
     try:
-        return load_file(path, device=device)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        with torch.sparse.check_sparse_tensor_invariants():
+            return load_file(path, device=device)
+    except (SafetensorError, OSError, ValueError, RuntimeError, TypeError, OverflowError) as exc:
         raise CorruptCheckpointError(
             path, f"not a readable safetensors file ({type(exc).__name__}: {exc}).", fix
         ) from None

@@ -21,7 +21,7 @@ import torch
 
 from course_lib.safe_io import CheckpointError, atomic_write, load_safetensors
 
-__all__ = ["load_state_safetensors", "save_state_safetensors"]
+__all__ = ["MAX_DEPTH", "load_state_safetensors", "save_state_safetensors"]
 
 _METADATA_KEY = "course_lib.structure"
 _PLAIN = (str, int, float, bool, type(None))
@@ -63,16 +63,44 @@ def _encode(value: Any, where: str, tensors: dict[str, torch.Tensor], seen: dict
     )
 
 
-def _decode(value: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+#: Deeper than any state a training run saves; a hostile file nests 900 deep for a RecursionError.
+MAX_DEPTH = 100
+#: What one JSON value (a list, a dict, an item) costs in memory once parsed and decoded (measured:
+#: 50 bytes for an int in a list, 66 for an empty list). A structure is refused before parsing
+#: when that would exceed twice the file, or 16 MiB for a smaller file (a few hundred thousand
+#: values: an optimizer's state, a loss history).
+_BYTES_PER_VALUE = 64
+_FREE_BYTES = 16 << 20
+
+
+def _decode(value: Any, tensors: Mapping[str, torch.Tensor], depth: int = 0) -> Any:
+    if depth > MAX_DEPTH:
+        raise ValueError(f"the structure nests deeper than {MAX_DEPTH} levels")
     if type(value) is list:
-        return [_decode(v, tensors) for v in value]
+        return [_decode(v, tensors, depth + 1) for v in value]
     if isinstance(value, dict):
         if "__tensor__" in value:
             return tensors[value["__tensor__"]]
         if "__tuple__" in value:
-            return tuple(_decode(v, tensors) for v in value["__tuple__"])
-        return {k: _decode(v, tensors) for k, v in value["__dict__"]}
+            return tuple(_decode(v, tensors, depth + 1) for v in value["__tuple__"])
+        return {k: _decode(v, tensors, depth + 1) for k, v in value["__dict__"]}
     return value
+
+
+def _check_structure_size(path: Path, text: str) -> None:
+    """Refuse, before parsing, a structure that would take more than twice the file in memory
+    (5 MB of ``[[],[],...]`` parse into 228 MB of lists)."""
+    values = text.count("[") + text.count("{") + text.count(",")
+    budget = max(2 * path.stat().st_size, _FREE_BYTES)
+    if values * _BYTES_PER_VALUE > budget:
+        raise CheckpointError(
+            path,
+            f"its structure metadata lists about {values:,} values, which would take about "
+            f"{values * _BYTES_PER_VALUE:,} bytes of memory, more than twice the file's "
+            f"{path.stat().st_size:,} bytes (a file crafted to exhaust memory, or not written "
+            "by save_state_safetensors).",
+            "load its tensors alone with safetensors.torch.load_file(path).",
+        )
 
 
 def save_state_safetensors(state: Mapping[str, Any], path: str | os.PathLike[str]) -> Path:
@@ -119,9 +147,18 @@ def load_state_safetensors(
         ) from None
     if _METADATA_KEY not in metadata:
         return tensors
+    text = metadata.pop(_METADATA_KEY)
+    del metadata
+    _check_structure_size(path, text)
     try:
-        return _decode(json.loads(metadata[_METADATA_KEY]), tensors)
-    except (ValueError, KeyError, TypeError) as exc:
+        return _decode(json.loads(text), tensors)
+    except RecursionError:
+        raise CheckpointError(
+            path,
+            f"its structure metadata nests deeper than {MAX_DEPTH} levels.",
+            "load its tensors alone with safetensors.torch.load_file(path).",
+        ) from None
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             path,
             f"its structure metadata is damaged ({type(exc).__name__}: {exc}).",

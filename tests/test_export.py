@@ -37,14 +37,14 @@ def test_trace_parity_after_save_and_load(model_and_shape, tmp_path, freeze):
     model, shape = model_and_shape
     path = tmp_path / "traced.pt"
     export.trace_model(model, torch.randn(2, *shape), path, freeze=freeze)
-    _assert_parity(model, export.load_torchscript(path), shape)
+    _assert_parity(model, export.load_torchscript(path, trusted=True), shape)
 
 
 def test_script_parity_after_save_and_load(model_and_shape, tmp_path):
     model, shape = model_and_shape
     path = tmp_path / "scripted.pt"
     export.script_model(model, path)
-    _assert_parity(model, export.load_torchscript(path), shape)
+    _assert_parity(model, export.load_torchscript(path, trusted=True), shape)
 
 
 def test_torch_export_parity_after_save_and_load(model_and_shape, tmp_path):
@@ -171,8 +171,8 @@ def test_each_artifact_runs_in_a_fresh_process_without_the_class(tmp_path):
     export.trace_model(model, x, tmp_path / "cnn_traced.pt")
     export.export_program(model, x, tmp_path / "cnn.pt2")
     runs = export.run_all_in_fresh_process(
-        [(tmp_path / "cnn_traced.pt", x), (tmp_path / "cnn.pt2", x)]
-    )
+        [(tmp_path / "cnn_traced.pt", x), (tmp_path / "cnn.pt2", x)], trusted=True
+    )  # TorchScript runs code while loading: trusted, since this test made it
     assert [run.kind for run in runs] == ["torchscript", "torch.export"]
     for run in runs:
         assert run.course_modules_imported == ()

@@ -10,7 +10,8 @@ Read it in this order:
    DDP on gloo (NCCL when every rank has a GPU), a sharded checkpoint every few steps, resume
    from the newest complete one after a restart, bitwise the same result as an uninterrupted run.
 3. ``step_checkpoints``: how those checkpoints appear atomically (a step folder renamed when every
-   rank's shard is written) and how a damaged one is refused.
+   rank's shard is written) and how a damaged one is refused. ``safe_dcp``: every DCP folder is
+   read through it (``.metadata`` is a pickle: read without running code, then checked).
 4. ``reshard_job``: loading a checkpoint saved by 2 ranks on 1 or 3 ranks.
 5. For maintainers: ``_reaper`` (finds and kills every process of a run, also as a guardian
    when the caller dies) and ``loss_curves`` (the notebook's picture of two runs).
@@ -19,6 +20,14 @@ Taught in notebooks/05_data_parallel.ipynb.
 """
 
 from course_lib.distributed.elastic_job import choose_backend, example_table
+from course_lib.distributed.safe_dcp import (
+    SafeFileSystemReader,
+    SafeLoadPlanner,
+    UnsafeDCPFolderError,
+    dcp_to_torch_save,
+    load_dcp,
+    read_dcp_metadata,
+)
 from course_lib.distributed.step_checkpoints import (
     IncompleteStepError,
     StepChoice,
@@ -39,6 +48,12 @@ from course_lib.distributed.torchrun import (
 
 __all__ = [
     "IncompleteStepError",
+    "SafeFileSystemReader",
+    "SafeLoadPlanner",
+    "UnsafeDCPFolderError",
+    "dcp_to_torch_save",
+    "load_dcp",
+    "read_dcp_metadata",
     "RankFailure",
     "StepChoice",
     "TorchrunError",

@@ -223,13 +223,13 @@ def train(cfg: JobConfig) -> None:
 
     Taught in notebooks/05_data_parallel.ipynb, sections 2 and 3.
     """
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import set_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.nn.parallel import DistributedDataParallel
 
     from course_lib.data import make_regression_data
+    from course_lib.distributed.safe_dcp import load_dcp
     from course_lib.models import make_mlp
     from course_lib.safe_io import safe_save
 
@@ -266,7 +266,7 @@ def train(cfg: JobConfig) -> None:
     start = 0
     if choice.step is not None:
         state = _state(ddp, optimizer, table)
-        dcp.load(state, checkpoint_id=choice.path)
+        load_dcp(state, choice.path)  # runs no code from the folder (safe_dcp)
         set_state_dict(
             ddp, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"]
         )

@@ -27,13 +27,13 @@ __all__ = ["main"]
 
 
 def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
-    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.nn.parallel import DistributedDataParallel
 
     from course_lib.distributed.elastic_job import TABLE_SHAPE, choose_backend, example_table
+    from course_lib.distributed.safe_dcp import load_dcp
     from course_lib.distributed.step_checkpoints import check_step_folder
     from course_lib.models import make_mlp
     from course_lib.safe_io import safe_load
@@ -58,7 +58,7 @@ def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
     mesh = init_device_mesh(device.type, (world,))
     table = distribute_tensor(torch.zeros(TABLE_SHAPE, device=device), mesh, [Shard(0)])
     state = {"model": model_sd, "optim": optim_sd, "table": table}
-    dcp.load(state, checkpoint_id=checkpoint)
+    load_dcp(state, checkpoint)  # runs no code from the folder (safe_dcp)
     set_state_dict(ddp, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
     expected = safe_load(expect, map_location=device)
     mine = {

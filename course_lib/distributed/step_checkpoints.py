@@ -22,8 +22,8 @@ from typing import Any
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint import FileSystemReader
 
+from course_lib.distributed.safe_dcp import check_plain_entries, read_dcp_metadata
 from course_lib.safe_io import CheckpointError
 
 __all__ = [
@@ -35,7 +35,8 @@ __all__ = [
     "step_folder",
 ]
 
-_STEP_NAME = re.compile(r"^step_(\d{6})$")
+# ASCII digits only (\d would take "step_٩٩٩٩٩٩"), and fullmatch ($ would take a trailing newline).
+_STEP_NAME = re.compile(r"step_([0-9]{6})", flags=re.ASCII)
 _INCOMPLETE = ".incomplete"
 _REPLACED = ".replaced"
 
@@ -61,58 +62,29 @@ def step_folder(root: str | os.PathLike[str], step: int) -> Path:
     return Path(root) / f"step_{step:06d}"
 
 
-def _rank(name: str) -> str:
-    match = re.match(r"__(\d+)_\d+\.distcp$", name)
-    return f"rank {match.group(1)}'s shard {name}" if match else name
-
-
 def check_step_folder(path: str | os.PathLike[str]) -> None:
     """Refuse a DCP folder whose metadata or shards are not all there (``IncompleteStepError``).
 
     Every byte range that ``.metadata`` records must lie inside an existing file: a missing shard
     (a rank crashed before writing it) or a truncated one (a copy or a disk cut short) is named
-    with its rank. Taught in notebooks/05_data_parallel.ipynb, section 4.
+    with its rank. ``.metadata`` is a pickle: it is read by ``read_dcp_metadata``, which runs no
+    code from it and refuses shards that are links or lie outside the folder; its non-tensor
+    entries must load with ``weights_only=True`` (``check_plain_entries``). Taught in
+    notebooks/05_data_parallel.ipynb, section 4.
     """
     folder = Path(path)
-    if not (folder / ".metadata").is_file():
-        raise IncompleteStepError(
-            folder,
-            "no .metadata file: the save did not finish on every rank",
-            "load the previous step (newest_complete_step does), or save again",
-        )
     try:
-        metadata = FileSystemReader(folder).read_metadata()
-    except Exception as exc:  # a damaged metadata pickle raises anything
-        raise IncompleteStepError(
-            folder,
-            f".metadata cannot be read ({type(exc).__name__}: {exc})",
-            "load the previous step (newest_complete_step does), or save again",
-        ) from exc
-    needed: dict[str, int] = {}
-    for info in (metadata.storage_data or {}).values():
-        name = str(info.relative_path)
-        needed[name] = max(needed.get(name, 0), info.offset + info.length)
-    for name, size in sorted(needed.items()):
-        file = folder / name
-        if not file.is_file():
-            raise IncompleteStepError(
-                folder,
-                f"{_rank(name)} is missing (the metadata lists it)",
-                "a rank crashed or its file was lost: load the previous step, or save again",
-            )
-        actual = file.stat().st_size
-        if actual < size:
-            raise IncompleteStepError(
-                folder,
-                f"{_rank(name)} is truncated: {actual} bytes, the metadata needs {size}",
-                "the file was cut short (a full disk, a copy interrupted): load the previous step",
-            )
+        check_plain_entries(folder, read_dcp_metadata(folder))
+    except IncompleteStepError:
+        raise
+    except CheckpointError as exc:
+        raise IncompleteStepError(folder, exc.problem, exc.fix) from None
 
 
 def _steps_newest_first(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_NAME.match(p.name))]
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_NAME.fullmatch(p.name))]
     return sorted(found, reverse=True)
 
 
@@ -149,6 +121,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _refuse_link(partial: Path) -> None:
+    """A link (or a file) at ``step_N.incomplete`` was not made by ``save_step``: refuse it."""
+    if partial.is_symlink() or (partial.exists() and not partial.is_dir()):
+        kind = "a symbolic link" if partial.is_symlink() else "not a folder"
+        raise CheckpointError(
+            partial,
+            f"is {kind}: save_step writes a step's shards into a folder of its own, and writing "
+            "through this would put them wherever it points",
+            "remove it (it was not made by save_step) and save again",
+        )
+
+
 def save_step(state: dict[str, Any], root: str | os.PathLike[str], step: int) -> Path:
     """Save ``state`` with ``dcp.save`` as step ``step`` under ``root``, visible only when complete.
 
@@ -163,9 +147,12 @@ def save_step(state: dict[str, Any], root: str | os.PathLike[str], step: int) ->
     rank0 = not dist.is_initialized() or dist.get_rank() == 0
     if rank0:
         root_path.mkdir(parents=True, exist_ok=True)
+        _refuse_link(partial)
         shutil.rmtree(partial, ignore_errors=True)  # a leftover of a crash during this step
+        partial.mkdir()  # fails if something appeared there since: never write through it
     if dist.is_initialized():
         dist.barrier()  # nobody writes into the folder while rank 0 clears it
+    _refuse_link(partial)  # every rank checks what it is about to write into
     dcp.save(state, checkpoint_id=partial)
     if dist.is_initialized():
         dist.barrier()  # every rank's shard is on disk (dcp.save's metadata, written last, too)

@@ -9,6 +9,8 @@ Reading order:
 1. ``torchscript``: ``trace_model``, ``script_model``, ``load_torchscript`` (the chapter's calls).
 2. ``program``: ``export_program``, ``load_program``, ``exported_module`` (``torch.export``).
 3. ``fresh_process``: ``run_in_fresh_process``, the proof that a file needs no model source.
+   ``trust``: which files run code when loaded (TorchScript, a ``.pt2`` with pickles or native
+   libraries, AOTInductor packages): the loaders refuse them unless ``trusted=True``.
 4. For maintainers: ``modes`` (every export in eval mode, each flag and buffer restored),
    ``writing`` (atomic writes: a failed export keeps the previous file) and ``errors``.
 
@@ -58,6 +60,13 @@ from course_lib.export.torchscript import (
     script_model,
     trace_model,
 )
+from course_lib.export.trust import (
+    UntrustedCodeError,
+    check_pt2_trusted,
+    check_torchscript_trusted,
+    load_aoti_package,
+    pt2_code_risks,
+)
 from course_lib.export.writing import (
     save_through_python,
     write_atomically,
@@ -75,19 +84,24 @@ __all__ = [
     "TraceMismatchError",
     "TraceMismatchWarning",
     "TrainingModeWarning",
+    "UntrustedCodeError",
     "artifact_kind",
     "as_tuple",
     "batch_dynamic_shapes",
     "batched_inputs",
     "check_input_shapes",
+    "check_pt2_trusted",
+    "check_torchscript_trusted",
     "export_program",
     "exported_module",
     "exporting_in_eval_mode",
     "ignore_jit_deprecation",
+    "load_aoti_package",
     "load_program",
     "load_torchscript",
     "positional_specs",
     "program_input_shapes",
+    "pt2_code_risks",
     "quiet_loggers",
     "run_all_in_fresh_process",
     "run_in_fresh_process",

@@ -20,6 +20,7 @@ import torch
 from torch.utils import _pytree as pytree
 
 from course_lib.export.modes import Inputs, as_tuple
+from course_lib.export.trust import check_pt2_trusted, check_torchscript_trusted
 
 __all__ = [
     "FreshRun",
@@ -116,7 +117,10 @@ def artifact_kind(path: str | os.PathLike[str]) -> str:
 
 
 def run_all_in_fresh_process(
-    jobs: Sequence[tuple[str | os.PathLike[str], Inputs]], *, timeout: float = 180
+    jobs: Sequence[tuple[str | os.PathLike[str], Inputs]],
+    *,
+    timeout: float = 180,
+    trusted: bool = False,
 ) -> list[FreshRun]:
     """Load each ``(path, inputs)`` in ONE new Python process that cannot import ``course_lib``.
 
@@ -125,12 +129,21 @@ def run_all_in_fresh_process(
     ``.pt2`` with ``torch.export.load``, ``.onnx`` with onnxruntime. Inputs and outputs travel as
     ``torch.save`` files (read back with ``weights_only=True``); outputs come back on the CPU.
     One process for several files saves the second or two each Python start costs.
+
+    Files that run code when loaded (TorchScript; a ``.pt2`` holding pickles or native
+    libraries, see ``load_program``) are refused before the process starts, unless
+    ``trusted=True``. Taught in notebooks/06_torchscript.ipynb.
     """
     prepared = []
     for path, inputs in jobs:
         path = Path(path).resolve()
+        kind = artifact_kind(path)
+        if kind == "torchscript":
+            check_torchscript_trusted(path, trusted)
+        elif kind == "torch.export":
+            check_pt2_trusted(path, trusted)
         cpu = tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in as_tuple(inputs))
-        prepared.append((artifact_kind(path), str(path), cpu))
+        prepared.append((kind, str(path), cpu))
     with tempfile.TemporaryDirectory(prefix="fresh-process-") as tmp:
         jobs_path, results_path = Path(tmp) / "jobs.pt", Path(tmp) / "results.pt"
         torch.save(prepared, jobs_path)
@@ -166,7 +179,10 @@ def run_all_in_fresh_process(
 
 
 def run_in_fresh_process(
-    path: str | os.PathLike[str], inputs: Inputs, *, timeout: float = 180
+    path: str | os.PathLike[str], inputs: Inputs, *, timeout: float = 180, trusted: bool = False
 ) -> FreshRun:
-    """Load ``path`` in a new Python process without ``course_lib`` and run ``inputs`` through it."""
-    return run_all_in_fresh_process([(path, inputs)], timeout=timeout)[0]
+    """Load ``path`` in a new Python process without ``course_lib`` and run ``inputs`` through it.
+
+    ``trusted`` as in ``run_all_in_fresh_process``. Taught in notebooks/06_torchscript.ipynb.
+    """
+    return run_all_in_fresh_process([(path, inputs)], timeout=timeout, trusted=trusted)[0]

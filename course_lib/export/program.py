@@ -26,6 +26,7 @@ from course_lib.export.modes import (
     exporting_in_eval_mode,
     quiet_loggers,
 )
+from course_lib.export.trust import check_pt2_trusted
 from course_lib.export.writing import save_through_python, write_atomically
 
 __all__ = [
@@ -228,8 +229,17 @@ def export_program(
     return program
 
 
-def load_program(path: str | os.PathLike[str]) -> torch.export.ExportedProgram:
-    """Load a ``.pt2`` file written by ``torch.export.save``: needs no Python class."""
+def load_program(
+    path: str | os.PathLike[str], *, trusted: bool = False
+) -> torch.export.ExportedProgram:
+    """Load a ``.pt2`` file written by ``torch.export.save``: needs no Python class.
+
+    A program of a graph and tensors loads without running code. A ``.pt2`` that also holds a
+    pickle ``weights_only=True`` refuses or an AOTInductor library runs code in
+    ``torch.export.load``: it is refused (``UntrustedCodeError``, saying what it holds) unless
+    ``trusted=True``. Taught in notebooks/06_torchscript.ipynb.
+    """
+    check_pt2_trusted(path, trusted)
     return torch.export.load(str(path))
 
 
@@ -276,9 +286,13 @@ class ExportedModule(nn.Module):
 
 
 def exported_module(
-    program: torch.export.ExportedProgram | str | os.PathLike[str],
+    program: torch.export.ExportedProgram | str | os.PathLike[str], *, trusted: bool = False
 ) -> ExportedModule:
-    """A callable module from a program (or a ``.pt2`` path) that names a shape mismatch clearly."""
+    """A callable module from a program (or a ``.pt2`` path) that names a shape mismatch clearly.
+
+    A path is read by ``load_program`` (``trusted`` as there). Taught in
+    notebooks/06_torchscript.ipynb.
+    """
     if isinstance(program, (str, os.PathLike)):
-        return ExportedModule(load_program(program), name=str(program))
+        return ExportedModule(load_program(program, trusted=trusted), name=str(program))
     return ExportedModule(program)

@@ -17,6 +17,7 @@ from torch.utils import _pytree as pytree
 
 from course_lib.export.errors import TraceMismatchError, TraceMismatchWarning
 from course_lib.export.modes import Inputs, as_tuple, exporting_in_eval_mode, ignore_jit_deprecation
+from course_lib.export.trust import check_torchscript_trusted
 from course_lib.export.writing import save_through_python, write_atomically
 
 __all__ = [
@@ -156,8 +157,17 @@ def script_model(
 
 
 def load_torchscript(
-    path: str | os.PathLike[str], map_location: str | torch.device | None = None
+    path: str | os.PathLike[str],
+    map_location: str | torch.device | None = None,
+    *,
+    trusted: bool = False,
 ) -> torch.jit.ScriptModule:
-    """Load a TorchScript file (``torch.load`` refuses these): needs no Python class."""
+    """Load a TorchScript file (``torch.load`` refuses these): needs no Python class.
+
+    A TorchScript file is a program that runs while it loads, so it is refused
+    (``UntrustedCodeError``) unless ``trusted=True``: pass it for files you made or trust
+    completely. Taught in notebooks/06_torchscript.ipynb.
+    """
+    check_torchscript_trusted(path, trusted)
     with ignore_jit_deprecation():
         return torch.jit.load(str(path), map_location=map_location)

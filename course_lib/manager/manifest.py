@@ -303,12 +303,15 @@ def _best(raw: object) -> BestPointer | None:
         return None
     raw = _typed(raw, dict, "'best'")
     source = raw.get("source")
+    files = _files({"files": raw.get("files") or {}}, "'best'")
+    if not any(not name.endswith(SIDECAR_SUFFIX) for name in files):
+        raise _Damaged("'best' lists no best_model file (its 'files' are missing or empty)")
     return BestPointer(
         source=None if source is None else _plain_name(source),
         epoch=_optional_int(raw.get("epoch"), "'best' epoch"),
         step=_optional_int(raw.get("step"), "'best' step"),
         metrics=_metrics(raw.get("metrics"), "'best' metrics"),
-        files=_files({"files": raw.get("files") or {}}, "'best'"),
+        files=files,
     )
 
 
