@@ -38,6 +38,7 @@ def inline_solutions(cells: list[tuple[str, str, list[str]]]) -> list[str]:
 NOTEBOOKS = [
     "03_checkpoints",
     "04_mismatched_state_dict",
+    "04b_partial_loading_in_depth",
     "07_onnx",
     "08_checkpoint_manager",
     "09_safe_saving",
