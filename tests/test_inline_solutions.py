@@ -42,7 +42,9 @@ NOTEBOOKS = [
     "07_onnx",
     "08_checkpoint_manager",
     "09_safe_saving",
+    "09b_durability_in_depth",
     "10_summary",
+    "10b_physicists_view",
 ]
 SOURCES = [ROOT / "nbsrc" / "notebooks" / f"{name}.py" for name in NOTEBOOKS]
 
