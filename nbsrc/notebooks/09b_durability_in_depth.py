@@ -336,7 +336,7 @@ safe_load(flipped, map_location="cpu")  # checks every entry's CRC-32 first
 #   target, `fsync` the folder, and remove the temporary file on failure: `safe_save` does this.
 # - Keep a backup atomically too (`save_with_backup`), and load with `safe_load`, which tells a
 #   truncated file from a foreign or unsafe one.
-# - Back to the core path: `10_summary`, a physicist's view of checkpoints.
+# - Back to the core path: `10_summary`, the card of save/load pairs.
 
 # %% [markdown]
 # ## Further reading
