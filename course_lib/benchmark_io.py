@@ -5,7 +5,7 @@ How much ``fsync`` costs depends on the file system: on a disk it waits for the 
 the platter or flash; on a RAM-backed ``tmpfs``, an overlay in a container, or a disk whose
 write cache is not flushed, it returns at once. So the conclusion is computed from the ratios of
 this run, never assumed. ``benchmarks/bench_checkpoint_io.py`` does the full comparison.
-Taught in notebooks/09_safe_saving.ipynb, step 4.
+Taught in notebooks/09b_durability_in_depth.ipynb, step 4.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def median_save_ms(
 ) -> float:
     """The median time of ``save(obj, path)`` over ``repeat`` calls, in milliseconds.
 
-    Taught in notebooks/09_safe_saving.ipynb, step 4 (through ``measure_save_costs``).
+    Taught in notebooks/09b_durability_in_depth.ipynb, step 4 (through ``measure_save_costs``).
     """
     times = []
     for _ in range(repeat):
@@ -107,7 +107,7 @@ def measure_save_costs(
 
     ``methods`` defaults to plain ``torch.save``, ``torch.save`` + ``fsync`` and ``safe_save``
     (the first must be plain ``torch.save``: the baseline of the ratios).
-    Taught in notebooks/09_safe_saving.ipynb, step 4.
+    Taught in notebooks/09b_durability_in_depth.ipynb, step 4.
     """
     import torch
 

@@ -30,7 +30,7 @@ def make_image_data(
 
     Learnable in a few epochs by a small CNN, so a notebook can show real training progress.
 
-    Taught in notebooks/04_mismatched_state_dict.ipynb.
+    Taught in notebooks/04b_partial_loading_in_depth.ipynb.
     """
     gen = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, num_classes, (n_samples,), generator=gen)

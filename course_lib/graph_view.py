@@ -86,7 +86,7 @@ def _ts_steps(module: torch.jit.ScriptModule) -> list[GraphStep]:
 def graph_steps(recorded: torch.jit.ScriptModule | torch.export.ExportedProgram) -> list[GraphStep]:
     """The tensor operations of a TorchScript trace or a ``torch.export`` program, in order.
 
-    Taught in notebooks/06_torchscript.ipynb (the traced graph, then the exported one).
+    Taught in notebooks/06b_export_in_depth.ipynb (the traced graph, then the exported one).
     """
     if isinstance(recorded, torch.export.ExportedProgram):
         return _fx_steps(recorded)
@@ -100,6 +100,6 @@ def graph_steps(recorded: torch.jit.ScriptModule | torch.export.ExportedProgram)
 def format_steps(steps: list[GraphStep]) -> str:
     """One line per step: the output's shape, then ``name = op(tensor inputs)``.
 
-    Taught in notebooks/06_torchscript.ipynb.
+    Taught in notebooks/06b_export_in_depth.ipynb.
     """
     return "\n".join(str(step) for step in steps)

@@ -9,7 +9,7 @@ of them, and one-off costs (exporting, compiling, the first call) are reported a
 steady latency. ``InferenceBenchmark.takeaway`` states what the measured numbers say, and no
 more: which backend was fastest at which batch size, by how much, and what compiling cost.
 
-Taught in notebooks/07_onnx.ipynb, section "How fast is each format?"; the full comparison is
+Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?"; the full comparison is
 benchmarks/bench_inference.py.
 """
 
@@ -65,7 +65,7 @@ def same_threads(threads: int) -> Iterator[int]:
     two threads per backend fight the other programs for the cores and the slowest thread sets
     the pace of every operator.
 
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -103,7 +103,7 @@ def make_backends(
     ``dynamic=False``: one kernel specialised per batch size, compiled at the first call with that
     size (``run_benchmark`` reports that call apart). Unknown names raise ``ValueError``.
 
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
     """
     unknown = sorted(set(names) - set(ALL_BACKENDS))
     if unknown:
@@ -225,7 +225,7 @@ def eager_hotspots(
     most where these shares are large. (``torch.profiler`` would say the same, but prints log
     lines of its own.)
 
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
     """
     inputs: dict[nn.Module, tuple[Any, ...]] = {}
     leaves = [m for m in model.modules() if not list(m.children())]
@@ -268,7 +268,7 @@ def run_benchmark(
     ``torch.compile``), then ``rounds`` interleaved rounds of ``measure_latency``; the median of the
     rounds is kept. Each backend's output is compared with eager's (largest absolute difference).
 
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
     """
     if "eager" not in backends:
         raise ValueError("the benchmark compares against eager: include the 'eager' backend")
@@ -310,7 +310,7 @@ def run_benchmark(
 def plot_latency(result: InferenceBenchmark, title: str = "") -> Any:  # a matplotlib Figure
     """One bar chart per batch size: median latency by backend, each bar labelled with its speed-up.
 
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
     """
     import matplotlib.pyplot as plt
 

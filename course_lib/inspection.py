@@ -208,7 +208,7 @@ def inspect_checkpoint(path: str | os.PathLike[str]) -> CheckpointInfo:
     plain state_dicts, on nested training checkpoints (``model_state_dict/fc.weight`` ...) and on
     ``torch.distributed.checkpoint`` directories (from their metadata alone).
 
-    Taught in notebooks/04_mismatched_state_dict.ipynb.
+    Taught in notebooks/04b_partial_loading_in_depth.ipynb.
     """
     path = Path(path)
     metadata = path / ".metadata"

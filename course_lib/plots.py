@@ -47,7 +47,7 @@ def plot_resume_curves(
 def plot_save_costs(ms: Mapping[str, Mapping[str, float]]) -> Any:
     """One bar chart per state: the median milliseconds of each save method.
 
-    Taught in notebooks/09_safe_saving.ipynb, step 4 (``ms`` is ``SaveCosts.ms``).
+    Taught in notebooks/09b_durability_in_depth.ipynb, step 4 (``ms`` is ``SaveCosts.ms``).
     """
     import matplotlib.pyplot as plt
 
@@ -70,7 +70,7 @@ def plot_retention(
     under the ``union`` policy, save after save. Returns the figure and the epochs the union
     keeps at the end. The policies are ``retention_reasons`` keyword arguments.
 
-    Taught in notebooks/08_checkpoint_manager.ipynb, step 4.
+    Taught in notebooks/08b_retention_async.ipynb, step 4.
     """
     import matplotlib.pyplot as plt
     import numpy as np

@@ -133,7 +133,7 @@ def run_onnx_without_torch(
     ``inputs`` are arrays or tensors, by graph input name or in the graph's order. The process runs
     onnxruntime's CPU provider with ``threads`` intra-op threads and returns every output by name.
     Raises ``TorchFreeRunError`` if the process fails, or if torch got loaded after all.
-    Taught in notebooks/07_onnx.ipynb, section "Runs without PyTorch".
+    Taught in notebooks/07b_onnx_latency.ipynb, section "Runs without PyTorch".
     """
     path = Path(path)
     if not path.is_file():

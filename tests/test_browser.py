@@ -139,7 +139,7 @@ def test_learner_picks_a_kept_checkpoint_and_sees_its_predictions(open_and_run_a
     from playwright.sync_api import expect
 
     run, course = open_and_run_all
-    page = run("08_checkpoint_manager.ipynb")
+    page = run("08b_retention_async.ipynb")
 
     picker = page.locator(".widget-interact .widget-dropdown select")
     expect(picker).to_be_visible()

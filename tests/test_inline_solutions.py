@@ -40,11 +40,17 @@ NOTEBOOKS = [
     "02_whole_model",
     "03_checkpoints",
     "04_mismatched_state_dict",
+    "04b_partial_loading_in_depth",
     "05_data_parallel",
+    "06_torchscript",
     "07_onnx",
+    "07b_onnx_latency",
     "08_checkpoint_manager",
+    "08b_retention_async",
     "09_safe_saving",
+    "09b_durability_in_depth",
     "10_summary",
+    "10b_physicists_view",
 ]
 SOURCES = [ROOT / "nbsrc" / "notebooks" / f"{name}.py" for name in NOTEBOOKS]
 

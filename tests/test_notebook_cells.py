@@ -30,7 +30,7 @@ LONG_CELL_EXCEPTIONS: dict[tuple[str, str], str] = {
         "03b_resume_in_depth.ipynb",
         "# fmt: off",
     ): "the chapter's train_with_checkpoint, in the chapter's own layout (67 lines there)",
-    ("08_checkpoint_manager.ipynb", "class CheckpointManager:"): (
+    ("08b_retention_async.ipynb", "class CheckpointManager:"): (
         "the chapter's whole class (a Python class cannot span cells); read method by method"
     ),
 }

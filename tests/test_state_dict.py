@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import inspect
 import logging
 from collections import OrderedDict
 
@@ -31,7 +33,18 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # On one device: wrapping in nn.DataParallel moves a model to the GPU when there is one.
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
+
+
+def test_the_comparison_moves_both_sides_to_one_device():
+    # Without a GPU the mix cannot be made here; what makes it safe is the code itself.
+    call = next(
+        node
+        for node in ast.walk(ast.parse(inspect.getsource(_equal)))
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "equal"
+    )
+    assert [ast.unparse(arg) for arg in call.args] == ["a[k].cpu()", "b[k].cpu()"]
 
 
 class Old(nn.Module):

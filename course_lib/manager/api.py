@@ -74,7 +74,8 @@ class CheckpointManager:
     ``lock_timeout`` (seconds to wait for another process's lock) and ``verbose=True`` (print
     what happens, as the chapter did).
 
-    Taught in notebooks/08_checkpoint_manager.ipynb, step 3.
+    Taught in notebooks/08_checkpoint_manager.ipynb; in a training run,
+    notebooks/08b_retention_async.ipynb, step 3.
     """
 
     def __init__(

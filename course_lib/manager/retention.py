@@ -6,7 +6,7 @@ Read this second, after ``api``. The policies read checkpoint records (anything 
 tested, and drawn in a notebook, without saving anything. ``CheckpointManager`` deletes what
 they no longer keep.
 
-Taught in notebooks/08_checkpoint_manager.ipynb, step 4.
+Taught in notebooks/08b_retention_async.ipynb, step 4.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Candidate:
 
     ``Candidate(file='e7', epoch=7, metrics={'val_loss': 0.31})``.
 
-    Taught in notebooks/08_checkpoint_manager.ipynb, step 4.
+    Taught in notebooks/08b_retention_async.ipynb, step 4.
     """
 
     file: str
@@ -119,7 +119,7 @@ def retention_reasons(
     - ``'kept'``: named in ``keep`` (the checkpoint just saved, and the source of
       ``best_model.pth``).
 
-    Taught in notebooks/08_checkpoint_manager.ipynb, step 4.
+    Taught in notebooks/08b_retention_async.ipynb, step 4.
     """
     entries = list(entries)
     reasons: dict[str, list[str]] = {str(e.file): [] for e in entries}
