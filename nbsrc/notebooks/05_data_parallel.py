@@ -119,7 +119,9 @@ print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", ma
 # With DDP every rank holds the whole model, so rank 0's `torch.save` is enough. When the model
 # is split across ranks (FSDP, tensor parallelism), no rank has it all: `dcp.save` has each rank
 # write its shard plus a `.metadata` file saying where each piece lives, and `dcp.load`
-# reassembles it on any number of ranks, even one (`05b_torchrun_elastic`).
+# reassembles it on any number of ranks, even one (`05b_torchrun_elastic`). That `.metadata` is
+# a **pickle**, which `dcp.load` unpickles without restriction: load a DCP folder from elsewhere
+# with the course's `course_lib.distributed.load_dcp`, which reads it from an allow-list (05b).
 #
 # ## Exercise
 #

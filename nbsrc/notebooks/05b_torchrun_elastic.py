@@ -295,7 +295,7 @@ print(
 from course_lib.display import format_table
 
 step12 = workdir / "straight" / "checkpoints" / "step_000012"
-info = inspect_checkpoint(step12)
+info = inspect_checkpoint(step12)  # reads .metadata with the safe reader below
 print(info.summary())
 print(
     format_table(
@@ -305,17 +305,34 @@ print(
 )
 
 # %% [markdown]
+# **`.metadata` is a pickle.** DCP's own reader opens it with plain `pickle.load`, and its default
+# load planner reads non-tensor entries (the optimizer's `lr`) with `torch.load(weights_only=False)`:
+# a DCP folder from someone else can run code the moment it is loaded. The course reads every DCP
+# folder through `course_lib.distributed.safe_dcp`: `.metadata` is unpickled from an allow-list
+# (DCP's own metadata classes, `torch.Size`, dtypes), then checked (shapes, dtypes, every shard a
+# regular file inside the folder, byte ranges inside the files), and non-tensor entries load with
+# `weights_only=True`. `inspect_checkpoint` and `check_step_folder` above read it that way:
+
+# %%
+from course_lib.distributed import read_dcp_metadata
+
+entries = read_dcp_metadata(step12).state_dict_metadata
+print(len(entries), "entries described, read without running any code from the file")
+
+# %% [markdown]
 # Loading needs a `state_dict` of the right structure to fill in place. `get_state_dict` gives it
 # for model and optimizer (without the `module.` prefix, and with the optimizer state keyed by
-# parameter *names* rather than numbers), `dcp.load` fills it from the files of both ranks, and
+# parameter *names* rather than numbers), `load_dcp` (DCP's `dcp.load(state, checkpoint_id=...)`
+# with the safe reader and planner above) fills it from the files of both ranks, and
 # `set_state_dict` puts it into the model and optimizer. Here in this one process, without any
 # process group (the two RNG states belong to ranks that no longer exist: not loaded):
 
 # %%
 import warnings
 
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+from course_lib.distributed import load_dcp
 
 # DCP warns that there is no process group; here that is the point.
 warnings.filterwarnings("ignore", message=".*assuming the intent is to load in a single process")
@@ -324,7 +341,7 @@ model = make_mlp().to(device)
 optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
 model_sd, optim_sd = get_state_dict(model, optimizer)
 to_fill = {"model": model_sd, "optim": optim_sd, "table": torch.zeros(8, 6, device=device)}
-dcp.load(to_fill, checkpoint_id=step12, no_dist=True)
+load_dcp(to_fill, step12)
 set_state_dict(
     model, optimizer, model_state_dict=to_fill["model"], optim_state_dict=to_fill["optim"]
 )
@@ -340,10 +357,12 @@ print(to_fill["table"].cpu())
 # On 3 ranks, each reads the rows it now owns (3, 3 and 2 of the 8): that is
 # `course_lib/distributed/reshard_job.py`, run by the tests and in the exercises below. To hand a
 # DCP checkpoint to someone who uses plain `torch.load`, convert it into one ordinary file with
-# `dcp_to_torch_save` (the reverse is `torch_save_to_dcp`):
+# `dcp_to_torch_save`: the course's version of DCP's `format_utils.dcp_to_torch_save` (which would
+# unpickle `.metadata` and the non-tensor entries without restriction; the reverse is
+# `torch_save_to_dcp`):
 
 # %%
-from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+from course_lib.distributed import dcp_to_torch_save
 
 dcp_to_torch_save(step12, workdir / "full_checkpoint.pth")
 full = safe_load(workdir / "full_checkpoint.pth", map_location=device)

@@ -7,8 +7,11 @@
 # `01_state_dict`. Deeper: [06b_export_in_depth](06b_export_in_depth.ipynb) (reading the graph,
 # the tracing pitfall, `torch.cond`, AOTInductor, each file run in a fresh process).
 #
-# An exported file is **code**: TorchScript files, `.pt2` archives (pickles inside, and possibly
-# compiled native libraries) and AOTInductor packages. Load them only from a source you trust.
+# An exported file can be **code**: a TorchScript file runs its code at `torch.jit.load`; a `.pt2`
+# archive may hold pickles (which `torch.export.load` retries with `weights_only=False`) or
+# compiled native libraries (which it loads); an AOTInductor package is a shared library. Load them
+# only from a source you trust: the course's loaders (`export.load_torchscript`, `load_program`,
+# `load_aoti_package`) refuse such a file unless you pass `trusted=True`.
 #
 # The chapter traces its model with a 3×224×224 image, but its model is 6.3.1's MLP, which takes
 # 10 features. As written it **fails, on purpose**:

@@ -328,11 +328,14 @@ with warnings.catch_warnings():
 print(f"AOTInductor compiled the program in {time.perf_counter() - started:.1f} s")
 
 # %% [markdown]
-# Loading the package is fast: the work was done ahead of time. The compiled model accepts any
-# batch size, because the program it came from had a dynamic batch:
+# Loading the package is fast: the work was done ahead of time. **An AOTInductor package is a
+# shared library: loading it runs its machine code.** Load only packages you compiled or trust
+# completely; the course's `export.load_aoti_package` (which calls `aoti_load_package`) refuses
+# one unless you pass `trusted=True`. The compiled model accepts any batch size, because the
+# program it came from had a dynamic batch:
 
 # %%
-compiled_mlp = torch._inductor.aoti_load_package(package_path)
+compiled_mlp = export.load_aoti_package(package_path, trusted=True)  # compiled just above
 for batch in (1, 7):
     x = torch.randn(batch, 10)
     same = torch.allclose(compiled_mlp(x), mlp(x), atol=1e-6)
@@ -353,7 +356,9 @@ for batch in (1, 7):
 # The chapter's third advantage, checked: `export.run_all_in_fresh_process` starts a new Python
 # process in which the course's package cannot even be imported (and the classes defined in this
 # notebook do not exist), loads each file with `torch.jit.load` or `torch.export.load`, runs it on
-# the given inputs and sends the outputs back.
+# the given inputs and sends the outputs back. TorchScript files are code (a scripted
+# `__setstate__` runs at `torch.jit.load`), so the runner asks for `trusted=True`; these files
+# were all made above.
 
 # %%
 x_img = torch.randn(3, 3, 224, 224)
@@ -371,7 +376,7 @@ with torch.inference_mode():  # what this process computes, for comparison
         image_model(x_img.to(device)).cpu(),
         SignBranch()(-torch.ones(5, 3)),
     ]
-runs = export.run_all_in_fresh_process(jobs)
+runs = export.run_all_in_fresh_process(jobs, trusted=True)
 for run, want in zip(runs, expected, strict=True):
     same = torch.allclose(run.outputs[0], want, atol=1e-5)
     print(
