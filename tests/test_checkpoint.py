@@ -303,7 +303,9 @@ def _strict_set_rng_state(received):
     """What torch.set_rng_state / torch.cuda.set_rng_state accept: a CPU ByteTensor, else raise."""
 
     def set_rng_state(state, device=None):
-        if not (torch.is_tensor(state) and state.device.type == "cpu" and state.dtype == torch.uint8):
+        if not (
+            torch.is_tensor(state) and state.device.type == "cpu" and state.dtype == torch.uint8
+        ):
             raise TypeError("RNG state must be a torch.ByteTensor")
         received.append((state.clone(), device))
 
