@@ -27,11 +27,13 @@ from course_lib.state_dict import (
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """A CPU copy: nn.DataParallel moves its module to cuda:0 when there is a GPU, so the same
+    test compares a wrapped (GPU) model with a plain (CPU) one."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
 
 
 class Old(nn.Module):
