@@ -295,3 +295,28 @@ def test_the_async_save_benchmark_runs_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio async/sync blocked:" in out.stdout
     assert not list(tmp_path.iterdir())  # its scratch folder is gone
+
+
+def test_run_torchrun_tells_each_node_how_many_ranks_share_the_machine(monkeypatch):
+    """The node processes run_torchrun starts get COURSE_RANKS_ON_HOST (all nodes' ranks) and
+    their own GPU offset; torchrun itself is replaced by a process that exits at once."""
+    import subprocess
+    import sys
+
+    import course_lib.distributed.torchrun as torchrun_module
+
+    seen = []
+    real_popen = subprocess.Popen
+
+    def popen(command, *args, env=None, **kwargs):
+        if "torch.distributed.run" in command:
+            seen.append({k: env[k] for k in ("COURSE_RANKS_ON_HOST", "COURSE_HOST_RANK_OFFSET")})
+            command = [sys.executable, "-c", "pass"]
+        return real_popen(command, *args, env=env, **kwargs)
+
+    monkeypatch.setattr(torchrun_module.subprocess, "Popen", popen)
+    run_torchrun(JOB, [], nnodes=2, nproc_per_node=1, timeout=30)
+    assert seen == [
+        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "0"},
+        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "1"},
+    ]
