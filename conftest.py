@@ -1,13 +1,122 @@
-"""Suite-wide pytest hooks: print how long each notebook took, and fail notebooks that ran no cell."""
+"""Suite-wide pytest hooks: print how long each notebook took, and fail notebooks that ran no cell.
+
+On a GPU machine ``./course test`` runs the suite twice (see the ``course`` script): once with
+``COURSE_DEVICE=cpu``, comparing the notebooks' outputs with the committed (CPU) ones, and once with
+``COURSE_DEVICE=cuda COURSE_CUDA_RUN=1 --nbval-lax``, where only the notebooks, the solutions and
+the tests that exercise a CUDA path (marker ``cuda``, or listed in ``CUDA_TESTS``) are kept.
+``COURSE_PROGRESS_LOG=FILE`` appends a line per notebook and per test as it starts and ends
+(tools/gpu_check.sh: a run cut off at its time limit still says which notebook hung).
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from collections import defaultdict
 
 import pytest
 
+#: Tests whose CUDA path the CUDA run of ./course test must exercise (node id prefixes), besides
+#: those marked ``@pytest.mark.cuda``: the RNG restore after map_location, DataParallel moving a
+#: module to cuda:0, the default map_location, the backend choice, the inline solutions.
+CUDA_TESTS = (
+    "tests/test_device.py",
+    "tests/test_inline_solutions.py",
+    "tests/test_safe_load.py",
+    "tests/test_checkpoint.py::test_cpu_rng_restored_whatever_map_location_did",
+    "tests/test_checkpoint.py::test_rng",
+    "tests/test_state_dict.py::test_one_helper",
+    "tests/test_distributed.py::test_backend_choice",
+    "tests/test_distributed.py::test_two_nodes",
+)
+
+
+def _cuda_run() -> bool:
+    return os.environ.get("COURSE_CUDA_RUN") == "1"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "cuda: exercises a CUDA path; kept in the CUDA run of ./course test"
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    device = os.environ.get("COURSE_DEVICE") or "default (CUDA if present)"
+    if _cuda_run():
+        return (
+            f"course: CUDA run, COURSE_DEVICE={device}: notebooks and solutions (errors only, "
+            "--nbval-lax) and the CUDA tests"
+        )
+    return f"course: COURSE_DEVICE={device}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not _cuda_run():
+        return
+    keep, drop = [], []
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        wanted = (
+            path.endswith(".ipynb")
+            or item.get_closest_marker("cuda") is not None
+            or item.nodeid.startswith(CUDA_TESTS)
+        )
+        (keep if wanted else drop).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+def _progress(event: str, nodeid: str, **extra: object) -> None:
+    """One JSON line to COURSE_PROGRESS_LOG (appended whole, also from xdist workers)."""
+    target = os.environ.get("COURSE_PROGRESS_LOG")
+    if not target:
+        return
+    line = json.dumps({"t": round(time.time(), 2), "event": event, "id": nodeid, **extra})
+    fd = os.open(target, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
+
+
 _notebook_seconds: dict[str, float] = defaultdict(float)
 _notebook_cells_run: dict[str, int] = defaultdict(int)
+_notebook_cells_failed: dict[str, int] = defaultdict(int)
+_notebooks_started: dict[str, float] = {}
+_test_outcomes: dict[str, tuple[str, str]] = {}  # nodeid: (outcome, phase), the worst phase's
+_failed_cells: set[str] = set()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):  # noqa: ANN201
+    """Progress lines (where the test runs: in the xdist worker): a notebook when its first cell
+    starts and after its last one, a test when it starts (its outcome: pytest_runtest_logreport)."""
+    path = item.nodeid.split("::")[0]
+    notebook = path.endswith(".ipynb")
+    if notebook and path not in _notebooks_started:
+        _notebooks_started[path] = time.monotonic()
+        _progress("notebook-start", path)
+    if not notebook:
+        _progress("start", item.nodeid)
+    started = time.monotonic()
+    yield
+    seconds = round(time.monotonic() - started, 2)
+    if notebook and item.nodeid in _failed_cells:
+        _progress("cell-failed", item.nodeid, seconds=seconds)
+    if not notebook:
+        outcome, phase = _test_outcomes.pop(item.nodeid, ("passed", "call"))
+        _progress(outcome, item.nodeid, when=phase, seconds=seconds)
+    if notebook and (nextitem is None or nextitem.nodeid.split("::")[0] != path):
+        _progress(
+            "notebook-end",
+            path,
+            cells_passed=_notebook_cells_run[path],
+            cells_failed=_notebook_cells_failed[path],
+            seconds=round(time.monotonic() - _notebooks_started[path], 1),
+        )
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -16,6 +125,11 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _notebook_seconds[path] += report.duration
         if report.when == "call" and report.passed:
             _notebook_cells_run[path] += 1
+        if report.failed:
+            _notebook_cells_failed[path] += 1
+            _failed_cells.add(report.nodeid)
+    elif report.when == "call" or report.outcome != "passed":
+        _test_outcomes[report.nodeid] = (report.outcome, report.when)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

@@ -250,19 +250,16 @@ def apply_checkpoint(
             continue
         obj.load_state_dict(checkpoint[key])
     if restore_rng:
-        if checkpoint.get("rng") is not None:
-            try:
-                restore_rng_state(checkpoint["rng"])
-            except Exception as exc:  # noqa: BLE001 - {'torch': 'x'}: AttributeError, and others
-                raise CheckpointFieldError(f"'rng' cannot be restored ({exc!r})") from None
-        else:  # the chapter's layout: torch CPU and the current CUDA device only
-            legacy: dict[str, Any] = {"torch": checkpoint.get("rng_state")}
+        # restore_rng_state accepts states on any device: map_location may have moved them.
+        field, states = "rng", checkpoint.get("rng")
+        if states is None:  # the chapter's layout: torch CPU and the current CUDA device only
+            field, states = "rng_state", {"torch": checkpoint.get("rng_state")}
             if checkpoint.get("cuda_rng_state") is not None:
-                legacy["cuda"] = [checkpoint["cuda_rng_state"]]
-            try:
-                restore_rng_state(legacy)
-            except Exception as exc:  # noqa: BLE001 - a tensor of the wrong size or dtype
-                raise CheckpointFieldError(f"'rng_state' cannot be restored ({exc!r})") from None
+                states["cuda"] = [checkpoint["cuda_rng_state"]]
+        try:
+            restore_rng_state(states)
+        except Exception as exc:  # noqa: BLE001 - {'torch': 'x'}: AttributeError, and others
+            raise CheckpointFieldError(f"'{field}' cannot be restored ({exc})") from None
     return checkpoint
 
 

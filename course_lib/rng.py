@@ -59,9 +59,39 @@ def capture_rng_state() -> dict[str, Any]:
     }
 
 
-def _cpu_byte_tensor(state: torch.Tensor) -> torch.Tensor:
-    """RNG states must be CPU uint8 tensors, whatever ``map_location`` moved them to."""
-    return state.detach().to(device="cpu", dtype=torch.uint8)
+def _cpu_byte_tensor(state: Any, name: str = "torch") -> torch.Tensor:
+    """The CPU uint8 tensor that ``torch.set_rng_state`` requires, from any device and dtype.
+
+    ``torch.load(map_location=device)`` moves a saved RNG state to the GPU, and both
+    ``torch.set_rng_state`` and ``torch.cuda.set_rng_state`` then refuse it ("RNG state must be a
+    torch.ByteTensor"). A state that went through a list, NumPy or another dtype comes back too,
+    byte for byte; values outside 0..255 are refused rather than wrapped.
+    """
+    if torch.is_tensor(state):
+        if state.device.type == "meta":
+            raise ValueError(
+                f"RNG state {name!r} is on the meta device, which holds no values: load the "
+                "checkpoint with map_location='cpu' (or onto a real device) to restore it."
+            )
+        tensor = state.detach().to("cpu")
+    else:
+        tensor = torch.as_tensor(np.asarray(state))
+    if tensor.dtype == torch.uint8:
+        return tensor.contiguous()
+    if tensor.dtype == torch.int8:  # the same bytes, read as signed
+        return tensor.contiguous().view(torch.uint8)
+    if tensor.dtype == torch.bool or tensor.is_complex():
+        raise ValueError(f"RNG state {name!r} is a {tensor.dtype} tensor, not bytes (uint8).")
+    if tensor.numel() and (
+        bool((tensor < 0).any())
+        or bool((tensor > 255).any())
+        or (tensor.is_floating_point() and not bool((tensor == tensor.round()).all()))
+    ):
+        raise ValueError(
+            f"RNG state {name!r} ({tensor.dtype}) holds values outside the bytes 0..255: it is "
+            "not an RNG state; save torch.get_rng_state() itself."
+        )
+    return tensor.to(torch.uint8)
 
 
 def _restore_cuda_rng(states: list[torch.Tensor]) -> None:
@@ -83,14 +113,16 @@ def _restore_cuda_rng(states: list[torch.Tensor]) -> None:
             stacklevel=3,
         )
     for index, state in enumerate(states[:available]):
-        torch.cuda.set_rng_state(_cpu_byte_tensor(state), device=index)
+        torch.cuda.set_rng_state(_cpu_byte_tensor(state, f"cuda[{index}]"), device=index)
 
 
 def restore_rng_state(state: Mapping[str, Any]) -> None:
     """Put back what ``capture_rng_state`` captured (missing keys are left alone).
 
     CUDA states for devices this machine does not have give a warning, not an error, so a GPU
-    checkpoint can be resumed or inspected on a laptop.
+    checkpoint can be resumed or inspected on a laptop. States on any device and of any integer
+    dtype are accepted (``map_location='cuda'`` moves them to the GPU); one on the ``meta``
+    device, which has no values, raises a ``ValueError`` that says how to load it instead.
 
     Taught in notebooks/10_summary.ipynb.
     """

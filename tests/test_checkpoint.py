@@ -299,6 +299,71 @@ def test_cpu_rng_restored_whatever_map_location_did():
         assert torch.equal(torch.rand(4), first)
 
 
+def _strict_set_rng_state(received):
+    """What torch.set_rng_state / torch.cuda.set_rng_state accept: a CPU ByteTensor, else raise."""
+
+    def set_rng_state(state, device=None):
+        if not (
+            torch.is_tensor(state) and state.device.type == "cpu" and state.dtype == torch.uint8
+        ):
+            raise TypeError("RNG state must be a torch.ByteTensor")
+        received.append((state.clone(), device))
+
+    return set_rng_state
+
+
+@pytest.mark.parametrize(
+    "convert",
+    [
+        lambda t: t.to(torch.int64),
+        lambda t: t.to(torch.float32),
+        lambda t: t.view(torch.int8),
+        lambda t: t.tolist(),
+        lambda t: t.numpy(),
+    ],
+    ids=["int64", "float32", "int8", "list", "numpy"],
+)
+def test_rng_states_of_any_dtype_reach_torch_as_cpu_byte_tensors(monkeypatch, convert):
+    """Whatever map_location or a conversion made of them, every state (CPU and CUDA) is handed to
+    torch as the CPU ByteTensor it requires, with the same bytes."""
+    received = []
+    monkeypatch.setattr(torch, "set_rng_state", _strict_set_rng_state(received))
+    monkeypatch.setattr(torch.cuda, "set_rng_state", _strict_set_rng_state(received))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    original = torch.get_rng_state()
+    rng.restore_rng_state({"torch": convert(original), "cuda": [convert(original)] * 2})
+    assert [device for _, device in received] == [None, 0, 1]
+    assert all(torch.equal(state, original) for state, _ in received)
+
+
+def test_rng_state_on_the_meta_device_is_a_clear_error():
+    """A device without values (meta) cannot be restored from: say so, and how to load instead,
+    also through apply_checkpoint (a CheckpointFieldError, not a bare NotImplementedError)."""
+    state = rng.capture_rng_state()
+    state["torch"] = state["torch"].to("meta")
+    with pytest.raises(ValueError, match="meta.*map_location='cpu'"):
+        rng.restore_rng_state(state)
+    model, optimizer, _ = _trained_parts()
+    for checkpoint in (
+        ck.build_checkpoint(model, optimizer, epoch=0) | {"rng": state},
+        {
+            "epoch": 0,
+            "model_state_dict": model.state_dict(),
+            "rng_state": torch.get_rng_state().to("meta"),
+        },
+    ):
+        with pytest.raises(ck.CheckpointFieldError, match="meta"):
+            ck.apply_checkpoint(checkpoint, make_mlp())
+
+
+def test_rng_state_out_of_byte_range_is_refused_not_wrapped():
+    state = torch.get_rng_state().to(torch.int64)
+    state[0] = 300
+    with pytest.raises(ValueError, match="0..255"):
+        rng.restore_rng_state({"torch": state})
+
+
 def test_cuda_rng_state_without_cuda_warns_instead_of_crashing(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

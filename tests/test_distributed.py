@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from course_lib.distributed import (
@@ -29,6 +30,8 @@ from course_lib.distributed import (
     step_folder,
     torchrun_command,
 )
+from course_lib.distributed.elastic_job import device_index_on_host, ranks_on_this_host
+from course_lib.distributed.torchrun import host_layout_env
 from course_lib.models import make_mlp
 from course_lib.safe_io import safe_load
 
@@ -113,7 +116,8 @@ def test_two_nodes_of_one_process_each_give_the_same_bits(baseline, tmp_path):
         JOB, ["--workdir", str(tmp_path), *STEPS], nnodes=2, nproc_per_node=1, timeout=150
     )
     assert all("--rdzv-backend=c10d" in c and "--nnodes=2" in c for c in result.commands)
-    assert "[job] 2 workers (gloo) started from scratch" in result.job_lines()
+    # Both nodes run on this machine: NCCL only if it has a GPU for each of the 2 ranks.
+    assert f"[job] 2 workers ({choose_backend(2)}) started from scratch" in result.job_lines()
     assert _bitwise_equal(tmp_path / "final.pth", reference / "final.pth")
 
 
@@ -222,8 +226,57 @@ def test_commands_for_one_node_and_for_several():
 
 
 def test_backend_choice():
-    expected = "nccl" if torch.cuda.device_count() >= 2 else "gloo"
+    expected = "nccl" if torch.cuda.device_count() >= 2 and dist.is_nccl_available() else "gloo"
     assert choose_backend(2) == expected
+
+
+@pytest.mark.parametrize(
+    "ranks_on_host, gpus, expected",
+    [
+        (1, 1, "nccl"),
+        (2, 1, "gloo"),
+        (2, 2, "nccl"),
+        (3, 2, "gloo"),
+        (1, 0, "gloo"),
+        (4, 8, "nccl"),
+    ],
+)
+def test_backend_choice_counts_the_ranks_of_every_node_on_this_machine(
+    ranks_on_host, gpus, expected
+):
+    """NCCL only when every rank on the machine has a GPU of its own; shared GPUs mean gloo."""
+    assert choose_backend(ranks_on_host, gpus, nccl_available=True) == expected
+    assert choose_backend(ranks_on_host, gpus, nccl_available=False) == "gloo"
+
+
+def test_two_one_rank_nodes_on_a_one_gpu_machine_use_gloo(monkeypatch):
+    """What run_torchrun tells each node's workers: torchrun's LOCAL_WORLD_SIZE is 1 in both nodes,
+    but the two ranks share this machine's one GPU (NCCL: "Duplicate GPU detected")."""
+    for node in (0, 1):
+        layout = host_layout_env(node, nnodes=2, nproc_per_node=1)
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        monkeypatch.setenv("LOCAL_RANK", "0")
+        for name, value in layout.items():
+            monkeypatch.setenv(name, value)
+        assert ranks_on_this_host() == 2
+        assert choose_backend(gpus=1, nccl_available=True) == "gloo"
+        assert choose_backend(gpus=2, nccl_available=True) == "nccl"
+        assert device_index_on_host() == node  # with 2 GPUs: cuda:0 and cuda:1, not cuda:0 twice
+    assert host_layout_env(1, nnodes=2, nproc_per_node=3) == {
+        "COURSE_RANKS_ON_HOST": "6",
+        "COURSE_HOST_RANK_OFFSET": "3",
+    }
+
+
+def test_without_run_torchrun_the_ranks_on_this_host_are_torchruns_local_world(monkeypatch):
+    monkeypatch.delenv("COURSE_RANKS_ON_HOST", raising=False)
+    monkeypatch.delenv("COURSE_HOST_RANK_OFFSET", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert ranks_on_this_host() == 3 and device_index_on_host() == 2
+    assert choose_backend(gpus=2, nccl_available=True) == "gloo"
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert ranks_on_this_host() == 1
 
 
 @pytest.mark.timeout(200)
@@ -242,3 +295,28 @@ def test_the_async_save_benchmark_runs_under_torchrun(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     assert "ratio async/sync blocked:" in out.stdout
     assert not list(tmp_path.iterdir())  # its scratch folder is gone
+
+
+def test_run_torchrun_tells_each_node_how_many_ranks_share_the_machine(monkeypatch):
+    """The node processes run_torchrun starts get COURSE_RANKS_ON_HOST (all nodes' ranks) and
+    their own GPU offset; torchrun itself is replaced by a process that exits at once."""
+    import subprocess
+    import sys
+
+    import course_lib.distributed.torchrun as torchrun_module
+
+    seen = []
+    real_popen = subprocess.Popen
+
+    def popen(command, *args, env=None, **kwargs):
+        if "torch.distributed.run" in command:
+            seen.append({k: env[k] for k in ("COURSE_RANKS_ON_HOST", "COURSE_HOST_RANK_OFFSET")})
+            command = [sys.executable, "-c", "pass"]
+        return real_popen(command, *args, env=env, **kwargs)
+
+    monkeypatch.setattr(torchrun_module.subprocess, "Popen", popen)
+    run_torchrun(JOB, [], nnodes=2, nproc_per_node=1, timeout=30)
+    assert seen == [
+        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "0"},
+        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "1"},
+    ]

@@ -29,7 +29,9 @@ from course_lib.state_dict import (
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    """A CPU copy: nn.DataParallel moves its module to cuda:0 when there is a GPU, so the same
+    test compares a wrapped (GPU) model with a plain (CPU) one."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
@@ -417,27 +419,84 @@ HOSTILE_SHAPES = {
 }
 
 
-@pytest.mark.parametrize("shape", sorted(HOSTILE_SHAPES))
-def test_inspect_checkpoint_is_bounded_on_small_hostile_files(tmp_path, shape):
-    """Small files whose contents are huge or endless as a tree: a bounded, quick table."""
+# A CUDA build of torch maps gigabytes of address space that it never touches (the CUDA
+# libraries, the driver's reservations): an address-space limit (RLIMIT_AS) that a CPU torch fits
+# under makes it fail at import ("unable to mmap ... Cannot allocate memory"). What must stay
+# bounded is the memory really used: the child's peak resident set (VmHWM), watched from here too.
+_RSS_GROWTH_LIMIT = 768 << 20  # what inspecting one small hostile file may add to the peak
+_RSS_KILL_LIMIT = 3 << 30  # the watchdog's hard stop, so that a runaway cannot take the machine
+
+
+def _resident_kib(pid, field="VmRSS"):
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            status = handle.read()
+    except OSError:
+        return 0
+    line = next((x for x in status.splitlines() if x.startswith(field + ":")), None)
+    return int(line.split()[1]) if line else 0
+
+
+def _run_with_bounded_memory(script, reserve_gib=0, timeout=120):
+    """Run ``script`` in a child (after ``reserve_gib`` GiB of untouched address space, as a CUDA
+    torch has); kill it if its resident memory passes _RSS_KILL_LIMIT. Returns the child's output,
+    its return code, and the growth of its peak resident memory after importing torch."""
     import subprocess
     import sys
+    import time
 
+    prelude = (
+        "import mmap, sys\n"
+        f"reserved = mmap.mmap(-1, {reserve_gib} << 30, prot=0) if {reserve_gib} else None\n"
+        "import torch\n"
+        "from course_lib.inspection import inspect_checkpoint\n"
+        "def _kib(field):\n"
+        "    line = [x for x in open('/proc/self/status') if x.startswith(field + ':')][0]\n"
+        "    return int(line.split()[1])\n"
+        "_base = _kib('VmRSS')\n"
+    )
+    epilogue = "print('GROWTH_KIB', _kib('VmHWM') - _base)\n"
+    child = subprocess.Popen(
+        [sys.executable, "-c", prelude + script + epilogue],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline, peak, killed = time.monotonic() + timeout, 0, False
+    while child.poll() is None:
+        peak = max(peak, _resident_kib(child.pid))
+        if peak << 10 > _RSS_KILL_LIMIT or time.monotonic() > deadline:
+            child.kill()
+            killed = True
+            break
+        time.sleep(0.02)
+    out, err = child.communicate()
+    assert not killed, (
+        f"killed: resident {peak >> 10} MiB (limit {_RSS_KILL_LIMIT >> 20}), or timed out"
+    )
+    assert child.returncode == 0, err[-2000:]
+    lines = out.split("\n")
+    growth = next(int(x.split()[1]) for x in lines if x.startswith("GROWTH_KIB")) << 10
+    return [x for x in lines if x and not x.startswith("GROWTH_KIB")], growth
+
+
+@pytest.mark.parametrize("reserve_gib", [0, 8], ids=["cpu-torch", "cuda-sized-address-space"])
+@pytest.mark.parametrize("shape", sorted(HOSTILE_SHAPES))
+def test_inspect_checkpoint_is_bounded_on_small_hostile_files(tmp_path, shape, reserve_gib):
+    """Small files whose contents are huge or endless as a tree: a bounded, quick table, in
+    bounded resident memory, also in a process with a CUDA torch's gigabytes of address space."""
     path = tmp_path / f"{shape}.pth"
     script = (
-        "import resource, sys, torch\n"
-        "resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))\n"
         f"{HOSTILE_SHAPES[shape]}\n"
         f"torch.save(obj, {str(path)!r})\n"
-        "from course_lib.inspection import inspect_checkpoint\n"
+        "del obj\n"
         f"info = inspect_checkpoint({str(path)!r})\n"
         "text = info.table()\n"
         "print(len(info.rows), len(text))\n"
     )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    rows, characters = map(int, result.stdout.split())
+    lines, growth = _run_with_bounded_memory(script, reserve_gib)
+    rows, characters = map(int, lines[-1].split())
     assert path.stat().st_size < 2 << 20
     assert rows <= 10_001 and characters < 2_000_000
+    assert growth < _RSS_GROWTH_LIMIT, f"peak resident memory grew by {growth >> 20} MiB"
+    print(f"{shape}: peak resident memory +{growth >> 20} MiB")

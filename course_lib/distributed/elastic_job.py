@@ -43,11 +43,15 @@ from course_lib.distributed.step_checkpoints import newest_complete_step, save_s
 __all__ = [
     "Fault",
     "JobConfig",
+    "HOST_RANK_OFFSET_VAR",
+    "RANKS_ON_HOST_VAR",
     "choose_backend",
+    "device_index_on_host",
     "example_table",
     "init_process_group_for_attempt",
     "main",
     "parse_args",
+    "ranks_on_this_host",
 ]
 
 #: The sharded example tensor: 8 x 6, values 0..47, so that any shard shows where it came from.
@@ -108,18 +112,55 @@ def parse_args(argv: list[str] | None = None) -> JobConfig:
     return JobConfig(**vars(ns))
 
 
-def choose_backend(local_world_size: int) -> str:
-    """``'nccl'`` when every rank of this node has its own CUDA device, else ``'gloo'`` (CPU).
+#: Set by ``run_torchrun`` for every worker: how many ranks all its "nodes" start on this machine
+#: (torchrun's own LOCAL_WORLD_SIZE counts one node's only), and where this node's ranks begin.
+RANKS_ON_HOST_VAR = "COURSE_RANKS_ON_HOST"
+HOST_RANK_OFFSET_VAR = "COURSE_HOST_RANK_OFFSET"
+
+
+def ranks_on_this_host() -> int:
+    """How many ranks of the job run on this machine: every node's, when several "nodes" share it.
+
+    ``COURSE_RANKS_ON_HOST`` (set by ``run_torchrun``), else torchrun's ``LOCAL_WORLD_SIZE`` (the
+    ranks of this node), else 1. Taught in notebooks/05_data_parallel.ipynb, section 5.
+    """
+    for name in (RANKS_ON_HOST_VAR, "LOCAL_WORLD_SIZE"):
+        if os.environ.get(name, "").strip():
+            return int(os.environ[name])
+    return 1
+
+
+def device_index_on_host() -> int:
+    """This rank's GPU on this machine: ``LOCAL_RANK``, after the ranks of the nodes started
+    before it on the same machine (``COURSE_HOST_RANK_OFFSET``, set by ``run_torchrun``)."""
+    return int(os.environ.get(HOST_RANK_OFFSET_VAR, "0")) + int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def choose_backend(
+    ranks_on_host: int | None = None,
+    gpus: int | None = None,
+    *,
+    nccl_available: bool | None = None,
+) -> str:
+    """``'nccl'`` when every rank on this machine has a CUDA device of its own, else ``'gloo'``.
+
+    ``ranks_on_host`` counts the ranks of *all* nodes started on this machine (default:
+    ``ranks_on_this_host()``): two one-rank "nodes" on a machine with one GPU would both put
+    rank 0's and rank 1's work on cuda:0, which NCCL refuses ("Duplicate GPU detected"); gloo
+    runs them. ``gpus`` is the machine's CUDA device count (default: ``torch.cuda``'s) and
+    ``nccl_available`` whether this torch has NCCL; both can be given, for tests.
 
     Taught in notebooks/05_data_parallel.ipynb, section 5.
     """
-    if (
-        torch.cuda.is_available()
-        and torch.cuda.device_count() >= local_world_size
-        and dist.is_nccl_available()
-    ):
-        return "nccl"
-    return "gloo"
+    if ranks_on_host is None:
+        ranks_on_host = ranks_on_this_host()
+    if gpus is None:
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if nccl_available is None:
+        nccl_available = dist.is_nccl_available()
+    if ranks_on_host < 1:
+        raise ValueError(f"ranks_on_host={ranks_on_host}: a job has at least one rank here.")
+    return "nccl" if nccl_available and gpus >= ranks_on_host else "gloo"
 
 
 def example_table() -> torch.Tensor:
@@ -234,9 +275,9 @@ def train(cfg: JobConfig) -> None:
     from course_lib.safe_io import safe_save
 
     global _side_group
-    backend = choose_backend(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    backend = choose_backend(ranks_on_this_host())
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device_index_on_host())
     attempt = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
     init_process_group_for_attempt(backend, attempt, timedelta(seconds=cfg.collective_timeout))
     rank, world = dist.get_rank(), dist.get_world_size()

@@ -32,16 +32,22 @@ def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
     from torch.distributed.tensor import Shard, distribute_tensor
     from torch.nn.parallel import DistributedDataParallel
 
-    from course_lib.distributed.elastic_job import TABLE_SHAPE, choose_backend, example_table
+    from course_lib.distributed.elastic_job import (
+        TABLE_SHAPE,
+        choose_backend,
+        device_index_on_host,
+        example_table,
+        ranks_on_this_host,
+    )
     from course_lib.distributed.safe_dcp import load_dcp
     from course_lib.distributed.step_checkpoints import check_step_folder
     from course_lib.models import make_mlp
     from course_lib.safe_io import safe_load
 
     check_step_folder(checkpoint)  # refuse a damaged folder with a clear error before DCP reads it
-    backend = choose_backend(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    backend = choose_backend(ranks_on_this_host())
     if backend == "nccl":
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device_index_on_host())
     dist.init_process_group(backend)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = (

@@ -34,6 +34,7 @@ __all__ = [
     "TorchrunResult",
     "TorchrunTimeoutError",
     "free_port",
+    "host_layout_env",
     "run_torchrun",
     "torchrun_command",
 ]
@@ -197,6 +198,21 @@ def _last_lines(output: str) -> str:
     return "\n".join("    " + line for line in lines[-3:])
 
 
+def host_layout_env(node: int, *, nnodes: int, nproc_per_node: int) -> dict[str, str]:
+    """The variables that tell node ``node``'s workers that all ``nnodes`` nodes share this machine.
+
+    torchrun's ``LOCAL_WORLD_SIZE`` counts one node's ranks; ``choose_backend`` must count every
+    rank on the machine (two one-rank nodes on a one-GPU machine must not both take cuda:0 under
+    NCCL), and each rank needs a GPU index of its own (``device_index_on_host``).
+    """
+    from course_lib.distributed.elastic_job import HOST_RANK_OFFSET_VAR, RANKS_ON_HOST_VAR
+
+    return {
+        RANKS_ON_HOST_VAR: str(nnodes * nproc_per_node),
+        HOST_RANK_OFFSET_VAR: str(node * nproc_per_node),
+    }
+
+
 def run_torchrun(
     module: str,
     args: list[str],
@@ -254,6 +270,7 @@ def run_torchrun(
                 logs.append(log)
                 node_env = dict(
                     env,
+                    **host_layout_env(node, nnodes=nnodes, nproc_per_node=nproc_per_node),
                     TORCHELASTIC_ERROR_FILE=str(folder / f"node{node}.error.json"),
                     **{_reaper.MARKER_VARIABLE: marker},  # inherited by every worker and child
                 )

@@ -16,7 +16,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
@@ -76,7 +75,7 @@ def quiet_manager(directory, **kwargs):
 
 
 # ----------------------------------------------------------------------------------------------
-# SIGKILL at random moments
+# SIGKILL at chosen points of the save
 # ----------------------------------------------------------------------------------------------
 
 
@@ -93,45 +92,75 @@ def expected_files(last_epoch, fmt):
 
 
 @pytest.fixture(scope="module")
-def zygote():
-    """One process that imported torch, forking a fresh saving process for each kill."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    process = subprocess.Popen(
-        [sys.executable, str(HELPERS / "save_loop.py"), "--zygote"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        env=env,
-    )
-    assert process.stdout.readline().strip() == "READY"
+def zygote(tmp_path_factory):
+    """One process that imported torch, forking a fresh saving process for each kill.
+
+    COURSE_DEVICE=cpu: these tests are about files; a zygote that loads onto CUDA (the default
+    device on a GPU machine) would leave its forked children unable to use CUDA at all."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", COURSE_DEVICE="cpu")
+    stderr = tmp_path_factory.mktemp("zygote") / "stderr.txt"
+    with stderr.open("w") as errors:
+        process = subprocess.Popen(
+            [sys.executable, str(HELPERS / "save_loop.py"), "--zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+            env=env,
+        )
+    process.stderr_path = stderr
+    first = process.stdout.readline().strip()
+    assert first == "READY", f"{first!r}; stderr: {stderr.read_text()[-3000:]}"
     yield process
     process.stdin.close()
     process.wait(timeout=30)
 
 
-def run_and_kill(zygote, directory, fmt, rng):
-    """Fork a saving process, let it start saving, SIGKILL it after a random delay."""
-    zygote.stdin.write(f"RUN {directory} {fmt}\n")
+def run_and_kill(zygote, directory, fmt, pause):
+    """Fork a saving process; SIGKILL it where it paused, at its ``pause``-th file-system step.
+
+    Returns the epoch it started at, the epochs it reported, and where it was killed."""
+    zygote.stdin.write(f"RUN {directory} {fmt} {pause}\n")
     zygote.stdin.flush()
     pid = started = None
-    while pid is None or started is None:
+    committed = []
+    while True:
         words = zygote.stdout.readline().split()
-        assert words, "the saving process died before it started"
+        assert words, "the zygote died: " + zygote.stderr_path.read_text()[-3000:]
         if words[0] == "PID":
             pid = int(words[1])
         elif words[0] == "STARTED":
             started = int(words[1])
-    time.sleep(rng.uniform(0.0, 0.3))
+        elif words[0] in ("COMMITTED", "SUBMITTED"):
+            committed.append(int(words[1]))
+        elif words[0] == "PAUSED":
+            assert int(words[1]) == pause and pid is not None and started is not None
+            where = words[2]
+            break
+        elif words[0] == "REAPED":  # before it paused: it failed; say why instead of hanging
+            raise AssertionError(
+                f"the saving process ended on its own (status {words[2]}) before its step "
+                f"{pause}; its stderr: {zygote.stderr_path.read_text()[-3000:]}"
+            )
     os.kill(pid, signal.SIGKILL)
-    committed = []
     while True:
         words = zygote.stdout.readline().split()
-        if words[0] in ("COMMITTED", "SUBMITTED"):
+        assert words, "the zygote died: " + zygote.stderr_path.read_text()[-3000:]
+        if words[0] in ("COMMITTED", "SUBMITTED"):  # printed before the pause, read after it
             committed.append(int(words[1]))
         elif words[0] == "REAPED":
-            assert os.WIFSIGNALED(int(words[2])), "the saving process ended on its own"
-            return started, committed
+            status = int(words[2])
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+            return started, committed, where
+
+
+@pytest.mark.timeout(60)
+def test_a_saving_process_that_fails_is_reported_with_its_error_not_waited_for(zygote, tmp_path):
+    """A child that dies before it started saving (here: its folder is a file) used to leave the
+    test reading forever (the hang of [torch-async-6]); now its traceback is the failure."""
+    (tmp_path / "not_a_folder").write_text("x")
+    with pytest.raises(AssertionError, match="(?s)ended on its own.*not_a_folder"):
+        run_and_kill(zygote, tmp_path / "not_a_folder", "torch-async", 5)
 
 
 @pytest.mark.timeout(240)
@@ -141,9 +170,13 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
     directory = tmp_path / "ck"
     newest_reported = -1
     leftovers_seen = 0
+    killed_at = []
     model = torch.nn.Linear(512, 512)
-    for _ in range(kills):
-        started, committed = run_and_kill(zygote, directory, fmt, rng)
+    # The kill points: the 1st..40th file-system step of a run (a save takes about 8), chosen
+    # by a seeded generator, so every machine kills at the same places.
+    for pause in [1, 2, 3] + [rng.randint(1, 40) for _ in range(kills - 3)]:
+        started, committed, where = run_and_kill(zygote, directory, fmt, pause)
+        killed_at.append(f"{pause}:{where}")
         assert started == newest_reported + 1  # it resumed from the newest committed epoch
         if committed:
             newest_reported = committed[-1]
@@ -153,7 +186,10 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
         manifest = manifest_of(directory)
         epochs = [c["epoch"] for c in manifest["checkpoints"]]
         if not epochs:
-            assert newest_reported == -1
+            # Nothing committed yet; with async_save, SUBMITTED 0 means epoch 0 was in flight.
+            in_flight = fmt.endswith("-async") and committed == [0]
+            assert newest_reported == -1 or in_flight
+            newest_reported = -1
             continue
         newest = max(epochs)
         if fmt.endswith("-async") and committed:
@@ -177,8 +213,10 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
             assert manager.load_best(model, restore_rng=False)["epoch"] == best_epoch
         newest_reported = newest
     print(
-        f"\n{fmt}: {kills} kills, newest epoch {newest_reported}, {leftovers_seen} left temp files"
+        f"\n{fmt}: {kills} kills, newest epoch {newest_reported}, {leftovers_seen} left temp "
+        f"files; killed at {' '.join(killed_at)}"
     )
+    assert leftovers_seen >= 1, "no kill left a temp file: the test never killed mid-write"
     assert newest_reported >= 3, "the child hardly ever committed: the test tests little"
 
 
