@@ -275,9 +275,11 @@ print(
 # - `--nnodes=2` becomes the number of machines, or `MIN:MAX` (`--nnodes=2:4`) for a job that goes
 #   on with fewer nodes after losing one; `--nproc-per-node` becomes the number of GPUs per machine
 #   (`gpu`), and `--max-restarts` how many failures the job survives.
-# - The backend: `choose_backend` in the job picks **NCCL** when every rank of a node has its own
-#   GPU (`torch.cuda.device_count() >= LOCAL_WORLD_SIZE`), and `gloo` otherwise, as here. Each rank
-#   then calls `torch.cuda.set_device(LOCAL_RANK)` and loads with `map_location=f"cuda:{LOCAL_RANK}"`.
+# - The backend: `choose_backend` in the job picks **NCCL** when every rank on the *machine* has
+#   its own GPU (`torch.cuda.device_count()` at least the ranks of every node started there, which
+#   `run_torchrun` passes on), and `gloo` otherwise, as here: two one-rank "nodes" on a one-GPU
+#   machine would share cuda:0, which NCCL refuses. Each rank then calls
+#   `torch.cuda.set_device(device_index_on_host())` and loads with `map_location` to that device.
 #   If the machines have several network interfaces, `NCCL_SOCKET_IFNAME` (or
 #   `GLOO_SOCKET_IFNAME`) names the one to use.
 # - The checkpoint folder must be on storage that every node sees (a shared file system): each rank
