@@ -20,7 +20,7 @@ The chapter, section by section:
   checkpoints, elastic resume).
 - 6.3.6 TorchScript and ``torch.export``: ``export`` (its own reading order), ``graph_view`` (a
   recorded graph as readable lines).
-- 6.3.7 ONNX: ``onnx_export`` (export verified with onnxruntime), ``torch_free`` (running it where
+- 6.3.7 ONNX: ``export.onnx_export`` (export verified with onnxruntime), ``torch_free`` (running it where
   torch cannot be imported), ``inference_bench`` (latency of every backend).
 - 6.3.8 a checkpoint manager: ``manager`` (its own reading order).
 - 6.3.9 safe saving: ``safe_io`` again (``safe_save``, ``save_with_backup``), ``benchmark_io``

@@ -27,7 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from course_lib import export, onnx_export
+from course_lib import export
+from course_lib.export import onnx_export
 from course_lib.timing import measure_latency
 
 __all__ = [

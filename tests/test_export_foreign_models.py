@@ -14,7 +14,8 @@ import pytest
 import torch
 from export_models import FOREIGN_MODELS
 
-from course_lib import export, onnx_export
+from course_lib import export
+from course_lib.export import onnx_export
 
 BATCH_SIZES = (1, 3, 64)
 MAX_ABS = 2e-6  # measured: at most about 5e-7 (float32 rounding in another order)

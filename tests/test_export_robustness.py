@@ -20,7 +20,8 @@ import torch
 from export_models import TwoInputsTupleOutput, _tagger, trained_cnn
 from torch import nn
 
-from course_lib import export, onnx_export
+from course_lib import export
+from course_lib.export import onnx_export
 from course_lib.models import make_mlp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,8 @@ def test_trace_leaves_a_training_batchnorms_running_statistics_alone():
 _FULL_DISK_SCRIPT = r"""
 import errno, json, os, sys, torch
 from torch import nn
-from course_lib import export, onnx_export
+from course_lib import export
+from course_lib.export import onnx_export
 where = sys.argv[1]
 small = nn.Linear(4, 2).eval()
 big = nn.Sequential(nn.Linear(300, 800), nn.ReLU(), nn.Linear(800, 300)).eval()  # 1.9 MB

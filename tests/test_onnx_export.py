@@ -17,7 +17,8 @@ import torch
 from export_models import MODELS, trained_cnn
 from torch import nn
 
-from course_lib import export, onnx_export
+from course_lib import export
+from course_lib.export import onnx_export
 from course_lib.models import make_mlp
 
 
@@ -201,7 +202,7 @@ def test_missing_onnxscript_says_pip_install(tmp_path):
         import json, sys
         sys.modules["onnxscript"] = None  # as if it were not installed
         import torch
-        from course_lib import onnx_export
+        from course_lib.export import onnx_export
         from course_lib.models import make_mlp
         try:
             onnx_export.export_onnx(make_mlp().eval(), torch.randn(2, 10), {str(tmp_path / "m.onnx")!r})

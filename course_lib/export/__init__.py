@@ -2,7 +2,8 @@
 
 Both turn a model into a file that runs without the Python class that defined it. TorchScript is
 the chapter's way (6.3.6); current PyTorch deprecates it in favour of ``torch.export``, which
-writes ``.pt2`` programs with a dynamic batch dimension. ONNX is ``course_lib.onnx_export``.
+writes ``.pt2`` programs with a dynamic batch dimension. ONNX (6.3.7), a file any runtime reads,
+is ``onnx_export``, built on the same helpers.
 
 Reading order:
 
@@ -11,7 +12,9 @@ Reading order:
 3. ``fresh_process``: ``run_in_fresh_process``, the proof that a file needs no model source.
    ``trust``: which files run code when loaded (TorchScript, a ``.pt2`` with pickles or native
    libraries, AOTInductor packages): the loaders refuse them unless ``trusted=True``.
-4. For maintainers: ``modes`` (every export in eval mode, each flag and buffer restored),
+4. ``onnx_export``: ``export_onnx``, ``verify_onnx`` (against onnxruntime), ``OnnxModel``
+   (imported as ``from course_lib.export import onnx_export``).
+5. For maintainers: ``modes`` (every export in eval mode, each flag and buffer restored),
    ``writing`` (atomic writes: a failed export keeps the previous file) and ``errors``.
 
 Taught in notebooks/06_torchscript.ipynb and notebooks/07_onnx.ipynb.

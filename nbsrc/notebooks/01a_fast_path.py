@@ -247,13 +247,13 @@ x = torch.randn(3, 10)
 print("onnxruntime agrees:", torch.allclose(torch.from_numpy(onnx_out), cpu_model(x), atol=1e-5))
 
 # %% [markdown]
-# `course_lib.onnx_export.export_onnx(model, example, path)` makes the same call (dynamic batch
+# `course_lib.export.onnx_export.export_onnx(model, example, path)` makes the same call (dynamic batch
 # by default, one file, the exporter's log quieted, written atomically), and `verify_onnx`
 # checks a file: ONNX's own checker, then onnxruntime against the model at several batch sizes.
 # Notebook 07 uses both and measures the speed of each format.
 
 # %%
-from course_lib.onnx_export import verify_onnx
+from course_lib.export.onnx_export import verify_onnx
 
 print(verify_onnx(workdir / "model.onnx", cpu_model, (torch.randn(4, 10),)))
 

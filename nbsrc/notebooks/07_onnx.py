@@ -20,7 +20,7 @@ import onnxruntime as ort
 import torch
 from IPython.utils.capture import capture_output
 
-from course_lib import onnx_export
+from course_lib.export import onnx_export
 from course_lib.models import SmallCNN
 
 model = SmallCNN().eval()

@@ -51,7 +51,7 @@ import warnings
 import torch
 import torch.onnx
 
-from course_lib import onnx_export
+from course_lib.export import onnx_export
 from course_lib.models import SmallCNN
 
 torch.manual_seed(0)
@@ -180,7 +180,7 @@ print("files:", sorted(p.name for p in workdir.glob("model_raw*")))
 # %% [markdown]
 # Opset 20 (the exporter's default), a batch dimension named `batch`, and one file.
 #
-# `course_lib.onnx_export.export_onnx` wraps this call with the same choices: the dynamo exporter, its
+# `course_lib.export.onnx_export.export_onnx` wraps this call with the same choices: the dynamo exporter, its
 # default opset (20 here; anything below 18 is refused), `dynamic_shapes` for the batch, and one
 # self-contained file (`external_data=False`; the sidecar is only needed above ONNX's 2 GB limit).
 # A model left in training mode is exported in eval mode with a warning. The exporter's console
