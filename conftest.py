@@ -6,6 +6,12 @@ On a GPU machine ``./course test`` runs the suite twice (see the ``course`` scri
 the tests that exercise a CUDA path (marker ``cuda``, or listed in ``CUDA_TESTS``) are kept.
 ``COURSE_PROGRESS_LOG=FILE`` appends a line per notebook and per test as it starts and ends
 (tools/gpu_check.sh: a run cut off at its time limit still says which notebook hung).
+
+``./course test`` runs the suite on every core (pytest-xdist, ``--dist loadgroup``): each test file,
+and each notebook, is one group that runs on one worker (a notebook's cells share a kernel; a
+file's module fixtures are built once); the tests listed in ``SPREAD`` are groups of their own,
+since each runs a whole notebook or job by itself. ``./course test --fast`` leaves out the tests
+marked ``slow`` (torchrun jobs, class grading runs, the browser, whole-notebook re-runs).
 """
 
 from __future__ import annotations
@@ -32,6 +38,11 @@ CUDA_TESTS = (
 )
 
 
+#: Test files whose tests are independent and heavy (each re-runs a notebook or a job): spread one
+#: test per worker instead of keeping the file on one.
+SPREAD = ("tests/test_inline_solutions.py", "tests/test_launcher_orphans.py")
+
+
 def _cuda_run() -> bool:
     return os.environ.get("COURSE_CUDA_RUN") == "1"
 
@@ -39,6 +50,9 @@ def _cuda_run() -> bool:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "cuda: exercises a CUDA path; kept in the CUDA run of ./course test"
+    )
+    config.addinivalue_line(
+        "markers", "slow: takes tens of seconds (left out by ./course test --fast)"
     )
 
 
@@ -52,7 +66,17 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     return f"course: COURSE_DEVICE={device}"
 
 
+def _group_for_xdist(items: list[pytest.Item]) -> None:
+    """One xdist group per file (a notebook's cells must share its kernel), or per test in SPREAD."""
+    for item in items:
+        path = item.nodeid.split("::")[0]
+        if item.get_closest_marker("xdist_group") is None:
+            group = item.nodeid if path.startswith(SPREAD) else path
+            item.add_marker(pytest.mark.xdist_group(name=group))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    _group_for_xdist(items)
     if not _cuda_run():
         return
     keep, drop = [], []
