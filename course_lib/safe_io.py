@@ -302,6 +302,7 @@ def _crc_failed(path: Path, exc: BaseException) -> CorruptCheckpointError:
 # One entry of a zip archive: name, offset of its data, stored size, CRC-32 (None: compressed).
 _ZipEntry = tuple[str, int, int, int | None]
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+_CRC_THREADS = 4  # at most, while torch.load reads (each one's CRC-32 runs without the GIL)
 
 
 def _zip_entries(path: Path) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
@@ -358,31 +359,45 @@ def _crc_checked_while_loading(path: Path) -> Iterator[None]:
     """Check a zip checkpoint's CRC-32s around a ``torch.load`` of it, as ``verify_zip_crc`` does.
 
     The records the unpickler reads (pickle, version, byte order) are checked before the body
-    runs; the tensors' raw bytes, nearly all of the file, by a thread while the body loads
-    them. A failed check raises on exit, in place of whatever the body raised (a damaged file
-    may make ``torch.load`` fail too, and the CRC says best what happened to it).
+    runs; the tensors' raw bytes, nearly all of the file, by threads while the body loads
+    them: a CRC-32 (zlib's, about 2 GB/s on one core) is slower than ``torch.load`` reading
+    from the page cache, so the tensors are shared among up to ``_CRC_THREADS`` threads where
+    the machine has the cores. A failed check raises on exit, in place of whatever the body
+    raised (a damaged file may make ``torch.load`` fail too, and the CRC says best what
+    happened to it); of several, the one earliest in the file.
     """
     try:
         records, tensors = _zip_entries(path)
         _check_crcs(path, records)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise _crc_failed(path, exc) from None
-    failed: list[BaseException] = []
+    count = max(1, min(_CRC_THREADS, (os.cpu_count() or 2) - 1, len(tensors)))
+    shares: list[list[_ZipEntry]] = [[] for _ in range(count)]
+    for entry in sorted(tensors, key=lambda e: -e[2]):  # largest first, to the lightest share
+        min(shares, key=lambda share: sum(e[2] for e in share)).append(entry)
+    failed: dict[int, BaseException] = {}
 
-    def check() -> None:
-        try:
-            _check_crcs(path, tensors)
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
-            failed.append(exc)
+    def check(share: list[_ZipEntry]) -> None:
+        for entry in sorted(share, key=lambda e: e[1]):
+            try:
+                _check_crcs(path, [entry])
+            except (zipfile.BadZipFile, OSError, EOFError) as exc:
+                failed[entry[1]] = exc
+                return
 
-    thread = threading.Thread(target=check, name="checkpoint-crc32", daemon=True)
-    thread.start()
+    threads = [
+        threading.Thread(target=check, args=(share,), name="checkpoint-crc32", daemon=True)
+        for share in shares
+    ]
+    for thread in threads:
+        thread.start()
     try:
         yield
     finally:
-        thread.join()
+        for thread in threads:
+            thread.join()
         if failed:
-            raise _crc_failed(path, failed[0]) from None
+            raise _crc_failed(path, failed[min(failed)]) from None
 
 
 # Opcodes that import a name (and so can reach code) which torch.save never writes.

@@ -160,3 +160,23 @@ def test_a_truncated_tensor_is_reported(big_file):
         safe_load(big_file, map_location="cpu")
     with pytest.raises(CorruptCheckpointError):
         verify_zip_crc(big_file)
+
+
+@pytest.mark.parametrize("cores", [1, 2, 8])
+def test_with_several_checking_threads_the_earliest_damage_is_reported(
+    big_file, monkeypatch, cores
+):
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    tensors = sorted(
+        (e for e in _entries(big_file) if "/data/" in e and e.rsplit("/", 1)[1].isdigit()),
+        key=lambda e: _data_range(big_file, e)[0],
+    )
+    assert safe_load(big_file, map_location="cpu")["big2"].shape == (512, 1024)
+    for entry in (tensors[-1], tensors[1]):  # damage two, the later one first
+        start, end = _data_range(big_file, entry)
+        _flip(big_file, end - 1)
+    with pytest.raises(CorruptCheckpointError, match="CRC-32") as info:
+        safe_load(big_file, map_location="cpu")
+    assert repr(tensors[1]) in str(info.value)
