@@ -12,8 +12,11 @@ On a state of about ``--size-mb`` MB (default 200) it times, as medians of ``--r
 - the overhead of a durable save on the course's small checkpoint (the 10-20-5 MLP + Adam).
 
 It prints a table and the ratios the course aims for: durable save within 1.25x of ``dd`` in the
-fastest format, an asynchronous save blocking for at most 15% of the synchronous one, and under
-2 ms of overhead on a small checkpoint. Times depend on the machine and on what else uses the
+fastest format, a durable save in the torch format within 1.2x of ``torch.save`` + fsync, a
+CRC-checked ``safe_load`` within 1.3x of an unchecked one, an asynchronous save blocking for at
+most 15% of the synchronous one, and under 2 ms of overhead on a small checkpoint. Both checks
+of the bytes (the save's SHA-256, the load's CRC-32) run in a second thread: on a machine whose
+cores are all busy they cost their full CPU time, and the ratios grow. Times depend on the machine and on what else uses the
 disk, so the ratios are measured against baselines taken in the same run.
 
 Usage: python benchmarks/bench_checkpoint_io.py [--size-mb 200] [--repeats 5] [--dir DIR]
@@ -250,6 +253,13 @@ def run(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+# Same-run ratios: a manager save in the torch format against torch.save + fsync of the same
+# state (what the SHA-256, the manifest and the renames add), and safe_load with its CRC-32
+# check against safe_load without it (the check runs in a thread while torch.load reads).
+_SAVE_TARGETS = {"torch": 1.2}
+CRC_LOAD_TARGET = 1.3
+
+
 def report(results: dict[str, float], nbytes: int, fastest: str) -> None:
     print(f"{'operation':<44}{'median':>12}{'MB/s':>10}")
     print("-" * 66)
@@ -275,7 +285,8 @@ def report(results: dict[str, float], nbytes: int, fastest: str) -> None:
         lines.append((f"  target, fastest format ({fastest})", r, 1.25))
     for fmt in ("torch", "safetensors"):
         r = ratio(f"durable save ({fmt})", "torch.save + fsync")
-        lines.append((f"durable save ({fmt}) / torch.save + fsync", r, None))
+        # The torch format's SHA-256 is computed while torch.save writes: about free.
+        lines.append((f"durable save ({fmt}) / torch.save + fsync", r, _SAVE_TARGETS.get(fmt)))
     for fmt in ("torch", "safetensors"):
         r = ratio(f"async save, caller blocked ({fmt})", f"durable save ({fmt})")
         target = 0.15 if fmt == fastest else None
@@ -283,7 +294,7 @@ def report(results: dict[str, float], nbytes: int, fastest: str) -> None:
     r = ratio(f"async save, caller blocked ({fastest})", "copy of the state into existing memory")
     lines.append(("  async blocking / one memory copy of the state", r, None))
     r = ratio("safe_load, CRC-32 checked", "safe_load, verify_crc=False")
-    lines.append(("safe_load with CRC-32 check / without", r, None))
+    lines.append(("safe_load with CRC-32 check / without", r, CRC_LOAD_TARGET))
     overhead = results["small: durable save"] - results["small: torch.save"]
     for text, value, target in lines:
         verdict = (

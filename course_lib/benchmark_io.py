@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SaveCosts", "measure_save_costs", "median_save_ms"]
+__all__ = ["SaveCosts", "measure_save_costs"]
 
 PLAIN, FSYNC, SAFE = "torch.save", "torch.save + fsync", "safe_save"
 # Below this ratio to plain torch.save, fsync is taken to have returned without waiting for a
@@ -26,7 +26,7 @@ PLAIN, FSYNC, SAFE = "torch.save", "torch.save + fsync", "safe_save"
 _FSYNC_NOTICEABLE = 1.3
 
 
-def median_save_ms(
+def _median_save_ms(
     save: Callable[[Any, Path], Any], obj: Any, path: str | os.PathLike[str], repeat: int = 5
 ) -> float:
     """The median time of ``save(obj, path)`` over ``repeat`` calls, in milliseconds.
@@ -121,7 +121,7 @@ def measure_save_costs(
     return SaveCosts(
         {
             state: {
-                name: median_save_ms(save, obj, target, repeat) for name, save in methods.items()
+                name: _median_save_ms(save, obj, target, repeat) for name, save in methods.items()
             }
             for state, obj in states.items()
         }

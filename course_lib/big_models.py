@@ -20,7 +20,7 @@ from torch import nn
 
 from course_lib.safe_io import CheckpointError, MapLocation, load_safetensors, safe_load
 
-__all__ = ["build_on_meta", "load_big_model", "open_weights", "tensors_left_on_meta", "wide_mlp"]
+__all__ = ["build_on_meta", "load_big_model", "tensors_left_on_meta", "wide_mlp"]
 
 
 def wide_mlp(width: int = 2048, depth: int = 12) -> nn.Sequential:
@@ -42,7 +42,7 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
         return factory()
 
 
-def open_weights(
+def _open_weights(
     path: str | os.PathLike[str], map_location: MapLocation = "cpu", *, verify_crc: bool = True
 ) -> dict:
     """A file's tensors, memory-mapped rather than read: ``.safetensors`` or a ``torch.save`` file.
@@ -85,10 +85,10 @@ def load_big_model(
     load is strict: a missing or unexpected key raises as ``load_state_dict`` does. A tensor the
     file cannot provide (a buffer registered with ``persistent=False``) would stay on ``meta`` and
     fail at the first forward pass; this raises a ``CheckpointError`` naming it instead. Returns
-    the model in ``eval()`` mode; ``verify_crc`` as in ``open_weights``. Taught in ``notebooks/01_state_dict.ipynb``.
+    the model in ``eval()`` mode; ``verify_crc`` as in ``_open_weights``. Taught in ``notebooks/01_state_dict.ipynb``.
     """
     model = build_on_meta(factory)
-    model.load_state_dict(open_weights(path, map_location, verify_crc=verify_crc), assign=True)
+    model.load_state_dict(_open_weights(path, map_location, verify_crc=verify_crc), assign=True)
     left = tensors_left_on_meta(model)
     if left:
         raise CheckpointError(

@@ -30,12 +30,11 @@ __all__ = [
     "demo_training",
     "main",
     "make_demo_job",
-    "make_demo_model",
     "train_one_epoch",
 ]
 
 
-def make_demo_model(dropout: float = 0.2) -> nn.Sequential:
+def _make_demo_model(dropout: float = 0.2) -> nn.Sequential:
     """The chapter's 10 -> 20 -> 5 MLP with dropout, so that a resumed run depends on the RNG."""
     return nn.Sequential(nn.Linear(10, 20), nn.ReLU(), nn.Dropout(dropout), nn.Linear(20, 5))
 
@@ -52,7 +51,7 @@ def make_demo_job(seed: int = 0) -> dict[str, Any]:
     from course_lib.notebook import seed_everything
 
     seed_everything(seed)
-    model = make_demo_model()
+    model = _make_demo_model()
     train_loader, val_loader = make_loaders(make_regression_data(512, seed=seed), batch_size=32)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=5, gamma=0.5)

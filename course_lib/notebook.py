@@ -15,7 +15,6 @@ from course_lib.device import describe_device, try_device
 
 __all__ = [
     "SCRATCH_ROOT",
-    "fresh_workdir",
     "seed_everything",
     "start",
 ]
@@ -30,7 +29,7 @@ def seed_everything(seed: int = 0) -> None:
     torch.manual_seed(seed)
 
 
-def fresh_workdir(name: str) -> Path:
+def _fresh_workdir(name: str) -> Path:
     """An empty folder ``scratch/<name>`` (relative, so printed paths are the same on every machine)."""
     path = SCRATCH_ROOT / name
     shutil.rmtree(path, ignore_errors=True)
@@ -53,7 +52,7 @@ def start(section: str, *, seed: int = 0) -> tuple[torch.device, Path]:
     logging.getLogger("torch.export").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     _short_tracebacks()
-    return device, fresh_workdir(section)
+    return device, _fresh_workdir(section)
 
 
 def _short_tracebacks() -> None:

@@ -7,14 +7,17 @@ file first and says, naming the file, what is wrong and what to do about it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import pickletools
 import shutil
 import struct
+import threading
 import zipfile
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Self
 
@@ -292,20 +295,121 @@ def verify_zip_crc(path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     try:
-        with zipfile.ZipFile(path) as archive:
-            for info in archive.infolist():
-                with archive.open(info) as entry:
+        records, tensors = _zip_entries(path)
+        _check_crcs(path, records + tensors)
+    except _ZIP_ERRORS as exc:
+        raise _crc_failed(path, exc) from None
+
+
+def _crc_failed(path: Path, exc: BaseException) -> CorruptCheckpointError:
+    return CorruptCheckpointError(
+        path,
+        f"the file's data fails its CRC-32 check ({type(exc).__name__}: {exc}): its bytes "
+        "changed after it was written (a failing disk, memory or a damaged copy).",
+        "load an earlier checkpoint or a backup; keep checksums of checkpoints you rely on "
+        "(CheckpointManager records a SHA-256 for each).",
+    )
+
+
+# One entry of a zip archive: name, offset of its data, stored size, CRC-32 (None: compressed).
+_ZipEntry = tuple[str, int, int, int | None]
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
+_CRC_THREADS = 4  # at most, while torch.load reads (each one's CRC-32 runs without the GIL)
+
+
+def _zip_entries(path: Path) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
+    """The archive's entries: its records (pickle, version, ...) and its tensors' raw bytes.
+
+    Offsets come from each entry's local header; a compressed entry (``torch.save`` never
+    writes one) gets ``None`` as its CRC and is read through ``zipfile``.
+    """
+    records, tensors = [], []
+    with zipfile.ZipFile(path) as archive, path.open("rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        for info in archive.infolist():
+            handle.seek(info.header_offset)
+            head = handle.read(_LOCAL_HEADER.size)
+            if len(head) < _LOCAL_HEADER.size or not head.startswith(ZIP_MAGIC):
+                raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
+            _, name_length, extra_length = _LOCAL_HEADER.unpack(head)
+            start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
+            if start + info.compress_size > size:
+                raise EOFError(f"{info.filename!r} ends past the end of the file ({size} bytes)")
+            stored = info.compress_type == zipfile.ZIP_STORED
+            entry = (info.filename, start, info.compress_size, info.CRC if stored else None)
+            is_tensor = "/data/" in info.filename and info.filename.rsplit("/", 1)[-1].isdigit()
+            (tensors if is_tensor and stored else records).append(entry)
+    return records, tensors
+
+
+def _check_crcs(path: Path, entries: list[_ZipEntry]) -> None:
+    """Read ``entries`` and compare each one's CRC-32 with the archive's; raise ``BadZipFile``."""
+    if not entries:
+        return
+    buffer = memoryview(bytearray(min(4 << 20, max(e[2] for e in entries) or 1)))
+    with path.open("rb", buffering=0) as handle:
+        for name, start, size, expected in entries:
+            if expected is None:  # compressed: zipfile inflates it and checks its CRC-32
+                with zipfile.ZipFile(path) as archive, archive.open(name) as entry:
                     while entry.read(1 << 22):
                         pass
+                continue
+            handle.seek(start)
+            crc, left = 0, size
+            while left:
+                n = handle.readinto(buffer[: min(len(buffer), left)])
+                if not n:
+                    raise EOFError(f"{name!r} is cut short")
+                crc = zlib.crc32(buffer[:n], crc)  # zlib releases the GIL on large buffers
+                left -= n
+            if crc != expected:
+                raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+
+
+@contextlib.contextmanager
+def _crc_checked_while_loading(path: Path) -> Iterator[None]:
+    """Check a zip checkpoint's CRC-32s around a ``torch.load`` of it, as ``verify_zip_crc`` does.
+
+    The records the unpickler reads (pickle, version, byte order) are checked before the body
+    runs; the tensors' raw bytes, nearly all of the file, by threads while the body loads
+    them: a CRC-32 (zlib's, about 2 GB/s on one core) is slower than ``torch.load`` reading
+    from the page cache, so the tensors are shared among up to ``_CRC_THREADS`` threads where
+    the machine has the cores. A failed check raises on exit, in place of whatever the body
+    raised (a damaged file may make ``torch.load`` fail too, and the CRC says best what
+    happened to it); of several, the one earliest in the file.
+    """
+    try:
+        records, tensors = _zip_entries(path)
+        _check_crcs(path, records)
     except _ZIP_ERRORS as exc:
-        raise CorruptCheckpointError(
-            path,
-            f"the file's data fails its CRC-32 check ({type(exc).__name__}: {exc}): its bytes "
-            "changed after it was "
-            "written (a failing disk, memory or a damaged copy).",
-            "load an earlier checkpoint or a backup; keep checksums of checkpoints you rely on "
-            "(CheckpointManager records a SHA-256 for each).",
-        ) from None
+        raise _crc_failed(path, exc) from None
+    count = max(1, min(_CRC_THREADS, (os.cpu_count() or 2) - 1, len(tensors)))
+    shares: list[list[_ZipEntry]] = [[] for _ in range(count)]
+    for entry in sorted(tensors, key=lambda e: -e[2]):  # largest first, to the lightest share
+        min(shares, key=lambda share: sum(e[2] for e in share)).append(entry)
+    failed: dict[int, BaseException] = {}
+
+    def check(share: list[_ZipEntry]) -> None:
+        for entry in sorted(share, key=lambda e: e[1]):
+            try:
+                _check_crcs(path, [entry])
+            except _ZIP_ERRORS as exc:
+                failed[entry[1]] = exc
+                return
+
+    threads = [
+        threading.Thread(target=check, args=(share,), name="checkpoint-crc32", daemon=True)
+        for share in shares
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        for thread in threads:
+            thread.join()
+        if failed:
+            raise _crc_failed(path, failed[min(failed)]) from None
 
 
 # Opcodes that import a name (and so can reach code) which torch.save never writes.
@@ -358,15 +462,18 @@ def safe_load(
     path = check_checkpoint_file(path)
     location = try_device() if map_location is None else map_location
     allowed_globals = list(allowed_globals)
-    if verify_crc and zipfile.is_zipfile(path):
-        verify_zip_crc(path)
+    verify = verify_crc and zipfile.is_zipfile(path)
+    crc_checked = _crc_checked_while_loading(path) if verify else contextlib.nullcontext()
     try:
         # Sparse invariants on: out-of-range indices would otherwise crash the process later.
         with (
+            crc_checked,
             torch.serialization.safe_globals(allowed_globals),
             torch.sparse.check_sparse_tensor_invariants(),
         ):
             return torch.load(path, map_location=location, weights_only=True, mmap=mmap)
+    except CheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         if "Weights only load failed" not in str(exc):
             raise CorruptCheckpointError(
@@ -396,8 +503,6 @@ def safe_load(
                 "course_lib.device.try_device()).",
             ) from None
         raise _damaged(path, exc) from None
-    except CheckpointError:
-        raise
     except Exception as exc:  # noqa: BLE001 - a damaged pickle fails anywhere in the unpickler
         raise _damaged(path, exc) from None
 

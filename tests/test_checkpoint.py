@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import pickle
 import random
 import subprocess
@@ -27,103 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 HELPERS = Path(__file__).resolve().parent / "checkpoint_helpers"
 sys.path.insert(0, str(HELPERS))
 import resume_job  # noqa: E402
+from chapter_code import chapter_definitions  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
-# The chapter's own code, pasted as written in the seed (print lines shortened to English)
+# The chapter's own code, as notebook 03 shows it (loaded from nbsrc, never copied here)
 # ----------------------------------------------------------------------------------------------
 
-
-def chapter_save_checkpoint(model, optimizer, scheduler, epoch, loss, path):
-    checkpoint = {
-        "epoch": epoch,
-        "model_state_dict": model.state_dict(),
-        "optimizer_state_dict": optimizer.state_dict(),
-        "scheduler_state_dict": scheduler.state_dict() if scheduler else None,
-        "loss": loss,
-        "rng_state": torch.get_rng_state(),
-        "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
-    }
-    torch.save(checkpoint, path)
-    print(f"Checkpoint saved: {path}")
-
-
-def chapter_load_checkpoint(path, model, optimizer, scheduler=None, device="cpu"):
-    checkpoint = torch.load(path, map_location=device)
-    model.load_state_dict(checkpoint["model_state_dict"])
-    optimizer.load_state_dict(checkpoint["optimizer_state_dict"])
-    if scheduler and checkpoint.get("scheduler_state_dict"):
-        scheduler.load_state_dict(checkpoint["scheduler_state_dict"])
-    if checkpoint.get("rng_state") is not None:
-        torch.set_rng_state(checkpoint["rng_state"])
-    if checkpoint.get("cuda_rng_state") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(checkpoint["cuda_rng_state"])
-    epoch = checkpoint["epoch"]
-    loss = checkpoint["loss"]
-    print(f"Resuming from epoch {epoch}, loss: {loss:.4f}")
-    return epoch, loss
-
-
-def chapter_train_with_checkpoint(
-    model,
-    train_loader,
-    val_loader,
-    criterion,
-    optimizer,
-    scheduler,
-    num_epochs,
-    checkpoint_dir="checkpoints",
-    resume_from=None,
-):
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    start_epoch = 0
-    best_val_loss = float("inf")
-    if resume_from and os.path.exists(resume_from):
-        start_epoch, _ = chapter_load_checkpoint(resume_from, model, optimizer, scheduler)
-        start_epoch += 1
-    device = next(model.parameters()).device
-    for epoch in range(start_epoch, num_epochs):
-        model.train()
-        train_loss = 0.0
-        for inputs, targets in train_loader:
-            inputs, targets = inputs.to(device), targets.to(device)
-            optimizer.zero_grad()
-            outputs = model(inputs)
-            loss = criterion(outputs, targets)
-            loss.backward()
-            optimizer.step()
-            train_loss += loss.item()
-        train_loss /= len(train_loader)
-        model.eval()
-        val_loss = 0.0
-        with torch.no_grad():
-            for inputs, targets in val_loader:
-                inputs, targets = inputs.to(device), targets.to(device)
-                outputs = model(inputs)
-                loss = criterion(outputs, targets)
-                val_loss += loss.item()
-        val_loss /= len(val_loader)
-        if scheduler:
-            scheduler.step()
-        print(f"Epoch {epoch}: Train Loss = {train_loss:.4f}, Val Loss = {val_loss:.4f}")
-        if val_loss < best_val_loss:
-            best_val_loss = val_loss
-            chapter_save_checkpoint(
-                model,
-                optimizer,
-                scheduler,
-                epoch,
-                val_loss,
-                os.path.join(checkpoint_dir, "best_model.pth"),
-            )
-        if (epoch + 1) % 10 == 0:
-            chapter_save_checkpoint(
-                model,
-                optimizer,
-                scheduler,
-                epoch,
-                val_loss,
-                os.path.join(checkpoint_dir, f"checkpoint_epoch_{epoch}.pth"),
-            )
+_chapter = chapter_definitions(
+    "03_checkpoints", "save_checkpoint", "load_checkpoint", "train_with_checkpoint"
+)
+chapter_save_checkpoint = _chapter.save_checkpoint
+chapter_load_checkpoint = _chapter.load_checkpoint
+chapter_train_with_checkpoint = _chapter.train_with_checkpoint
 
 
 # ----------------------------------------------------------------------------------------------

@@ -32,11 +32,10 @@ def _assert_parity(model, run, shape, batch_sizes=BATCH_SIZES, **kwargs):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("freeze", [False, True], ids=["plain", "frozen"])
-def test_trace_parity_after_save_and_load(model_and_shape, tmp_path, freeze):
+def test_trace_parity_after_save_and_load(model_and_shape, tmp_path):
     model, shape = model_and_shape
     path = tmp_path / "traced.pt"
-    export.trace_model(model, torch.randn(2, *shape), path, freeze=freeze)
+    export.trace_model(model, torch.randn(2, *shape), path)
     _assert_parity(model, export.load_torchscript(path, trusted=True), shape)
 
 
@@ -184,25 +183,3 @@ def test_fresh_process_failure_names_the_file(tmp_path):
     export.export_program(make_mlp().eval(), torch.randn(2, 10), tmp_path / "mlp.pt2")
     with pytest.raises(RuntimeError, match=r"mlp\.pt2.*fresh Python process failed"):
         export.run_in_fresh_process(tmp_path / "mlp.pt2", torch.randn(2, 3, 32, 32))
-
-
-def test_measure_latency_counts_calls_and_returns_medians():
-    from course_lib.timing import measure_latency
-
-    calls = []
-    latency = measure_latency(calls.append, 1, warmup=2, repeats=5, number=3)
-    assert len(calls) == 2 + 5 * 3
-    assert latency.repeats == 5 and latency.number == 3
-    assert 0 < latency.q1_s <= latency.median_s <= latency.q3_s
-    assert "median of 5 x 3 calls" in str(latency)
-
-
-def test_measure_latency_caps_repeats_for_slow_calls():
-    import time
-
-    from course_lib.timing import measure_latency
-
-    latency = measure_latency(time.sleep, 0.02, warmup=0, repeats=100, max_seconds=0.05)
-    assert latency.repeats == 5  # at least 5, not 100
-    with pytest.raises(ValueError, match="repeats"):
-        measure_latency(time.sleep, 0, repeats=0)

@@ -60,19 +60,11 @@ def _job(workdir: Path, fault: str, timeout_s: int = 8) -> list[str]:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize(
-    "fault, rank, what",
-    [
-        (
-            "raise:1:5",
-            1,
-            "raised RuntimeError: injected fault: rank 1 raised at step 5 in _inject()",
-        ),
-        ("exit:1:5", 1, "exited with code 3"),
-        ("kill:0:5", 0, "was killed by SIGKILL"),
-    ],
-)
-def test_a_failing_worker_is_named_with_what_it_did(tmp_path, fault, rank, what):
+def test_a_failing_worker_is_named_with_what_it_did(tmp_path):
+    """One real failing run; what torchrun reports for other faults (an exit code, a signal) is
+    parsed from captured output in test_torchrun_failures.py."""
+    fault, rank = "raise:1:5", 1
+    what = "raised RuntimeError: injected fault: rank 1 raised at step 5 in _inject()"
     started = time.monotonic()
     with pytest.raises(TorchrunError) as info:
         run_torchrun(JOB, _job(tmp_path, fault), timeout=120)

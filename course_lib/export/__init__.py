@@ -54,7 +54,6 @@ from course_lib.export.program import (
     load_program,
     positional_specs,
     program_input_shapes,
-    save_program,
     widen_size_one_dims,
 )
 from course_lib.export.torchscript import (
@@ -108,7 +107,6 @@ __all__ = [
     "quiet_loggers",
     "run_all_in_fresh_process",
     "run_in_fresh_process",
-    "save_program",
     "save_through_python",
     "save_torchscript",
     "script_model",

@@ -39,7 +39,6 @@ __all__ = [
     "load_program",
     "positional_specs",
     "program_input_shapes",
-    "save_program",
     "widen_size_one_dims",
 ]
 
@@ -70,7 +69,7 @@ def _without_stack_traces(program: torch.export.ExportedProgram) -> Iterator[Non
             node.meta["stack_trace"] = trace
 
 
-def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike[str]) -> Path:
+def _save_program(program: torch.export.ExportedProgram, path: str | os.PathLike[str]) -> Path:
     """``torch.export.save`` atomically, without the exporting machine's file paths in the file.
 
     Taught in notebooks/06_torchscript.ipynb.
@@ -209,7 +208,7 @@ def export_program(
     repeated to 2 for the export, because torch.export specialises size-1 dimensions (the
     exported program still accepts size 1). Python-level arguments in ``kwargs`` (such as
     ``use_relu=False``) are fixed at export time. Data-dependent ``if``s must be written with
-    ``torch.cond``. Saved with ``save_program`` (atomically, without the machine's file paths) if
+    ``torch.cond``. Saved with ``_save_program`` (atomically, without the machine's file paths) if
     ``path`` is given (``.pt2``). Taught in notebooks/06_torchscript.ipynb.
     """
     args = as_tuple(example_inputs)
@@ -225,7 +224,7 @@ def export_program(
     ):
         program = torch.export.export(model, args, kwargs=kwargs, dynamic_shapes=dynamic_shapes)
     if path is not None:
-        save_program(program, path)
+        _save_program(program, path)
     return program
 
 

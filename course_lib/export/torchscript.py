@@ -92,7 +92,6 @@ def trace_model(
     example_inputs: Inputs,
     path: str | os.PathLike[str] | None = None,
     *,
-    freeze: bool = False,
     on_mismatch: str = "warn",
 ) -> torch.jit.ScriptModule:
     """The chapter's ``torch.jit.trace``: record the operations one example input runs through.
@@ -103,8 +102,6 @@ def trace_model(
     values); if they differ it warns with ``TraceMismatchWarning`` (``on_mismatch="raise"``: raises
     ``TraceMismatchError``; ``"ignore"``: skips the check), naming the fix: ``script_model``, or
     ``export_program`` with ``torch.cond``. Saved with ``torch.jit.save`` if ``path`` (atomically).
-    ``freeze=True`` inlines the weights as constants (``torch.jit.freeze``), which lets the JIT
-    fold BatchNorm into the convolutions: faster inference, and the result can no longer train.
     TorchScript is deprecated: its DeprecationWarning is silenced here (see notebook 6.3.6).
     Taught in notebooks/06_torchscript.ipynb.
     """
@@ -132,9 +129,6 @@ def trace_model(
             TraceMismatchWarning,
             stacklevel=2,
         )
-    with ignore_jit_deprecation():
-        if freeze:
-            traced = torch.jit.freeze(traced)
     if path is not None:
         save_torchscript(traced, path)
     return traced

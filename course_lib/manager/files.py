@@ -63,6 +63,7 @@ PRIMARY_PATTERN = re.compile(
 SIDECAR_PATTERN = re.compile(r"^checkpoint_epoch_\d+(?:_step_\d+)?\.train_state\.pth$")
 TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")  # atomic_write's temp files
 _HASH_INLINE_BYTES = 1 << 20  # below this, hashing in a thread costs more than it saves
+_HASH_STREAM_BYTES = 8 << 20  # from this size of tensors, torch.save files are hashed as written
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,9 @@ def sha256_stream(handle: Any) -> str:
 def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
     """``atomic_write(path, write)``, and the record (size, SHA-256) of the bytes committed.
 
-    The checksum of a large file is computed by a thread that reads the finished temp file
-    while ``atomic_write`` fsyncs it: hashing is hidden behind the disk flush instead of added.
+    For a writer that only takes a path (``safetensors``' own ``save_file``, a small
+    ``torch.save``). The checksum of a large file is computed by a thread that reads the
+    finished temp file while ``atomic_write`` fsyncs it: hashing overlaps the disk flush.
     """
     state: dict[str, Any] = {}
 
@@ -132,6 +134,151 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
     if "error" in state:
         raise state["error"]
     return FileRecord(state["size"], state["sha256"])
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about its file size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, Mapping):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
+
+
+class _HashingFile:
+    """The write-only file ``torch.save`` writes to, with a thread hashing close behind it.
+
+    ``torch.save`` hands each record (a tensor's bytes, the pickle, zip headers) to ``write``;
+    every few MiB the bytes written so far are flushed to the OS and announced to the thread,
+    which reads them back (from the page cache) and hashes them while the next ones are written
+    and, at the end, while ``atomic_write`` fsyncs the file. So the SHA-256 adds almost nothing
+    as long as hashing keeps up with writing plus flushing. The bytes are read back rather than
+    hashed from the buffers ``write`` gets: those belong to ``torch.save`` and may be freed (a
+    GPU tensor's CPU copy) as soon as ``write`` returns. A writer that seeks back would make the
+    streamed digest wrong: then ``record`` hashes the whole file again.
+    """
+
+    _ANNOUNCE_BYTES = 4 << 20
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by close())
+        self._reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
+        self._digest = hashlib.sha256()
+        self._written = 0  # bytes handed to write()
+        self._announced = 0  # bytes flushed to the OS and handed to the thread
+        self._hashed = 0
+        self._finished = False
+        self._sequential = True
+        self._error: BaseException | None = None
+        self.write_error: OSError | None = None  # the first failed write (a full disk)
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._hash_behind, name="checkpoint-sha256")
+        self._thread.start()
+
+    # What torch.save calls: write and flush (seek and tell for completeness).
+    def write(self, data: Any) -> int:
+        try:
+            written = self._file.write(data)
+        except OSError as exc:
+            self.write_error = self.write_error or exc
+            raise
+        self._written += written
+        if self._written - self._announced >= self._ANNOUNCE_BYTES:
+            self.flush()
+        return written
+
+    def flush(self) -> None:
+        self._file.flush()
+        with self._changed:
+            self._announced = max(self._announced, self._written)
+            self._changed.notify()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self._sequential = False  # bytes already hashed may be written again
+        self.flush()
+        self._written = self._file.seek(offset, whence)
+        return self._written
+
+    def tell(self) -> int:
+        return self._written
+
+    def _hash_behind(self) -> None:
+        chunk = memoryview(bytearray(256 << 10))  # small enough to stay in the CPU cache
+        try:
+            while True:
+                with self._changed:
+                    while self._hashed >= self._announced and not self._finished:
+                        self._changed.wait()
+                    end = self._announced
+                    if self._hashed >= end:
+                        return  # finished, and everything written is hashed
+                self._reader.seek(self._hashed)
+                while self._hashed < end:
+                    n = self._reader.readinto(chunk[: min(len(chunk), end - self._hashed)])
+                    if not n:
+                        raise OSError(f"{self.path} ended at {self._hashed} bytes while hashing")
+                    self._digest.update(chunk[:n])  # hashlib releases the GIL
+                    self._hashed += n
+        except BaseException as exc:  # reported by record()
+            self._error = exc
+
+    def finish_writing(self) -> None:
+        """Hand the last bytes to the OS (before ``atomic_write`` fsyncs); hashing goes on."""
+        self.flush()
+        self._file.close()
+
+    def close(self) -> None:
+        """Wait until the thread has hashed everything written, then close both handles."""
+        with self._changed:
+            self._finished = True
+            self._changed.notify()
+        self._thread.join()
+        self._file.close()
+        self._reader.close()
+
+    def record(self, path: Path) -> FileRecord:
+        """The size and SHA-256 of what was written, now at ``path`` (call after ``close``)."""
+        if self._error is not None:
+            raise self._error
+        if not self._sequential:
+            return FileRecord(path.stat().st_size, sha256_file(path))
+        return FileRecord(self._hashed, self._digest.hexdigest())
+
+
+def _durable_torch_save(path: Path, obj: Any) -> FileRecord:
+    """``torch.save(obj)`` as ``path`` through ``atomic_write``, hashed while it is written.
+
+    A small checkpoint is written by ``torch_save`` (the C++ writer, given the path: a Python
+    file object costs about a millisecond more) and hashed at once; a large one goes through a
+    ``_HashingFile``, so that the SHA-256 overlaps the writing and the fsync instead of
+    following them.
+    """
+    if _tensor_bytes(obj) < _HASH_STREAM_BYTES:
+        return _durable_write(path, lambda temp: torch_save(obj, temp))
+    files: list[_HashingFile] = []
+
+    def write(temp: Path) -> None:
+        files.append(_HashingFile(temp))
+        try:
+            torch.save(obj, files[-1])
+        except RuntimeError:
+            # After a failed write, torch.save's closing of the archive raises "unexpected pos"
+            # in its place: the OSError says what happened (ENOSPC for a full disk).
+            if files[-1].write_error is not None:
+                raise files[-1].write_error from None
+            raise
+        files[-1].finish_writing()
+
+    try:
+        # No directory fsync here: the manifest, committed next in this folder, makes it.
+        atomic_write(path, write, sync_directory=False, follow_symlinks=False)
+    finally:
+        for file in files:
+            file.close()
+    return files[-1].record(path)
 
 
 def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> FileRecord:
@@ -274,11 +421,11 @@ def write_checkpoint_files(
                 files[name] = _durable_write(primary, lambda temp: _safetensors_save(weights, temp))
             written.append(primary)
             sidecar = folder / sidecar_name(name)
-            files[sidecar.name] = _durable_write(sidecar, lambda temp: torch_save(rest, temp))
+            files[sidecar.name] = _durable_torch_save(sidecar, rest)
             written.append(sidecar)
         else:
             primary = folder / name
-            files[name] = _durable_write(primary, lambda temp: torch_save(checkpoint, temp))
+            files[name] = _durable_torch_save(primary, checkpoint)
             written.append(primary)
     except BaseException:
         for path in written:

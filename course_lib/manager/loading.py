@@ -45,7 +45,18 @@ __all__ = [
 READ_ATTEMPTS = 5  # re-reads of a manifest that other processes keep changing under a reader
 
 Record = CheckpointEntry | BestPointer
-Candidate = tuple[Path, Record, str]  # the file, its manifest record, why it is tried
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """A file ``first_good`` tries: the path, its manifest record, and why it comes next.
+
+    (Not retention's ``Candidate``, a checkpoint a policy may keep or delete.)
+    """
+
+    path: Path
+    record: Record
+    why: str
 
 
 class LoadOptions(TypedDict, total=False):
@@ -144,24 +155,24 @@ def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[st
 
 
 def first_good(
-    candidates: Sequence[Candidate],
+    candidates: Sequence[_Attempt],
     device: MapLocation,
     none_loads: Callable[[list[CheckpointError]], CheckpointError],
 ) -> tuple[Path, dict[str, Any]]:
-    """The first of ``candidates`` (path, record, why it is next) that reads and verifies.
+    """The first of ``candidates`` that reads and verifies.
 
     Each one skipped is named in a ``CheckpointFallbackWarning`` that says what is tried next
     (the next candidate's note); if none reads, ``none_loads(errors)`` is raised.
     """
     problems: list[CheckpointError] = []
-    for index, (path, record, _) in enumerate(candidates):
+    for index, attempt in enumerate(candidates):
         try:
-            return path, read_file(path, record, device)
+            return attempt.path, read_file(attempt.path, attempt.record, device)
         except (CorruptCheckpointError, CheckpointNotFoundError, ForeignFileError) as exc:
             problems.append(exc)
             if index + 1 < len(candidates):
-                following, note = candidates[index + 1][0], candidates[index + 1][2]
-                then = f"Loading {following.name}, {note}."
+                following = candidates[index + 1]
+                then = f"Loading {following.path.name}, {following.why}."
             else:
                 then = "No other checkpoint is left to try."
             warnings.warn(
@@ -202,7 +213,7 @@ def read_latest(
             warnings.simplefilter("always")
             try:
                 found = first_good(
-                    [(folder / e.file, e, "the previous checkpoint") for e in entries],
+                    [_Attempt(folder / e.file, e, "the previous checkpoint") for e in entries],
                     device,
                     none_loads,
                 )
@@ -228,18 +239,19 @@ def read_best(
     best intact checkpoint by ``best_metric``, each with a warning: ``best_model`` is a hard link,
     not a backup, so one flipped bit damages both of its names.
     """
-    candidates: list[Candidate] = []
+    candidates: list[_Attempt] = []
     if manifest.best is not None:
         best = manifest.best
-        candidates.append((folder / best.file, best, "the best_model file"))
+        candidates.append(_Attempt(folder / best.file, best, "the best_model file"))
         source = manifest.checkpoints.get(best.source or "")
         if source is not None:
-            candidates.append((folder / source.file, source, "the checkpoint it was made from"))
-    listed = {path.name for path, _, _ in candidates}
+            why = "the checkpoint it was made from"
+            candidates.append(_Attempt(folder / source.file, source, why))
+    listed = {attempt.path.name for attempt in candidates}
     for entry in rank_best(manifest.checkpoints.values(), best_metric, mode):
         if entry.file not in listed:
             note = f"the next best checkpoint by {best_metric!r}"
-            candidates.append((folder / entry.file, entry, note))
+            candidates.append(_Attempt(folder / entry.file, entry, note))
     if not candidates:
         raise CheckpointNotFoundError(
             folder / f"{BEST_STEM}.pth",

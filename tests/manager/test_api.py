@@ -428,11 +428,6 @@ def test_async_save_has_one_save_in_flight(tmp_path, monkeypatch):
     assert [r["epoch"] for r in manager.list_checkpoints()] == [0, 1]
 
 
-def test_format_table_handles_missing_values():
-    table = format_table([{"a": 1, "b": 0.5}, {"a": 2}])
-    assert table.splitlines() == ["a  b", "-  ------", "1  0.5000", "2  -"]
-
-
 def test_no_warnings_on_a_clean_folder(tmp_path):
     model, optimizer = tiny()
     with warnings.catch_warnings():
