@@ -7,7 +7,7 @@ from chapter_code import NBSRC, cells, chapter_definitions
 
 
 def test_the_chapters_manager_is_notebook_08s_class():
-    manager = chapter_definitions("08_checkpoint_manager", "CheckpointManager").CheckpointManager
+    manager = chapter_definitions("08b_retention_async", "CheckpointManager").CheckpointManager
     assert manager.__doc__ == "Checkpoint manager"
     assert {"save", "load", "load_best", "load_latest", "_cleanup"} <= set(vars(manager))
 
@@ -16,7 +16,7 @@ def test_the_chapters_functions_call_each_other_as_in_the_notebook(tmp_path, cap
     import torch
     from torch import nn
 
-    chapter = chapter_definitions("03_checkpoints", "save_checkpoint", "load_checkpoint")
+    chapter = chapter_definitions("03b_resume_in_depth", "save_checkpoint", "load_checkpoint")
     model = nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     chapter.save_checkpoint(model, optimizer, None, 3, 0.5, tmp_path / "c.pth")

@@ -33,7 +33,7 @@ from chapter_code import chapter_definitions  # noqa: E402
 # ----------------------------------------------------------------------------------------------
 
 _chapter = chapter_definitions(
-    "03_checkpoints", "save_checkpoint", "load_checkpoint", "train_with_checkpoint"
+    "03b_resume_in_depth", "save_checkpoint", "load_checkpoint", "train_with_checkpoint"
 )
 chapter_save_checkpoint = _chapter.save_checkpoint
 chapter_load_checkpoint = _chapter.load_checkpoint

@@ -12,5 +12,5 @@ _chapter_code = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_chapter_code)
 
 CheckpointManager = _chapter_code.chapter_definitions(
-    "08_checkpoint_manager", "CheckpointManager"
+    "08b_retention_async", "CheckpointManager"
 ).CheckpointManager
