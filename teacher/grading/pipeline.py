@@ -149,6 +149,9 @@ class _Run:
         report.sandboxed = run.sandboxed
         report.problem = run.problem
         report.cell_errors = run.cell_errors
+        report.notes = run.notes
+        if run.where == "questions failed":  # what went wrong is in the output: the student's
+            report.student_output = "\n".join(run.output_tail.strip().splitlines()[-8:])
         report.seconds = time.perf_counter() - started
         return report
 
@@ -169,6 +172,10 @@ def grade_submissions(
     """
     run = _Run(secrets.randbits(31) if seed is None else seed, limits or Limits(), warm)
     try:
+        # The solutions' answers first, one at a time, before any student's code runs: a
+        # submission's bomb then never runs beside the solution it is compared with.
+        for exercise in sorted({s.exercise for s in submissions if s.exercise and not s.problem}):
+            run.solution_answers(exercise)
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
