@@ -292,6 +292,9 @@ def _check(result: int, what: str) -> None:
 
 def _new_user_namespace(extra_flags: int = 0) -> None:
     uid, gid = os.getuid(), os.getgid()
+    # Its own /proc/self files belong to it only while it is dumpable (the zygote is not): when
+    # the sandbox's uid is a host uid of its own, root's files are not its to write.
+    _libc.prctl(PR_SET_DUMPABLE, 1)
     _check(_libc.unshare(CLONE_NEWUSER | extra_flags), "unshare")
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")

@@ -114,7 +114,7 @@ def _bwrap_prefix(tmp_bytes: int = TMP_LIMIT_BYTES) -> list[str]:
     command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--uid", NOBODY, "--gid", NOBODY, "--hostname", "grader",
                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
-               "--size", str(tmp_bytes), "--tmpfs", "/tmp"]  # fmt: skip
+               "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]  # fmt: skip
     for top in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / top
         if path.is_symlink():
@@ -620,6 +620,8 @@ class WarmSandbox:
                    "memory_mb": self.limits.memory_mb, "file_mb": self.limits.file_mb,
                    "disk_mb": self.limits.disk_mb, "keep_under_tmp": _mounted_under_tmp()}  # fmt: skip
         output = workdir / "output.txt"
+        output.touch(mode=0o666)  # the job's own uid opens it; the workdir is not its to write
+        output.chmod(0o666)
         # The zygote and its child for this job, measured as one tree; a verdict kills both.
         watchdog = _Watchdog(self.process.pid, self.limits, workdir / "answers")
         try:
