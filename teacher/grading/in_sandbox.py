@@ -125,7 +125,7 @@ class Asker:
 
 # --- cells run as JupyterLab runs them: a kernel-like shell, output limited per cell ----------
 
-CELL_OUTPUT_LIMIT = 100_000  # characters of output kept per cell (nbgrader's LimitOutput keeps less)
+CELL_OUTPUT_LIMIT = 100_000  # characters of output kept per cell (as nbgrader's LimitOutput)
 # What happened in a cell, for the grader to explain in the feedback in its own words:
 # [cell number, kind, detail]; kinds: "timeout", "memory", "exit", "output" (detail: characters
 # printed), "backend" (detail: the matplotlib backend a magic asked for).

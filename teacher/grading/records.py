@@ -7,7 +7,15 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["CheckResult", "GradeReport", "SandboxRun", "Status", "Submission", "printable", "quoted"]
+__all__ = [
+    "CheckResult",
+    "GradeReport",
+    "SandboxRun",
+    "Status",
+    "Submission",
+    "printable",
+    "quoted",
+]
 
 # Control characters a terminal or an editor would act on (ANSI escapes, carriage returns, ...).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -129,7 +137,9 @@ class GradeReport:
             lines += quoted(message)
         for check in self.checks:
             mark = "PASS" if check.passed else "FAIL"
-            lines.append(f"  {mark} {printable(check.name)} ({check.points:g}/{check.max_points:g})")
+            lines.append(
+                f"  {mark} {printable(check.name)} ({check.points:g}/{check.max_points:g})"
+            )
             if not check.passed:
                 lines += quoted(check.message)
         return "\n".join(lines)

@@ -394,6 +394,9 @@ class _Watchdog:
         tasks = sum(table[p][2] for p in pids)
         if tasks > limits.processes:
             return f"it ran more than {limits.processes} processes and threads at once"
+        memory = limits.memory_mb << 20
+        if _memory_bytes(pids, memory) > memory:
+            return f"its processes used more than {limits.memory_mb} MB of memory together"
         busy = sum(table[p][1] == "R" for p in pids)
         now = time.monotonic()
         if busy <= limits.busy_processes:
@@ -405,9 +408,6 @@ class _Watchdog:
                 f"it kept {busy} processes busy at once for {limits.busy_seconds:g} s "
                 f"(at most {limits.busy_processes} may run at once)"
             )
-        memory = limits.memory_mb << 20
-        if _memory_bytes(pids, memory) > memory:
-            return f"its processes used more than {limits.memory_mb} MB of memory together"
         if ticks % 4 == 0 and _disk_bytes(self.answers_dir) > limits.disk_mb << 20:
             return f"it wrote more than {limits.disk_mb} MB into its answers folder"
         return None

@@ -45,8 +45,11 @@ def test_text_the_student_shaped_is_escaped_and_every_file_still_written(tmp_pat
     """Item 5: a lone surrogate in an exception, a non-UTF-8 notebook name."""
     root = tmp_path / "class"
     bad_name = root / "amy" / "ex1_checkpoint_manager\udcff.ipynb"  # os.fsdecode(b"...\xff...")
-    surrogate = _report("amy", cell_errors=["In [2]: Exception: \ud800"],
-                        checks=[CheckResult("test_a", 0, 1, "raised \ud800")])
+    surrogate = _report(
+        "amy",
+        cell_errors=["In [2]: Exception: \ud800"],
+        checks=[CheckResult("test_a", 0, 1, "raised \ud800")],
+    )
     named = GradeReport(student="b\udcffn", exercise="ex1_checkpoint_manager", notebook=bad_name,
                         max_score=5, status=Status.OK, seed=9)  # fmt: skip
     out = tmp_path / "grades.csv"

@@ -181,10 +181,13 @@ def test_magics_on_a_cells_first_line_behave_as_in_jupyterlab(tmp_path):
 
 
 MAGIC_RAISES = """
-from IPython.core.magic import register_line_magic
-@register_line_magic
-def needs_a_gpu(line):
-    raise NotImplementedError("this magic needs a GPU")
+import pathlib, sys
+sys.path.insert(0, ".")
+pathlib.Path("gpu_magics.py").write_text(
+    "def needs_a_gpu(line):\\n    raise NotImplementedError('this magic needs a GPU')\\n"
+)
+import gpu_magics
+get_ipython().register_magic_function(gpu_magics.needs_a_gpu)
 """
 
 
@@ -252,17 +255,19 @@ time.sleep(30)
 
 MEMORY_BOMB = """
 import os, time
-for _ in range(75):
+for _ in range(75):  # one at a time: each child allocates, says so, then sleeps holding it
+    ready, done = os.pipe()
     try:
         pid = os.fork()
     except OSError:
         break
     if pid == 0:
         hog = bytearray(160 << 20)
+        os.write(done, b"x")
         time.sleep(60)
         os._exit(0)
-    time.sleep(0.05)
-time.sleep(30)
+    os.read(ready, 1)
+time.sleep(40)
 """
 
 DISK_BOMB = """
@@ -277,7 +282,9 @@ except OSError as exc:
     print("stopped after", n, type(exc).__name__)
 """
 
-UID_PROBE = "import pathlib\npathlib.Path('/answers/uid_map').write_text(open('/proc/self/uid_map').read())"
+UID_PROBE = (
+    "import pathlib\npathlib.Path('/answers/uid_map').write_text(open('/proc/self/uid_map').read())"
+)
 
 BOMB_LIMITS = Limits(timeout=60, cell_timeout=40, memory_mb=1200, disk_mb=150)
 
