@@ -192,7 +192,8 @@ HOST_UID_BASE = 1_100_000_000  # far above any real user's uid (and below 2**31)
 def _new_host_uid() -> int | None:
     """A fresh unprivileged host uid for one sandbox, or None where the grader is not root or
     the machine cannot run a sandbox as another uid (then only the watchdog limits the tree)."""
-    if os.geteuid() != 0 or shutil.which("setpriv") is None or not _host_uid_works():
+    tools = ("setpriv", "unshare")
+    if os.geteuid() != 0 or not all(map(shutil.which, tools)) or not _host_uid_works():
         return None
     return HOST_UID_BASE + secrets.randbelow(900_000_000)
 
@@ -249,7 +250,7 @@ def _as_host_uid(command: list[str], userns_fd: int) -> list[str]:
                     out += ["--perms", "0755", "--dir", str(parent)]
             out.append(word)
     setpriv = ["/usr/bin/setpriv", "--reuid", NOBODY, "--regid", NOBODY, "--clear-groups",
-               "--inh-caps=-all", "--bounding-set=-all"]  # fmt: skip
+               "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs"]  # fmt: skip
     return [*out, *setpriv, *tail]
 
 

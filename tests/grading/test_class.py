@@ -699,7 +699,9 @@ def test_text_the_student_shaped_reaches_no_verdict_and_no_csv_column(graded):
     """Items 5, 10: a lone surrogate, a non-UTF-8 file name, a forged PASS, a forged problem."""
     rows = list(csv.DictReader(graded["out"].open(encoding="utf-8")))
     assert not [r for r in rows if "TEACHER" in r["problem"] or "5/5" in r["problem"]]
-    assert [r["score"] for r in rows if r["student"] == "undecodable"] == ["4"]
+    undecodable = [r for r in rows if r["student"] == "undecodable" and r["score"] != "0"]
+    assert [(r["exercise"], r["score"]) for r in undecodable] == [("ex3_partial_loading", "4")]
+    assert undecodable[0]["submission"].endswith("\\udcff.ipynb"), undecodable
     feedback = graded["out"].with_name("grades-feedback")
     assert "\\ud800" in (feedback / "surrogate.txt").read_text(encoding="utf-8")
     forged = (feedback / "forged-pass.txt").read_text()
