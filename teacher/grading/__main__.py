@@ -34,10 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, help="draw the same questions as an earlier run")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per notebook")
     parser.add_argument(
+        "--memory-mb", type=int, default=Limits.memory_mb,
+        help="memory of one submission, all its processes together",
+    )  # fmt: skip
+    parser.add_argument(
+        "--disk-mb", type=int, default=Limits.disk_mb,
+        help="size of a submission's home folder, /tmp and answers folder, each",
+    )  # fmt: skip
+    parser.add_argument(
         "--cold", action="store_true", help="start a new sandboxed Python per submission (slower)"
     )
     args = parser.parse_args(argv)
-    limits = Limits(timeout=args.timeout)
+    limits = Limits(timeout=args.timeout, memory_mb=args.memory_mb, disk_mb=args.disk_mb)
     if not sandbox_available():
         print(UNSANDBOXED_WARNING, file=sys.stderr)
     try:

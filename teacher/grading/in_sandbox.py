@@ -54,7 +54,7 @@ def _on_alarm(signum: int, frame: object) -> None:
 
 
 def _describe(exc: BaseException, lines: int = 4) -> str:
-    if isinstance(exc, NotImplementedError):
+    if isinstance(exc, NotImplementedError) and _raised_in_a_cell(exc):
         return "NotImplementedError: not implemented yet"
     text = "\n".join(str(exc).strip().splitlines()[:lines])
     return f"{type(exc).__name__}: {text}"[:1000]
@@ -123,17 +123,94 @@ class Asker:
         )
 
 
-def run_cells(cells: list[str], step_seconds: int, progress: Any) -> tuple[dict, list[str]]:
-    """Run the cells one by one in IPython's shell, recording errors as "Run All" would show them."""
+# --- cells run as JupyterLab runs them: a kernel-like shell, output limited per cell ----------
+
+CELL_OUTPUT_LIMIT = 100_000  # characters of output kept per cell (as nbgrader's LimitOutput)
+# What happened in a cell, for the grader to explain in the feedback in its own words:
+# [cell number, kind, detail]; kinds: "timeout", "memory", "exit", "output" (detail: characters
+# printed), "backend" (detail: the matplotlib backend a magic asked for).
+CELL_EVENTS: list[list[Any]] = []
+
+
+def _raised_in_a_cell(exc: BaseException) -> bool:
+    """True when the innermost frame is the notebook's own code (a stub's ``raise``), not a
+    magic's or a library's ``NotImplementedError``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return True  # raised by hand without a traceback: treat as the notebook's own
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_filename.startswith("<ipython-input-")
+
+
+class _LimitedOutput:
+    """``sys.stdout`` / ``sys.stderr`` for the cells: the first ``CELL_OUTPUT_LIMIT`` characters of
+    each cell's output pass, the rest is counted and dropped (as nbgrader's ``LimitOutput``)."""
+
+    def __init__(self, stream: Any, shared: dict[str, int]) -> None:
+        self._stream, self._shared = stream, shared
+
+    def write(self, text: str) -> int:
+        shared = self._shared
+        room = max(0, CELL_OUTPUT_LIMIT - shared["written"])
+        if len(text) <= room:
+            self._stream.write(text)
+        else:
+            marker = "" if shared["dropped"] else "\n[output truncated by the grader]\n"
+            self._stream.write(text[:room] + marker)
+            shared["dropped"] += len(text) - room
+        shared["written"] += min(len(text), room)
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _kernel_like_shell() -> Any:
+    """IPython's shell, behaving like ipykernel's for what a notebook's first lines often hold:
+    ``%matplotlib [inline|widget|qt|...]`` draws inline (the grader has no screen and no widget
+    frontend), and ``%autoreload`` / ``%aimport`` load their extension when first used."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    shell = InteractiveShell.instance(colors="NoColor")
+    class KernelLikeShell(InteractiveShell):
+        def enable_gui(self, gui: str | None = None) -> None:
+            """No event loop to integrate: a kernel's figures are shown inline."""
+
+        def enable_matplotlib(self, gui: str | None = None) -> Any:
+            if gui not in (None, "inline", "auto"):
+                CELL_EVENTS.append([self.execution_count, "backend", str(gui)[:40]])
+            return super().enable_matplotlib("inline")
+
+    shell = KernelLikeShell.instance(colors="NoColor")
+    shell.magics_manager.lazy_magics.update(autoreload="autoreload", aimport="autoreload")
+    return shell
+
+
+def _cell_event(count: int, failure: BaseException | None) -> None:
+    kinds = ((StepTimeout, "timeout"), (MemoryError, "memory"), (SystemExit, "exit"))
+    for kind, name in kinds:
+        if isinstance(failure, kind):
+            CELL_EVENTS.append([count, name, ""])
+
+
+def run_cells(cells: list[str], step_seconds: int, progress: Any) -> tuple[dict, list[str]]:
+    """Run the cells one by one in a kernel-like IPython shell, recording errors as "Run All"
+    would show them, and what the grader explains in the feedback (``CELL_EVENTS``)."""
+    shell = _kernel_like_shell()
     shell.showtraceback_limit = 3
     errors: list[str] = []
+    counted = {"written": 0, "dropped": 0}
+    real = sys.stdout, sys.stderr
     signal.signal(signal.SIGALRM, _on_alarm)
     for count, source in enumerate(cells, start=1):
         progress.write(f"cell In [{count}]\n")
         print(f"----- In [{count}] -----", flush=True)
+        counted.update(written=0, dropped=0)
+        sys.stdout, sys.stderr = _LimitedOutput(real[0], counted), _LimitedOutput(real[1], counted)
         signal.alarm(step_seconds)
         try:
             result = shell.run_cell(source, store_history=True)
@@ -141,11 +218,16 @@ def run_cells(cells: list[str], step_seconds: int, progress: Any) -> tuple[dict,
             result = None
         finally:
             signal.alarm(0)
+            sys.stdout, sys.stderr = real
+        if counted["dropped"]:
+            CELL_EVENTS.append([count, "output", counted["written"] + counted["dropped"]])
         failure = None if result is None else (result.error_before_exec or result.error_in_exec)
         if result is None or isinstance(failure, StepTimeout):
             errors.append(f"In [{count}]: still running after {step_seconds} s (stopped)")
+            _cell_event(count, StepTimeout())
         elif failure is not None:
             errors.append(f"In [{count}]: {_describe(failure)}")
+            _cell_event(count, failure)
     sys.stdout.flush()
     return shell.user_ns, errors
 
@@ -169,6 +251,7 @@ def main(argv: list[str]) -> int:
         return 3
     namespace, errors = run_cells(cells, step_seconds, progress)
     (answers_dir / "cell_errors.json").write_text(json.dumps(errors))
+    (answers_dir / "cell_events.json").write_text(json.dumps(CELL_EVENTS))
     progress.write("questions\n")
     print("----- the grader's questions -----", flush=True)
     try:
@@ -209,6 +292,9 @@ def _check(result: int, what: str) -> None:
 
 def _new_user_namespace(extra_flags: int = 0) -> None:
     uid, gid = os.getuid(), os.getgid()
+    # Its own /proc/self files belong to it only while it is dumpable (the zygote is not): when
+    # the sandbox's uid is a host uid of its own, root's files are not its to write.
+    _libc.prctl(PR_SET_DUMPABLE, 1)
     _check(_libc.unshare(CLONE_NEWUSER | extra_flags), "unshare")
     Path("/proc/self/setgroups").write_text("deny")
     Path("/proc/self/uid_map").write_text(f"{uid} {uid} 1")
@@ -222,11 +308,12 @@ def _mount(
     _check(_libc.mount(*encoded[:3], flags, encoded[3]), f"mount {target}")
 
 
-def _wall_off(job: str, keep_under_tmp: list[str]) -> None:
+def _wall_off(job: str, keep_under_tmp: list[str], disk_mb: int = 512) -> None:
     """In the grandchild (PID 1 of its namespace): see only this job, then lock that view."""
     _mount(None, "/", None, MS_REC | MS_PRIVATE)
-    for source, target, read_only in (("job", "/grader", True), ("answers", "/answers", False),
-                                      ("home", "/submission", False)):  # fmt: skip
+    # The home folder is a size-limited tmpfs of this job's own: filling it costs only the job.
+    _mount("tmpfs", "/submission", "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m,mode=0777")
+    for source, target, read_only in (("job", "/grader", True), ("answers", "/answers", False)):
         _mount(f"{job}/{source}", target, None, MS_BIND | MS_REC)
         if read_only:
             flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV
@@ -235,7 +322,7 @@ def _wall_off(job: str, keep_under_tmp: list[str]) -> None:
     # A fresh /tmp would hide what the sandbox mounted below it (a course cloned under /tmp, its
     # environment): hold those by file descriptor and mount them back on the new /tmp.
     kept = [(path, os.open(path, os.O_PATH)) for path in keep_under_tmp if os.path.isdir(path)]
-    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=512m")
+    _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, f"size={disk_mb}m")
     for path, descriptor in kept:
         os.makedirs(path, exist_ok=True)
         _mount(f"/proc/self/fd/{descriptor}", path, None, MS_BIND | MS_REC)
@@ -272,7 +359,7 @@ def _child(request: dict) -> None:
             code = os.waitstatus_to_exitcode(status)
             os._exit(code if code >= 0 else 128 - code)
         _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-        _wall_off(job, list(request.get("keep_under_tmp", [])))
+        _wall_off(job, list(request.get("keep_under_tmp", [])), int(request.get("disk_mb", 512)))
         os.chdir("/submission")
         memory, files = request["memory_mb"] << 20, request["file_mb"] << 20
         import resource

@@ -67,6 +67,7 @@ class _Run:
         self._warm_sandboxes: list[WarmSandbox] = []
         self._solutions: dict[str, Path] = {}
         self._solution_lock = threading.Lock()
+        self._exercise_locks: dict[str, threading.Lock] = {}
         self._judge_lock = threading.Lock()
 
     def close(self) -> None:
@@ -84,7 +85,9 @@ class _Run:
         return self._per_thread.sandbox
 
     def solution_answers(self, exercise: str) -> Path:
-        with self._solution_lock:
+        with self._solution_lock:  # one lock per exercise: different solutions run at once
+            lock = self._exercise_locks.setdefault(exercise, threading.Lock())
+        with lock:
             if exercise not in self._solutions:
                 solution = read_submission(SOLUTIONS_DIR / f"{exercise}.ipynb", "solution")
                 questions = load_exercise(exercise).questions(self.seed)
@@ -149,6 +152,9 @@ class _Run:
         report.sandboxed = run.sandboxed
         report.problem = run.problem
         report.cell_errors = run.cell_errors
+        report.notes = run.notes
+        if run.where == "questions failed":  # what went wrong is in the output: the student's
+            report.student_output = "\n".join(run.output_tail.strip().splitlines()[-8:])
         report.seconds = time.perf_counter() - started
         return report
 
@@ -169,6 +175,11 @@ def grade_submissions(
     """
     run = _Run(secrets.randbits(31) if seed is None else seed, limits or Limits(), warm)
     try:
+        # The solutions' answers first, before any student's code runs: a submission's bomb
+        # then never runs beside the solution it is compared with.
+        exercises = sorted({s.exercise for s in submissions if s.exercise and not s.problem})
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            list(pool.map(run.solution_answers, exercises))
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

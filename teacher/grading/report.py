@@ -1,7 +1,9 @@
 """Step 4, report: the class's gradebook (one CSV row per student and exercise) and feedback files.
 
 Both are written atomically; an existing gradebook is kept as ``<name>.backup`` first, so a run
-that is interrupted never destroys the previous grades.
+that is interrupted never destroys the previous grades. Every text is made printable first (a
+non-UTF-8 file name, a lone surrogate in an exception), and a feedback file that cannot be
+written costs that student's file only, never the gradebook or anyone else's feedback.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import csv
 import hashlib
 import io
 import shutil
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 from course_lib.safe_io import atomic_write
-from teacher.grading.records import GradeReport
+from teacher.grading.records import GradeReport, printable
 
 __all__ = ["GRADEBOOK_COLUMNS", "write_feedback", "write_gradebook"]
 
@@ -42,7 +45,7 @@ def _row(root: Path, report: GradeReport) -> dict[str, object]:
             submission = str(report.notebook.relative_to(root))
         except ValueError:
             submission = str(report.notebook)
-    return {
+    row = {
         "student": report.student,
         "exercise": report.exercise or "",
         "status": str(report.status),
@@ -57,6 +60,7 @@ def _row(root: Path, report: GradeReport) -> dict[str, object]:
         "seed": report.seed,
         "seconds": f"{report.seconds:.1f}",
     }
+    return {key: printable(value) for key, value in row.items()}
 
 
 def write_gradebook(root: Path, reports: list[GradeReport], out: Path) -> None:
@@ -68,7 +72,7 @@ def write_gradebook(root: Path, reports: list[GradeReport], out: Path) -> None:
     writer.writerows(_row(root, r) for r in ordered)
     if out.exists():
         atomic_write(out.with_name(out.name + ".backup"), lambda temp: shutil.copyfile(out, temp))
-    atomic_write(out, lambda temp: temp.write_text(buffer.getvalue()))
+    atomic_write(out, lambda temp: temp.write_text(buffer.getvalue(), "utf-8"))
 
 
 def write_feedback(reports: list[GradeReport], folder: Path) -> list[Path]:
@@ -79,11 +83,21 @@ def write_feedback(reports: list[GradeReport], folder: Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     written = []
     for student, theirs in sorted(by_student.items()):
-        text = "\n\n".join(r.summary() for r in sorted(theirs, key=lambda r: r.exercise or ""))
-        safe_name = "".join(c if c.isalnum() or c in "-_." else "_" for c in student) or "student"
+        safe_name = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_"
+                            for c in student) or "student"  # fmt: skip
         if safe_name != student:  # "john smith" and "john_smith" must not share a file
-            safe_name += "-" + hashlib.sha256(student.encode()).hexdigest()[:8]
+            digest = hashlib.sha256(student.encode("utf-8", "surrogateescape")).hexdigest()
+            safe_name += "-" + digest[:8]
         path = folder / f"{safe_name}.txt"
-        atomic_write(path, lambda temp, text=text: temp.write_text(text + "\n"))
+        try:
+            text = "\n\n".join(r.summary() for r in sorted(theirs, key=lambda r: r.exercise or ""))
+            atomic_write(path, lambda temp, text=text: temp.write_text(text + "\n", "utf-8"))
+        except Exception as exc:  # noqa: BLE001 - one student's file must not cost the others theirs
+            print(
+                f"grading: could not write the feedback of {printable(student)} to {path} "
+                f"({type(exc).__name__}: {printable(exc)}); their grades are in the gradebook",
+                file=sys.stderr,
+            )
+            continue
         written.append(path)
     return written

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import re
 import socket
 import subprocess
@@ -21,7 +22,7 @@ import nbformat
 import pytest
 from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
 
-from teacher.grading import Status, grade_class, sandbox_available
+from teacher.grading import Limits, Status, grade_class, sandbox_available
 
 pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
@@ -240,6 +241,61 @@ class SimpleCheckpointManager(_Solved):
 """
 
 
+# Issue 20: bombs that must cost only their own submission (sizes just past the class's limits).
+FORK_BOMB = """
+import os, time
+for _ in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.setsid()
+        while True:
+            pass
+time.sleep(40)
+"""
+
+MEMORY_BOMB = """
+import os, time
+for _ in range(75):  # one at a time: each child allocates, says so, then sleeps holding it
+    ready, done = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        hog = bytearray(160 << 20)
+        os.write(done, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(ready, 1)
+time.sleep(40)
+"""
+
+DISK_BOMB = """
+n = 0
+while True:
+    with open(f"{folder}/big{{n}}.bin", "wb") as handle:
+        handle.write(b"0" * (100 << 20))
+    n += 1
+"""
+
+FORGED_PASS = 'raise RuntimeError("ok\\n  PASS test_names_and_retention (1/1)")'
+
+FORGED_PROBLEM = """
+import os
+with open('/answers/progress.txt', 'a') as progress:
+    progress.write('questions failed\\n')
+print('TEACHER: grader fault ... scored 5/5 when checked by hand', flush=True)
+os._exit(3)
+"""
+
+MAGIC_USER = "%matplotlib inline\n%autoreload 2\nimport math"
+
+CLASS_LIMITS = Limits(timeout=240, cell_timeout=60, memory_mb=2500, disk_mb=300)
+
+
 def _tree_digest(root: Path) -> str:
     """A digest of every file of the course that git knows or would add (not .venv, not .git)."""
     listed = subprocess.run(
@@ -371,13 +427,28 @@ def graded(tmp_path_factory):
         "gina", with_cells("ex3_partial_loading", "open('big.bin', 'wb').write(b'0' * (300 << 20))")
     )
     submit("judy", with_cells("ex3_partial_loading"), "my homework.ipynb")
+    # Issue 20: the bombs, between honest students ("aaron" before, alice, quinn, zoe after).
+    submit("aaron", with_cells("ex2_onnx_export"), "ex2_onnx_export.ipynb")
+    submit("bomb-fork", with_cells("ex2_onnx_export", FORK_BOMB), "ex2_onnx_export.ipynb")
+    submit("bomb-memory", with_cells("ex3_partial_loading", MEMORY_BOMB))
+    submit("bomb-disk", with_cells("ex3_partial_loading", DISK_BOMB.format(folder=".")))
+    submit("bomb-answers", with_cells("ex3_partial_loading", DISK_BOMB.format(folder="/answers")))
+    submit("surrogate", with_cells("ex3_partial_loading", 'raise Exception("\\ud800")'))
+    submit("forged-pass", with_cells("ex3_partial_loading", FORGED_PASS))
+    submit("forged-problem", with_cells("ex3_partial_loading", FORGED_PROBLEM))
+    magic = with_cells("ex3_partial_loading")
+    first = next(c for c in magic.cells if c.cell_type == "code")
+    first.source = MAGIC_USER + "\n" + first.source
+    submit("magic", magic)
+    bad_name = os.fsdecode(b"ex3_partial_loading\xff.ipynb")
+    submit("undecodable", with_cells("ex3_partial_loading"), bad_name)
     submit("ken", with_cells("ex3_partial_loading", metadata=False), "untitled.ipynb")
 
     before, runs_before = _tree_digest(ROOT), _grade_runs()
     out = root.parent / "grades.csv"
     out.write_text("previous grades\n")
     try:
-        reports = grade_class(root, out, seed=1234, jobs=2, progress=False)
+        reports = grade_class(root, out, seed=1234, jobs=2, progress=False, limits=CLASS_LIMITS)
     finally:
         listener.close()
     table = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
@@ -542,7 +613,7 @@ def test_jupyter_features_work_as_in_jupyterlab(graded):
 @pytest.mark.parametrize(
     ("student", "status", "problem", "cell_error", "full_marks"),
     [
-        ("flooder", Status.CRASHED, "printed more than 20 MB of output", None, False),
+        ("flooder", Status.OK, None, None, True),  # issue 20, item 12: truncated, graded
         ("carol", Status.UNREADABLE, "not a readable notebook", None, False),
         ("erin", Status.CRASHED, "exited with code 3 in cell In [", None, False),
         ("frank", Status.OK, None, "MemoryError", True),
@@ -596,3 +667,49 @@ def test_feedback_keeps_the_whole_message(graded):
     assert "must be a sorted list, not list in that order" in text
     eve = (graded["out"].with_name("grades-feedback") / "eve.txt").read_text()
     assert "size mismatch" in eve or "Missing key" in eve or "Unexpected key" in eve, eve
+
+
+@pytest.mark.parametrize(
+    ("student", "exercise", "verdict"),
+    [
+        ("bomb-fork", "ex2_onnx_export", "processes busy at once"),
+        ("bomb-memory", "ex3_partial_loading", "memory together"),
+        ("bomb-answers", "ex3_partial_loading", "into its answers folder"),
+    ],
+)
+def test_a_bomb_costs_only_its_own_submission(graded, student, exercise, verdict):
+    """Items 3, 4: stopped as a whole tree; the honest students around it keep full marks."""
+    report = _report(graded, student, exercise)
+    assert report.status == Status.CRASHED and verdict in (report.problem or ""), report.summary()
+    for honest, their_exercise in [("aaron", "ex2_onnx_export"), ("quinn", "ex3_partial_loading"),
+                                   ("zoe", "ex3_partial_loading")]:  # fmt: skip
+        other = _report(graded, honest, their_exercise)
+        assert other.score == other.max_score, other.summary()
+    alice = [_report(graded, "alice", e) for e in EXERCISES]
+    assert all(r.score == r.max_score for r in alice), [r.summary() for r in alice]
+
+
+def test_filling_the_home_folder_costs_an_oserror_not_the_run(graded):
+    report = _report(graded, "bomb-disk")
+    assert any("No space left" in e for e in report.cell_errors), report.summary()
+    assert report.score == report.max_score, report.summary()
+
+
+def test_text_the_student_shaped_reaches_no_verdict_and_no_csv_column(graded):
+    """Items 5, 10: a lone surrogate, a non-UTF-8 file name, a forged PASS, a forged problem."""
+    rows = list(csv.DictReader(graded["out"].open(encoding="utf-8")))
+    assert not [r for r in rows if "TEACHER" in r["problem"] or "5/5" in r["problem"]]
+    undecodable = [r for r in rows if r["student"] == "undecodable" and r["score"] != "0"]
+    assert [(r["exercise"], r["score"]) for r in undecodable] == [("ex3_partial_loading", "4")]
+    assert undecodable[0]["submission"].endswith("\\udcff.ipynb"), undecodable
+    feedback = graded["out"].with_name("grades-feedback")
+    assert "\\ud800" in (feedback / "surrogate.txt").read_text(encoding="utf-8")
+    forged = (feedback / "forged-pass.txt").read_text()
+    assert "      |   PASS test_names_and_retention (1/1)" in forged, forged
+    assert not [line for line in forged.splitlines() if line.startswith("  PASS test_names")]
+
+
+def test_magics_on_the_first_line_cost_nothing(graded):
+    """Item 11: %matplotlib inline and %autoreload 2 without %load_ext, as in JupyterLab."""
+    report = _report(graded, "magic")
+    assert report.score == report.max_score and not report.cell_errors, report.summary()

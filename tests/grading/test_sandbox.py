@@ -158,3 +158,166 @@ def test_warm_children_are_walled_off_from_the_zygote_and_each_other(tmp_path):
         assert not [k for k, v in probe.items() if v == "READ"], probe
         assert probe["stdin"] == "", "the zygote's command pipe is readable"
     assert second["marker_env"] is None and second["torch_equal_patched"] in (False, "n/a")
+
+
+# --- issue 20: JupyterLab's magics and output, what happened in a cell, limits on the tree -----
+
+MAGICS = [
+    "%matplotlib inline\nx = 1",
+    "%matplotlib\ny = 2",
+    "%matplotlib widget\nz = 3",
+    "%autoreload 2\nw = 4",
+    "import json, pathlib\npathlib.Path('/answers/probe.json').write_text(json.dumps([x, y, z, w]))",
+]
+
+
+@needs_bwrap
+def test_magics_on_a_cells_first_line_behave_as_in_jupyterlab(tmp_path):
+    """Item 11: %matplotlib (inline, bare, widget) and %autoreload without %load_ext."""
+    run = run_sandboxed(tuple(MAGICS), "ex3_partial_loading", [], tmp_path, Limits(timeout=120))
+    assert run.cell_errors == [], run.cell_errors
+    assert json.loads((run.answers_dir / "probe.json").read_text()) == [1, 2, 3, 4]
+    assert any("widget" in note and "inline" in note for note in run.notes), run.notes
+
+
+MAGIC_RAISES = """
+import pathlib, sys
+sys.path.insert(0, ".")
+pathlib.Path("gpu_magics.py").write_text(
+    "def needs_a_gpu(line):\\n    raise NotImplementedError('this magic needs a GPU')\\n"
+)
+import gpu_magics
+get_ipython().register_magic_function(gpu_magics.needs_a_gpu)
+"""
+
+
+@needs_bwrap
+def test_a_magics_not_implemented_error_is_not_called_unfinished(tmp_path):
+    cells = (MAGIC_RAISES, "%needs_a_gpu", "def stub():\n    raise NotImplementedError\nstub()")
+    run = run_sandboxed(cells, "ex3_partial_loading", [], tmp_path, Limits(timeout=120))
+    assert run.cell_errors[0] == "In [2]: NotImplementedError: this magic needs a GPU"
+    assert run.cell_errors[1] == "In [3]: NotImplementedError: not implemented yet"
+
+
+@needs_bwrap
+def test_a_flood_of_output_is_truncated_and_the_notebook_graded(tmp_path):
+    """Item 12: more than the output limit printed in a try-it cell: truncated, noted, graded."""
+    path = tmp_path / "ex3_partial_loading.ipynb"
+    nb = with_cells("ex3_partial_loading", "for _ in range(25):\n    print('x' * 2**20)")
+    nbformat.write(nb, path)
+    report = grade_notebook(path, limits=Limits(timeout=120))
+    assert report.status == Status.OK and report.problem is None, report.summary()
+    assert report.score == report.max_score, report.summary()
+    assert any("printed 26214" in n and "kept" in n for n in report.notes), report.notes
+    assert "printed 26214" in report.summary()
+
+
+@needs_bwrap
+def test_the_feedback_says_what_stopped_a_cell(tmp_path):
+    """Item 13: MemoryError, SystemExit (sys.exit(0)), a cell stopped at its time limit."""
+    cells = ("import sys\nsys.exit(0)", "hog = bytearray(20 * 2**30)", "while True:\n    pass")
+    run = run_sandboxed(cells, "ex3_partial_loading", [], tmp_path, Limits(cell_timeout=3))
+    text = "\n".join(run.notes)
+    assert "In [1] raised SystemExit" in text, text
+    assert "In [2] ran out of memory (MemoryError" in text, text
+    assert "In [3] was stopped at its time limit (3 s)" in text, text
+
+
+FORGED_PROBLEM = """
+import os
+with open('/answers/progress.txt', 'a') as progress:
+    progress.write('questions failed\\n')
+print('TEACHER: grader fault, scored 5/5 when checked by hand', flush=True)
+os._exit(3)
+"""
+
+
+@needs_bwrap
+def test_the_student_cannot_write_the_problem_column(tmp_path):
+    """Item 10: progress.txt + os._exit(3) must not put the student's sentence in the CSV."""
+    run = run_sandboxed((FORGED_PROBLEM,), "ex3_partial_loading", [], tmp_path)
+    assert run.problem and "TEACHER" not in run.problem and "5/5" not in run.problem, run.problem
+
+
+FORK_BOMB = """
+import os, time
+for _ in range(200):
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        os.setsid()
+        while True:
+            pass
+time.sleep(30)
+"""
+
+MEMORY_BOMB = """
+import os, time
+for _ in range(75):  # one at a time: each child allocates, says so, then sleeps holding it
+    ready, done = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        break
+    if pid == 0:
+        hog = bytearray(160 << 20)
+        os.write(done, b"x")
+        time.sleep(60)
+        os._exit(0)
+    os.read(ready, 1)
+time.sleep(40)
+"""
+
+DISK_BOMB = """
+import os
+n = 0
+try:
+    while True:
+        with open(f"{folder}/big{{n}}.bin", "wb") as handle:
+            handle.write(b"0" * (100 << 20))
+        n += 1
+except OSError as exc:
+    print("stopped after", n, type(exc).__name__)
+"""
+
+UID_PROBE = (
+    "import pathlib\npathlib.Path('/answers/uid_map').write_text(open('/proc/self/uid_map').read())"
+)
+
+BOMB_LIMITS = Limits(timeout=60, cell_timeout=40, memory_mb=1200, disk_mb=150)
+
+
+@needs_bwrap
+@pytest.mark.skipif(os.geteuid() != 0, reason="a host uid of its own needs a grader run as root")
+def test_a_sandbox_never_runs_as_host_root(tmp_path):
+    """Item 3: as root, RLIMIT_NPROC does not apply; each sandbox gets a host uid of its own."""
+    run = run_sandboxed((UID_PROBE,), "ex3_partial_loading", [], tmp_path, BOMB_LIMITS)
+    inside, host, _ = (run.answers_dir / "uid_map").read_text().split("\n")[0].split()
+    assert inside == "65534" and int(host) >= 1_000_000_000, host
+
+
+@needs_bwrap
+@pytest.mark.parametrize(
+    ("bomb", "verdict"),
+    [
+        (FORK_BOMB, "processes busy at once"),
+        (MEMORY_BOMB, "MB of memory together"),
+        (DISK_BOMB.format(folder="/answers"), "MB into its answers folder"),
+    ],
+    ids=["fork", "memory", "disk-answers"],
+)
+def test_a_bomb_is_stopped_as_a_whole_tree(tmp_path, bomb, verdict):
+    """Items 3 and 4: limits on the whole process tree, not per process."""
+    run = run_sandboxed((bomb,), "ex3_partial_loading", [], tmp_path, BOMB_LIMITS)
+    assert run.problem and verdict in run.problem, (run.problem, run.output_tail)
+    assert run.returncode != 0
+
+
+@needs_bwrap
+def test_filling_the_home_folder_ends_in_no_space_left(tmp_path):
+    """Item 4: the home folder is a size-limited filesystem: OSError, the notebook goes on."""
+    run = run_sandboxed((DISK_BOMB.format(folder="."),), "ex3_partial_loading", [], tmp_path,
+                        BOMB_LIMITS)  # fmt: skip
+    assert run.problem is None and "stopped after 1 OSError" in run.output_tail, run.output_tail
