@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from lab_server import running_lab
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

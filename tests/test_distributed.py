@@ -35,6 +35,8 @@ from course_lib.distributed.torchrun import host_layout_env
 from course_lib.models import make_mlp
 from course_lib.safe_io import safe_load
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 JOB = "course_lib.distributed.elastic_job"
 STEPS = ["--steps", "12", "--save-every", "4"]
 

@@ -17,6 +17,8 @@ from export_models import FOREIGN_MODELS
 from course_lib import export
 from course_lib.export import onnx_export
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 BATCH_SIZES = (1, 3, 64)
 MAX_ABS = 2e-6  # measured: at most about 5e-7 (float32 rounding in another order)
 

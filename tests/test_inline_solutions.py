@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 DETAILS = re.compile(r"<details>.*?</details>", re.S)
 PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 

@@ -62,6 +62,7 @@ async def _execute(port: int, token: str, kernel_id: str, code: str) -> str:
 
 
 @pytest.mark.timeout(150)
+@pytest.mark.slow
 def test_course_lab_serves_the_notebooks_and_starts_a_kernel(tmp_path):
     with running_lab(tmp_path) as server:
         status, listing = server.call("GET", "/api/contents/notebooks")

@@ -25,6 +25,8 @@ from course_lib.distributed import (
     run_torchrun,
 )
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 JOB = "course_lib.distributed.elastic_job"
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+
 ROOT = Path(__file__).resolve().parent.parent
 
 FUZZ = textwrap.dedent(

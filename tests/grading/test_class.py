@@ -24,7 +24,10 @@ from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_che
 
 from teacher.grading import Limits, Status, grade_class, sandbox_available
 
-pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+]
 
 TOKEN = "e5c4pe7ok3n"
 

@@ -58,7 +58,10 @@ def resume(path, model, optimizer, scheduler):
     return 0
 """
 
-pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+]
 
 
 def grade(nb: nbformat.NotebookNode, tmp_path):
