@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
 ROOT = Path(__file__).resolve().parent.parent
 CORE = ROOT / "nbsrc/notebooks/05_data_parallel.py"
 DEEPER = ROOT / "nbsrc/notebooks/05b_torchrun_elastic.py"
