@@ -280,8 +280,9 @@ safe_load(flipped, map_location="cpu")  # checks every entry's CRC-32 first
 
 # %% [markdown]
 # One flipped bit of the mantissa, and no error: the weight is silently another number. The check
-# reads the whole file once more (`benchmarks/bench_checkpoint_io.py` measures it:
-# about 1.7x the time of the load without it, on a 200 MB file in the page cache);
+# reads every byte of the file (the tensors' CRC-32s in threads while `torch.load` reads them);
+# what it costs against the load without it depends on the cores free for it, and
+# `benchmarks/bench_checkpoint_io.py` prints that ratio for your machine.
 # `safe_load(path, verify_crc=False)` skips it. 6.3.8's `CheckpointManager` goes further: it
 # records a SHA-256 of every file in its manifest when it saves, so it also notices a file that
 # is intact but not the one it wrote (replaced by another valid checkpoint, or restored from the
