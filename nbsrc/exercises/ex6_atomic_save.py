@@ -72,7 +72,6 @@ except Exception as error:
 print("the file still holds step", torch.load(path)["step"], "; folder:", os.listdir(folder))
 
 # %%
-# Self-check
 assert torch.load(path)["step"] == 2 and torch.equal(torch.load(path)["weights"], torch.ones(3))
 assert os.listdir(folder) == ["model.pt"], "a temporary file was left behind"
 atomic_save({"step": 4}, str(path))  # a str path works too

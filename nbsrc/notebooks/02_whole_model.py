@@ -38,10 +38,9 @@ model = torch.load(path)
 model.eval()
 
 # %% [markdown]
-# The file names classes to import and call. Trust exactly those with an allow-list:
-# `torch.serialization.safe_globals` for one block, `add_safe_globals` for the rest of the
-# process. The course's `safe_load(allowed_globals=...)` wraps the scoped form, with errors that
-# name the file and the fix:
+# The file names classes to import and call. Trust exactly those: `safe_globals` for one block,
+# `add_safe_globals` for the process. The course's `safe_load(allowed_globals=...)` wraps the
+# scoped form, with errors that name the file and the fix:
 
 # %%
 from course_lib.safe_io import safe_load

@@ -47,9 +47,8 @@ model.load_state_dict(state_dict)
 
 # %% [markdown]
 # The stripped `state_dict` is for the *plain* model: load it into `model.module`.
-# `torch.compile` adds `_orig_mod.` (its `state_dict()` shows it without compiling). The
-# course's `load_state_dict_any_prefix` strips any wrapper prefix (only when *every* key has it)
-# and loads into a plain or wrapped model:
+# `torch.compile` adds `_orig_mod.`. The course's `load_state_dict_any_prefix` strips any wrapper
+# prefix (only when *every* key has it) and loads into a plain or wrapped model:
 
 # %%
 print(model.module.load_state_dict(state_dict))
@@ -95,7 +94,7 @@ print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", ma
 
 # %% [markdown]
 # `run_torchrun` runs `torchrun --standalone --nproc-per-node=2 -m ddp_minimal ...` with a
-# deadline, kills every worker when it ends, and names a failed rank.
+# deadline and names a failed rank.
 #
 # ## Exercise
 #
