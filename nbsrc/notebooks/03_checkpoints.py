@@ -5,8 +5,7 @@
 # or a preempted machine resumes where it stopped, ending with *exactly* the weights of a run
 # that never stopped. You will write one yourself and prove it bit for bit. Deeper:
 # [`03b_resume_in_depth`](03b_resume_in_depth.ipynb) (the chapter's full code, a real process
-# killed, a run resumed without its RNGs, `train_with_checkpoint` fixed). The chapter's
-# `save_checkpoint`, without its docstring and `print`:
+# killed, `train_with_checkpoint` fixed). The chapter's `save_checkpoint`, without its `print`:
 
 # %%
 import random
@@ -47,9 +46,8 @@ torch.load(workdir / "chapter.pth", map_location=device)
 #
 # ## Your checkpoint, written out
 #
-# Everything the next step depends on, as plain values that load with `weights_only=True`.
-# RNG states become lists of numbers, which `map_location` leaves alone; `resume` turns them
-# back into CPU tensors:
+# Everything the next step depends on, as plain values that load with `weights_only=True`; RNG
+# states as lists of numbers, which `map_location` leaves alone:
 
 
 # %%
@@ -108,8 +106,7 @@ pairs = zip(straight.state_dict().values(), resumed.state_dict().values(), stric
 print("every weight bitwise equal:", all(torch.equal(a, b) for a, b in pairs))
 
 # %% [markdown]
-# That is the whole skill; in exercise `ex7_exact_resume` you write it again, and its grader
-# kills your run with `SIGKILL`.
+# That is the whole skill; exercise `ex7_exact_resume` grades it with a real kill.
 #
 # ## The course's version
 #
@@ -125,9 +122,8 @@ print(f"epoch {epoch}, loss {loss:.4f} ({type(loss).__name__})")
 # %% [markdown]
 # ## Exercise
 #
-# A `DataLoader` given its own `generator=` shuffles with it, not with the global RNG that
-# `save` stores. Save its state, load it with `map_location=device`, restore it, and check that
-# the epoch sees the same order.
+# A `DataLoader` with its own `generator=` shuffles with it, not with the global RNG: save,
+# load (`map_location=device`) and restore its state, and check the epoch's order.
 #
 # <details><summary>Solution (run it: the last line checks it)</summary>
 #
@@ -147,9 +143,8 @@ print(f"epoch {epoch}, loss {loss:.4f} ({type(loss).__name__})")
 #
 # ## Conclusion
 #
-# A checkpoint is the *whole* training state: weights, optimizer, scheduler, the epoch to start
-# from, the best metric, the RNG states, all as plain values. Then a resumed run equals, bit
-# for bit, one never interrupted. Next: 6.3.4, a `state_dict` that does not quite match.
+# A checkpoint is the *whole* training state, as plain values; restored, a run resumes bit for
+# bit. Next: 6.3.4, a `state_dict` that does not quite match.
 #
 # Further reading: the PyTorch recipe [Saving and loading a general checkpoint](https://pytorch.org/tutorials/recipes/recipes/saving_and_loading_a_general_checkpoint.html)
 # and the notes on [Reproducibility](https://pytorch.org/docs/stable/notes/randomness.html).

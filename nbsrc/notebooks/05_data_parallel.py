@@ -13,10 +13,8 @@ import os
 import torch
 from torch import nn
 
-from course_lib import notebook
-from course_lib.distributed import run_torchrun
+from course_lib import distributed, notebook, prefixes
 from course_lib.models import make_mlp
-from course_lib.prefixes import load_state_dict_any_prefix
 
 device, workdir = notebook.start("6.3.5")
 model = make_mlp().to(device)
@@ -54,7 +52,7 @@ model.load_state_dict(state_dict)
 print(model.module.load_state_dict(state_dict))
 compiled = torch.compile(make_mlp().to(device))
 print("torch.compile keys:", list(compiled.state_dict())[:2])
-print(load_state_dict_any_prefix(model, compiled.state_dict()).summary())
+print(prefixes.load_state_dict_any_prefix(model, compiled.state_dict()).summary())
 
 # %% [markdown]
 # ## `DistributedDataParallel`
@@ -88,7 +86,7 @@ dist.destroy_process_group()
 """
 _ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
 os.environ["PYTHONPATH"] = str(workdir)  # where the workers import ddp_minimal from
-run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
+distributed.run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
 print("dcp files:", sorted(p.name for p in (workdir / "dcp").iterdir()))
 print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", map_location=device)))
 
