@@ -40,7 +40,7 @@ device, workdir = notebook.start("intro")
 # | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 9 |
 # | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | 20 |
 # | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 14 |
-# | total | | 469 |
+# | total | | 468 |
 #
 # **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in about 40 minutes.
 #

@@ -102,10 +102,8 @@ print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", ma
 # <details><summary>Solution (click to open)</summary>
 #
 # ```python
-# from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-#
 # state = torch.load(workdir / "model_dp.pth")
-# consume_prefix_in_state_dict_if_present(state, "module.")
+# torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
 # print(make_mlp().load_state_dict(state))
 # ```
 # </details>
