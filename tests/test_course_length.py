@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import sys
 from pathlib import Path
 
@@ -37,3 +38,23 @@ def test_the_core_path_is_complete_and_at_most_180_minutes():
     total = sum(length.minutes for length in core)
     table = ", ".join(f"{length.name} {length.minutes:.0f}" for length in core)
     assert total <= tool.CORE_LIMIT_MINUTES, f"core path {total:.0f} min: {table}"
+
+
+def test_the_fast_path_is_announced_with_the_tools_estimate():
+    """README, 00 and 01a itself called 01a "15 minutes" while the tool measured 42: every place
+    that announces 01a's length quotes the tool's estimate (to the nearest 5 minutes)."""
+    tool = _tool()
+    everything, _ = tool.measure_course()
+    (fast,) = [length for length in everything if length.name == "01a_fast_path"]
+    places = [ROOT / "README.md", ROOT / "nbsrc/notebooks/00_introduction.py",
+              ROOT / "nbsrc/notebooks/01a_fast_path.py"]  # fmt: skip
+    for place in places:
+        text = place.read_text(encoding="utf-8")
+        if place.stem != "01a_fast_path":
+            text = text[text.index("01a_fast_path") :]
+        quoted = re.search(r"(\d+) minutes", text)
+        assert quoted, f"{place.name}: no length announced for 01a_fast_path"
+        assert abs(int(quoted[1]) - fast.minutes) <= 2.5, (
+            f"{place.name} announces 01a_fast_path as {quoted[1]} minutes; "
+            f"tools/course_length.py estimates {fast.minutes:.0f}: quote that"
+        )

@@ -14,9 +14,9 @@
 # 4. returns a dictionary with two sorted lists: `"loaded"` (the names it copied) and `"skipped"`
 #    (the names in `state_dict` that it did not copy).
 #
-# Run the whole notebook (**Run ▸ Run All Cells**); the last cell checks your answer. Your teacher's
-# grader runs further checks of the same rules. `course_lib.state_dict.load_partial_state_dict` is
-# the course's full version: try it only after writing your own.
+# Run all cells (**Run ▸ Run All Cells**): they try it on a backbone pretrained for 10 classes
+# with a new head for 3, and the last one checks your answer (the grader checks more). The course's version, for afterwards:
+# `course_lib.state_dict.load_partial_state_dict`.
 
 # %%
 import torch
@@ -38,10 +38,6 @@ def load_matching_weights(model: nn.Module, state_dict: dict) -> dict:
     # END SOLUTION
 
 
-# %% [markdown]
-# ## Try it: a backbone pretrained for 10 classes, a new head for 3
-
-
 # %%
 def make_classifier(num_classes):
     return nn.Sequential(
@@ -54,9 +50,6 @@ pretrained = make_classifier(10)
 model = make_classifier(3)
 report = load_matching_weights(model, pretrained.state_dict())
 print(report)
-
-# %% [markdown]
-# ## Self-check
 
 # %%
 assert report["loaded"] == ["0.bias", "0.weight", "2.bias", "2.weight"], report

@@ -26,23 +26,23 @@ device, workdir = notebook.start("intro")
 #
 # | step | section | minutes |
 # |---|---|---|
-# | [`00_introduction`](00_introduction.ipynb) | intro | 3 |
+# | [`00_introduction`](00_introduction.ipynb) | intro | 4 |
 # | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | 11 |
-# | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 14 |
-# | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 65 |
+# | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 12 |
+# | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 22 |
 # | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 64 |
-# | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 21 |
+# | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 17 |
 # | [`06_torchscript`](06_torchscript.ipynb) | 6.3.6 | 59 |
 # | [`07_onnx`](07_onnx.ipynb) | 6.3.7 | 54 |
 # | [`08_checkpoint_manager`](08_checkpoint_manager.ipynb) | 6.3.8 | 102 |
 # | [`09_safe_saving`](09_safe_saving.ipynb) | 6.3.9 | 49 |
 # | [`10_summary`](10_summary.ipynb) | summary | 33 |
-# | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 10 |
-# | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | ? |
-# | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 20 |
-# | total | | 505 |
+# | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 9 |
+# | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | 20 |
+# | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 14 |
+# | total | | 468 |
 #
-# **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in 15 minutes.
+# **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in about 40 minutes.
 #
 # **Deeper notebooks**, linked from where they matter; nothing on the core path needs them:
 #

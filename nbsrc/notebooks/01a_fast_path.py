@@ -1,5 +1,5 @@
 # %% [markdown]
-# # The fast path: five things everyone must know (15 minutes)
+# # The fast path: five things everyone must know (about 40 minutes)
 #
 # No time for the whole chapter? Read this notebook alone, top to bottom. Each of the five things
 # below is the shortest correct code: the raw PyTorch call first, then the `course_lib` helper

@@ -1,11 +1,11 @@
 # %% [markdown]
 # # 6.3.2 Saving the whole model
 #
-# `torch.save(model)` pickles the model object itself, structure and parameters together. The
-# chapter advises against it: the class must exist when loading, the file is tied to your code's
-# import paths, and it is bigger. PyTorch 2.6 added a fourth reason: loading a pickle runs code.
-# Deeper: [`02b_safe_formats`](02b_safe_formats.ipynb) (safetensors, training state without
-# pickle, allow-lists in depth). The chapter's code, with its `MyModel`:
+# `torch.save(model)` pickles the model object itself. The chapter advises against it: the class
+# must exist when loading, the file is tied to your import paths, and it is bigger. PyTorch 2.6
+# added a fourth reason: loading a pickle runs code. Deeper:
+# [`02b_safe_formats`](02b_safe_formats.ipynb) (a class gone or changed, safetensors,
+# allow-lists in depth). The chapter's code:
 
 # %%
 import torch
@@ -26,23 +26,21 @@ model = MyModel()
 path = workdir / "complete_model.pth"
 torch.save(model, path)  # the whole model
 torch.save(model.state_dict(), workdir / "weights.pth")  # for comparison
-sizes = [p.stat().st_size for p in (path, workdir / "weights.pth")]
-print(f"whole model, state_dict: {sizes} bytes; difference: {sizes[0] - sizes[1]} bytes")
+print(f"difference: {path.stat().st_size - (workdir / 'weights.pth').stat().st_size} bytes")
 
 # %% [markdown]
-# The pickled structure costs 824 bytes here: that matters for a tiny model, not a large
-# one. Loading is what bites. Since PyTorch 2.6, `torch.load` defaults to `weights_only=True`,
-# which accepts tensors and plain containers only, so the chapter's load **fails on purpose**:
+# The pickled structure costs 824 bytes: nothing for a large model. Loading is what bites:
+# `torch.load` now defaults to `weights_only=True` (tensors and plain containers only), so the
+# chapter's load **fails on purpose**:
 
 # %% tags=["raises-exception"]
 model = torch.load(path)
 model.eval()
 
 # %% [markdown]
-# The file holds instructions that name classes to import and call. Trust exactly those with an
-# allow-list: `torch.serialization.safe_globals` for one block, `add_safe_globals` for the rest of
-# the process (undone by `clear_safe_globals`). The course's `safe_load(allowed_globals=...)` wraps
-# the scoped form, with errors that name the file and the fix:
+# The file names classes to import and call. Trust exactly those: `safe_globals` for one block,
+# `add_safe_globals` for the process. The course's `safe_load(allowed_globals=...)` wraps the
+# scoped form, with errors that name the file and the fix:
 
 # %%
 from course_lib.safe_io import safe_load
@@ -55,21 +53,12 @@ torch.serialization.clear_safe_globals()
 print("safe_load:   ", type(safe_load(path, allowed_globals=[MyModel, nn.Linear])).__name__)
 
 # %% [markdown]
-# Trust does not bring back a class that is gone. In a process that never defined `MyModel` (or
-# after it was renamed or moved), even `weights_only=False` **fails on purpose**:
-
-# %% tags=["raises-exception"]
-del MyModel  # as in a fresh process
-torch.load(path, weights_only=False)
-
-# %% [markdown]
 # ## The security lesson: loading a pickle runs code
 #
-# A pickle may tell the loader "call this function with these arguments", any function. An
-# attacker's checkpoint looks like ordinary weights; its payload here only writes a marker file.
-# Today's default refuses it before anything runs (**fails on purpose**). With
-# `weights_only=False`, what every `torch.load` did before PyTorch 2.6 and what old tutorials
-# still show, the payload runs the moment the file is loaded (the cell after it):
+# A pickle may tell the loader to call any function. An attacker's checkpoint looks like
+# ordinary weights; this payload only writes a marker file. Today's default refuses it
+# (**fails on purpose**); with `weights_only=False`, what `torch.load` did before PyTorch 2.6 and
+# old tutorials still show, it runs the moment the file is loaded (the cell after):
 
 
 # %% tags=["raises-exception"]
@@ -94,9 +83,7 @@ print("payload ran:", (workdir / "PAYLOAD_RAN.txt").exists())
 # <details><summary>Solution (click to open)</summary>
 #
 # ```python
-# from torch.serialization import get_unsafe_globals_in_checkpoint
-#
-# found = get_unsafe_globals_in_checkpoint(workdir / "crafted.pth")
+# found = torch.serialization.get_unsafe_globals_in_checkpoint(workdir / "crafted.pth")
 # assert found == ["builtins.exec"], found
 # ```
 # </details>
@@ -105,9 +92,8 @@ print("payload ran:", (workdir / "PAYLOAD_RAN.txt").exists())
 #
 # Share `state_dict`s and rebuild models in code; load with `weights_only=True` (the default)
 # and trust more only for files you made, naming what you trust. An exported program (`.pt2`,
-# chapters 6.3.6-6.3.7) needs no Python class, but it can itself carry pickles and native code:
-# load programs only from a trusted source. For weights you do not trust, use safetensors or
-# ONNX (see `02b_safe_formats`).
+# 6.3.6) can carry pickles and native code too: load it only from a trusted source. For weights
+# you do not trust, use safetensors or ONNX (`02b_safe_formats`).
 #
 # ## Further reading
 #

@@ -35,6 +35,16 @@ torch.save(model.state_dict(), workdir / "model_state_dict.pth")
 print(sorted(get_unsafe_globals_in_checkpoint(workdir / "model.pth")))
 
 # %% [markdown]
+# ### When the class is gone
+#
+# Trust does not bring back a class that is gone. In a process that never defined `MyModel` (or
+# after it was renamed or moved), even `weights_only=False` **fails on purpose**:
+
+# %% tags=["raises-exception"]
+del MyModel  # as in a fresh process
+torch.load(workdir / "model.pth", weights_only=False)
+
+# %% [markdown]
 # ### When the class has changed
 #
 # Worse is a class that still exists but has changed. Say a colleague renamed the attribute `fc` to

@@ -1,17 +1,19 @@
 # %% [markdown]
 # # 6.3.5 Saving and loading data-parallel models
 #
-# Training on several devices wraps the model, and the wrapper shows up in the checkpoint: every
-# key of a `DataParallel` (or `DistributedDataParallel`) model's `state_dict` starts with
-# `module.`. No GPU needed: `DataParallel` without one simply calls the model. Deeper:
-# [`05b_torchrun_elastic`](05b_torchrun_elastic.ipynb) (every prefix combination, a job that
-# survives a killed worker, two nodes, resharding). The chapter's code, as written:
+# Training on several devices wraps the model, and every key of a `DataParallel` (or
+# `DistributedDataParallel`) model's `state_dict` starts with `module.`. No GPU needed:
+# `DataParallel` without one simply calls the model. Deeper:
+# [`05b_torchrun_elastic`](05b_torchrun_elastic.ipynb) (why DDP, every prefix combination, a job
+# that survives a killed worker, two nodes, sharded checkpoints resharded). The chapter's code:
 
 # %%
+import os
+
 import torch
 from torch import nn
 
-from course_lib import notebook
+from course_lib import distributed, notebook, prefixes
 from course_lib.models import make_mlp
 
 device, workdir = notebook.start("6.3.5")
@@ -26,52 +28,39 @@ torch.save(model.state_dict(), workdir / "model_dp.pth")
 print("model_dp.pth:", list(torch.load(workdir / "model_dp.pth")))
 
 # %% [markdown]
-# The chapter then strips the prefix and loads the result into `model`, which is still the
-# `DataParallel` wrapper and so *expects* the prefix. This cell **fails on purpose**:
+# The chapter then strips the prefix (its function, its `if`/`else` in one line) and loads the
+# result into `model`, still the `DataParallel` wrapper that *expects* it. **Fails on purpose**:
 
 
 # %% tags=["raises-exception"]
-# remove the 'module.' prefix when loading
 def remove_module_prefix(state_dict):
-    """Remove DataParallel's 'module.' prefix"""
     new_state_dict = {}
     for k, v in state_dict.items():
-        if k.startswith("module."):
-            new_state_dict[k[7:]] = v  # drop the first 7 characters
-        else:
-            new_state_dict[k] = v
+        new_state_dict[k[7:] if k.startswith("module.") else k] = v
     return new_state_dict
 
 
-state_dict = torch.load(workdir / "model_dp.pth")
-state_dict = remove_module_prefix(state_dict)
+state_dict = remove_module_prefix(torch.load(workdir / "model_dp.pth"))
 model.load_state_dict(state_dict)
 
 # %% [markdown]
-# The stripped `state_dict` is for the *plain* model: load it into `model.module`. `torch.compile`
-# wraps a model too and adds `_orig_mod.` (its `state_dict()` shows it without compiling
-# anything). `course_lib.prefixes.load_state_dict_any_prefix` strips whatever wrapper prefix a
-# checkpoint has (only when *every* key carries it, so `module_norm.weight` is never cut short)
-# and loads into a plain or wrapped model:
+# The stripped `state_dict` is for the *plain* model: load it into `model.module`.
+# `torch.compile` adds `_orig_mod.`. The course's `load_state_dict_any_prefix` strips any wrapper
+# prefix (only when *every* key has it) and loads into a plain or wrapped model:
 
 # %%
-from course_lib.prefixes import load_state_dict_any_prefix
-
 print(model.module.load_state_dict(state_dict))
 compiled = torch.compile(make_mlp().to(device))
 print("torch.compile keys:", list(compiled.state_dict())[:2])
-print(load_state_dict_any_prefix(model, compiled.state_dict()).summary())
+print(prefixes.load_state_dict_any_prefix(model, compiled.state_dict()).summary())
 
 # %% [markdown]
-# ## `DistributedDataParallel`, and why
+# ## `DistributedDataParallel`
 #
-# PyTorch recommends `DistributedDataParallel` (DDP) over `DataParallel`: `DataParallel` is one
-# process with a thread per GPU (they contend for Python's GIL), copies the model to every GPU on
-# every forward pass, gathers outputs on the first GPU, and cannot span machines. DDP runs one
-# **process** per device; `backward()` averages the gradients across them, so every copy takes
-# the same step. Its keys carry `module.` too. A minimal script (each process is a fresh Python,
-# so the code lives in a file): rank 0 alone saves (two writers would race), a barrier holds the
-# others until the file exists, then each rank writes its part of a `dcp.save` checkpoint:
+# PyTorch recommends DDP over `DataParallel`: one **process** per device (not one thread, held
+# back by the GIL), gradients averaged in `backward()`. A minimal script: rank 0 alone saves (two
+# writers would race), a barrier holds the others until the file exists, then each rank writes
+# its part of a `dcp.save` checkpoint (for models split across ranks, see 05b):
 
 # %%
 SCRIPT = """
@@ -87,9 +76,8 @@ from course_lib.models import make_mlp
 out = sys.argv[1]
 dist.init_process_group("gloo")  # torchrun set RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT
 model = DDP(make_mlp())  # rank 0's initial weights are broadcast to every rank
-optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
 model(torch.randn(8, 10)).square().mean().backward()  # own batch; gradients averaged
-optimizer.step()  # so every rank takes the same step
+torch.optim.SGD(model.parameters(), lr=0.1).step()  # so every rank takes the same step
 if dist.get_rank() == 0:
     torch.save(model.module.state_dict(), f"{out}/final.pth")  # one writer, no prefix
 dist.barrier()  # the others wait until final.pth is written
@@ -97,31 +85,17 @@ dcp.save({"model": model.state_dict()}, checkpoint_id=f"{out}/dcp")  # each rank
 dist.destroy_process_group()
 """
 _ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
-
-# %% [markdown]
-# `torchrun` starts one process per rank and tells each its rank. `run_torchrun` runs
-# `torchrun --standalone --nproc-per-node=2 -m ddp_minimal ...` with a deadline, kills every
-# worker when it ends, and names a failed rank. The file loads into a plain model:
-
-# %%
-import os
-
-from course_lib.distributed import run_torchrun
-
 os.environ["PYTHONPATH"] = str(workdir)  # where the workers import ddp_minimal from
-run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
+distributed.run_torchrun("ddp_minimal", [str(workdir)], nproc_per_node=2, timeout=120)
 print("dcp files:", sorted(p.name for p in (workdir / "dcp").iterdir()))
 print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", map_location=device)))
 
 # %% [markdown]
-# ## Sharded checkpoints, in one paragraph
-#
-# With DDP every rank holds the whole model, so rank 0's `torch.save` is enough. When the model
-# is split across ranks (FSDP, tensor parallelism), no rank has it all: `dcp.save` has each rank
-# write its shard plus a `.metadata` file saying where each piece lives, and `dcp.load`
-# reassembles it on any number of ranks, even one (`05b_torchrun_elastic`). That `.metadata` is
-# a **pickle**, which `dcp.load` unpickles without restriction: load a DCP folder from elsewhere
-# with the course's `course_lib.distributed.load_dcp`, which reads it from an allow-list (05b).
+# `run_torchrun` runs `torchrun --standalone --nproc-per-node=2 -m ddp_minimal ...` with a
+# deadline and names a failed rank.
+# The `dcp/` folder's `.metadata` is a **pickle**, which `dcp.load` unpickles without
+# restriction: load a DCP folder from elsewhere with the course's
+# `course_lib.distributed.load_dcp`, which reads it from an allow-list (05b).
 #
 # ## Exercise
 #
@@ -131,21 +105,17 @@ print(make_mlp().to(device).load_state_dict(torch.load(workdir / "final.pth", ma
 # <details><summary>Solution (click to open)</summary>
 #
 # ```python
-# from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
-#
 # state = torch.load(workdir / "model_dp.pth")
-# consume_prefix_in_state_dict_if_present(state, "module.")
-# result = make_mlp().load_state_dict(state)
-# assert result.missing_keys == [] and result.unexpected_keys == []
+# torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(state, "module.")
+# print(make_mlp().load_state_dict(state))
 # ```
 # </details>
 #
 # ## Conclusion
 #
-# A wrapper's prefix (`module.` for DataParallel and DDP, `_orig_mod.` for `torch.compile`) is
-# part of every key: save `model.module.state_dict()`, or strip the prefix and load into the
-# plain model. Prefer DDP, launched with `torchrun`; rank 0 saves, a barrier keeps the others
-# waiting. Next: [`06_torchscript`](06_torchscript.ipynb).
+# A wrapper's prefix (`module.`, `_orig_mod.`) is part of every key: save
+# `model.module.state_dict()`, or strip the prefix and load into the plain model. Prefer DDP,
+# launched with `torchrun`; rank 0 saves. Next: [`06_torchscript`](06_torchscript.ipynb).
 #
 # ## Further reading
 #

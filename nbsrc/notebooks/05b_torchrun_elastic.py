@@ -83,7 +83,12 @@ print(inspect_checkpoint(workdir / "model_dp.pth").summary())
 # %% [markdown]
 # ## 2. A real job under `torchrun`
 #
-# `05_data_parallel` explained why DDP, and ran a minimal script with `torchrun`
+# Why DDP rather than `DataParallel`, in full: `DataParallel` is one process with a thread per
+# GPU (they contend for Python's GIL), copies the model to every GPU on every forward pass,
+# gathers the outputs on the first GPU, and cannot span machines. DDP runs one **process** per
+# device; `backward()` averages the gradients across them, so every copy takes the same step.
+#
+# `05_data_parallel` ran a minimal DDP script with `torchrun`
 # (`python -m torch.distributed.run`), PyTorch's launcher: it starts one fresh Python process per
 # rank, tells each its *rank*, and lets them find each other (the *rendezvous*). Here the job is
 # `course_lib/distributed/elastic_job.py` (open it beside this notebook). It trains the chapter's
