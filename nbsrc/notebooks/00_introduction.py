@@ -30,17 +30,17 @@ device, workdir = notebook.start("intro")
 # | [`01_state_dict`](01_state_dict.ipynb) | 6.3.1 | 11 |
 # | [`02_whole_model`](02_whole_model.ipynb) | 6.3.2 | 12 |
 # | [`03_checkpoints`](03_checkpoints.ipynb) | 6.3.3 | 22 |
-# | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 64 |
+# | [`04_mismatched_state_dict`](04_mismatched_state_dict.ipynb) | 6.3.4 | 11 |
 # | [`05_data_parallel`](05_data_parallel.ipynb) | 6.3.5 | 17 |
-# | [`06_torchscript`](06_torchscript.ipynb) | 6.3.6 | 59 |
-# | [`07_onnx`](07_onnx.ipynb) | 6.3.7 | 54 |
-# | [`08_checkpoint_manager`](08_checkpoint_manager.ipynb) | 6.3.8 | 102 |
-# | [`09_safe_saving`](09_safe_saving.ipynb) | 6.3.9 | 49 |
-# | [`10_summary`](10_summary.ipynb) | summary | 33 |
+# | [`06_torchscript`](06_torchscript.ipynb) | 6.3.6 | 11 |
+# | [`07_onnx`](07_onnx.ipynb) | 6.3.7 | 11 |
+# | [`08_checkpoint_manager`](08_checkpoint_manager.ipynb) | 6.3.8 | 9 |
+# | [`09_safe_saving`](09_safe_saving.ipynb) | 6.3.9 | 11 |
+# | [`10_summary`](10_summary.ipynb) | summary | 10 |
 # | [`ex3_partial_loading`](../exercises/ex3_partial_loading.ipynb) | exercise 6.3.4 | 9 |
 # | [`ex7_exact_resume`](../exercises/ex7_exact_resume.ipynb) | exercise 6.3.3 | 20 |
 # | [`ex6_atomic_save`](../exercises/ex6_atomic_save.ipynb) | exercise 6.3.9 | 14 |
-# | total | | 468 |
+# | total | | 171 |
 #
 # **No time?** [`01a_fast_path`](01a_fast_path.ipynb): the five essentials in about 40 minutes.
 #
