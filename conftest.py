@@ -75,6 +75,7 @@ def _group_for_xdist(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(name=group))
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups on the workers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     _group_for_xdist(items)
     if not _cuda_run():

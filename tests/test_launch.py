@@ -186,6 +186,10 @@ def _installed(venv, folder):
     (Path(prefix) / f".course-installed-{digest}").touch()
 
 
+#: What ./course test passes pytest first: every core, one xdist group per file (conftest.py).
+PARALLEL = ["-n", "auto", "--dist", "loadgroup"]
+
+
 def _calls(tmp_path):
     path = tmp_path / "calls.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -198,8 +202,8 @@ def test_course_test_on_a_gpu_compares_outputs_on_cpu_then_runs_the_notebooks_on
     result = _run_course(folder, venv, "test", "-q", "notebooks")
     assert result.returncode == 0, result.stderr
     assert _calls(tmp_path) == [
-        ["cpu", None, ["-q", "notebooks"]],
-        ["cuda", "1", ["--nbval-lax", "-q", "notebooks"]],
+        ["cpu", None, [*PARALLEL, "-q", "notebooks"]],
+        ["cuda", "1", ["--nbval-lax", *PARALLEL, "-q", "notebooks"]],
     ]
     assert "Run 1 of 2" in result.stdout and "run 2 of 2" in result.stdout
 
@@ -210,8 +214,17 @@ def test_course_test_without_cuda_is_one_run_as_before(tmp_path):
     _installed(venv, folder)
     result = _run_course(folder, venv, "test", "-q")
     assert result.returncode == 0, result.stderr
-    assert _calls(tmp_path) == [[None, None, ["-q"]]]
+    assert _calls(tmp_path) == [[None, None, [*PARALLEL, "-q"]]]
     assert "run 2" not in result.stdout
+
+
+def test_course_test_fast_leaves_out_the_slow_tests(tmp_path):
+    venv = _fake_venv(tmp_path, "cpuvenv", CPU_TORCH)
+    folder = _course_copy(tmp_path)
+    _installed(venv, folder)
+    result = _run_course(folder, venv, "test", "--fast", "-q")
+    assert result.returncode == 0, result.stderr
+    assert _calls(tmp_path) == [[None, None, [*PARALLEL, "-m", "not slow", "-q"]]]
 
 
 def test_the_cuda_run_keeps_the_notebooks_and_the_cuda_tests_only(tmp_path):
