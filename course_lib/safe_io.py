@@ -19,7 +19,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import torch
 
@@ -295,8 +295,9 @@ def verify_zip_crc(path: str | os.PathLike[str]) -> None:
     """
     path = Path(path)
     try:
-        records, tensors = _zip_entries(path)
-        _check_crcs(path, records + tensors)
+        with path.open("rb") as source:
+            records, tensors = _zip_entries(source)
+            _check_crcs(source, records + tensors)
     except _ZIP_ERRORS as exc:
         raise _crc_failed(path, exc) from None
 
@@ -317,18 +318,20 @@ _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, e
 _CRC_THREADS = 4  # at most, while torch.load reads (each one's CRC-32 runs without the GIL)
 
 
-def _zip_entries(path: Path) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
+def _zip_entries(source: BinaryIO) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
     """The archive's entries: its records (pickle, version, ...) and its tensors' raw bytes.
 
     Offsets come from each entry's local header; a compressed entry (``torch.save`` never
-    writes one) gets ``None`` as its CRC and is read through ``zipfile``.
+    writes one) gets ``None`` as its CRC and is read through ``zipfile``, with the records.
+    ``source`` is the file opened once: another process may replace or delete the path while
+    it is read (a manager pruning), and every read here is of the same file.
     """
     records, tensors = [], []
-    with zipfile.ZipFile(path) as archive, path.open("rb") as handle:
-        size = os.fstat(handle.fileno()).st_size
+    fd = source.fileno()
+    size = os.fstat(fd).st_size
+    with zipfile.ZipFile(source) as archive:
         for info in archive.infolist():
-            handle.seek(info.header_offset)
-            head = handle.read(_LOCAL_HEADER.size)
+            head = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
             if len(head) < _LOCAL_HEADER.size or not head.startswith(ZIP_MAGIC):
                 raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
             _, name_length, extra_length = _LOCAL_HEADER.unpack(head)
@@ -342,28 +345,28 @@ def _zip_entries(path: Path) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
     return records, tensors
 
 
-def _check_crcs(path: Path, entries: list[_ZipEntry]) -> None:
-    """Read ``entries`` and compare each one's CRC-32 with the archive's; raise ``BadZipFile``."""
-    if not entries:
-        return
-    buffer = memoryview(bytearray(min(4 << 20, max(e[2] for e in entries) or 1)))
-    with path.open("rb", buffering=0) as handle:
-        for name, start, size, expected in entries:
-            if expected is None:  # compressed: zipfile inflates it and checks its CRC-32
-                with zipfile.ZipFile(path) as archive, archive.open(name) as entry:
-                    while entry.read(1 << 22):
-                        pass
-                continue
-            handle.seek(start)
-            crc, left = 0, size
-            while left:
-                n = handle.readinto(buffer[: min(len(buffer), left)])
-                if not n:
-                    raise EOFError(f"{name!r} is cut short")
-                crc = zlib.crc32(buffer[:n], crc)  # zlib releases the GIL on large buffers
-                left -= n
-            if crc != expected:
-                raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+def _check_crcs(source: BinaryIO, entries: list[_ZipEntry]) -> None:
+    """Read ``entries`` and compare each one's CRC-32 with the archive's; raise ``BadZipFile``.
+
+    Stored entries are read with ``os.pread``, which leaves the file's position alone: threads
+    can share ``source`` with each other and with ``torch.load``.
+    """
+    fd = source.fileno()
+    for name, start, size, expected in entries:
+        if expected is None:  # compressed: zipfile inflates it and checks its CRC-32
+            with zipfile.ZipFile(source) as archive, archive.open(name) as entry:
+                while entry.read(1 << 22):
+                    pass
+            continue
+        crc, offset, end = 0, start, start + size
+        while offset < end:
+            chunk = os.pread(fd, min(4 << 20, end - offset), offset)
+            if not chunk:
+                raise EOFError(f"{name!r} is cut short")
+            crc = zlib.crc32(chunk, crc)  # zlib releases the GIL on large buffers
+            offset += len(chunk)
+        if crc != expected:
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
 
 
 @contextlib.contextmanager
@@ -379,10 +382,24 @@ def _crc_checked_while_loading(path: Path) -> Iterator[None]:
     happened to it); of several, the one earliest in the file.
     """
     try:
-        records, tensors = _zip_entries(path)
-        _check_crcs(path, records)
-    except _ZIP_ERRORS as exc:
+        source = path.open("rb")  # once: the checks read this file, whatever happens to the path
+    except OSError as exc:
         raise _crc_failed(path, exc) from None
+    with source:
+        try:
+            records, tensors = _zip_entries(source)
+            _check_crcs(source, records)
+        except _ZIP_ERRORS as exc:
+            raise _crc_failed(path, exc) from None
+        with _tensors_checked_in_threads(path, source, tensors):
+            yield
+
+
+@contextlib.contextmanager
+def _tensors_checked_in_threads(
+    path: Path, source: BinaryIO, tensors: list[_ZipEntry]
+) -> Iterator[None]:
+    """The tensors' CRC-32s, checked by threads while the body runs; raised on exit."""
     count = max(1, min(_CRC_THREADS, (os.cpu_count() or 2) - 1, len(tensors)))
     shares: list[list[_ZipEntry]] = [[] for _ in range(count)]
     for entry in sorted(tensors, key=lambda e: -e[2]):  # largest first, to the lightest share
@@ -392,7 +409,7 @@ def _crc_checked_while_loading(path: Path) -> Iterator[None]:
     def check(share: list[_ZipEntry]) -> None:
         for entry in sorted(share, key=lambda e: e[1]):
             try:
-                _check_crcs(path, [entry])
+                _check_crcs(source, [entry])
             except _ZIP_ERRORS as exc:
                 failed[entry[1]] = exc
                 return

@@ -42,7 +42,7 @@ __all__ = [
     "verify_files",
 ]
 
-READ_ATTEMPTS = 5  # re-reads of a manifest that other processes keep changing under a reader
+READ_ATTEMPTS = 20  # re-reads of a manifest that other processes keep changing under a reader
 
 Record = CheckpointEntry | BestPointer
 
