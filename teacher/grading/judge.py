@@ -22,7 +22,9 @@ import functools
 import importlib.util
 import inspect
 import json
+import os
 import random
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ __all__ = ["AnswerMissing", "Answers", "Exercise", "load_exercise", "points"]
 
 ANSWER_LIMIT_BYTES = 64 << 20
 JSON_LIMIT_BYTES = 1 << 20
+# The pickled part of a torch file (its tensors' bytes are stored beside it): the weights-only
+# unpickler reads about 3 MB a second, and no exercise's answer pickles more than a few kB.
+PICKLE_LIMIT_BYTES = 1 << 20
 
 
 def points(value: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -59,6 +64,26 @@ class Answers:
     def __init__(self, folder: Path, who: str = "your code") -> None:
         self.folder = folder
         self.who = who
+
+    def describe(self) -> dict[str, Any]:
+        """What the judge process needs besides the folder itself (sent as a descriptor)."""
+        return {"who": self.who}
+
+    def open_folder(self) -> int:
+        """The folder, opened for the judge process (which sees no other file); if the student's
+        code removed it or put something else in its place, an empty folder."""
+        try:
+            return os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            empty = tempfile.mkdtemp(prefix="no-answers-")
+            try:
+                return os.open(empty, os.O_RDONLY | os.O_DIRECTORY)
+            finally:
+                os.rmdir(empty)
+
+    @classmethod
+    def from_description(cls, folder: Path, description: dict[str, Any]) -> Answers:
+        return cls(folder, str(description.get("who", "your code")))
 
     def _walk(self, relative: str) -> Path:
         """``folder / relative``, refusing a symbolic link anywhere on the way."""
@@ -153,6 +178,14 @@ class Answers:
             raise AnswerMissing(
                 f"{relative}: compressed or oversized (torch.save never compresses)"
             )
+        pickled = sum(e.file_size for e in entries if e.filename.endswith(".pkl"))
+        if pickled > PICKLE_LIMIT_BYTES or (
+            not entries and path.stat().st_size > PICKLE_LIMIT_BYTES
+        ):
+            raise AnswerMissing(
+                f"{relative}: {max(pickled, path.stat().st_size) >> 10} kB of pickled Python objects "
+                f"(at most {PICKLE_LIMIT_BYTES >> 10} kB): store numbers in tensors, not in lists"
+            )
         try:
             return safe_load(path, map_location="cpu")
         except CheckpointError as exc:
@@ -184,22 +217,38 @@ class Exercise:
         return self.module.questions(random.Random(f"{self.name}:{seed}"))
 
     def judge(self, student: Answers, solution: Answers, questions: list[Any]) -> list[CheckResult]:
-        """Every check, each worth its points or none, with the full message of a failure."""
-        fixtures = {"student": student, "solution": solution, "questions": questions}
-        results = []
-        for check in self.checks:
-            wanted = inspect.signature(check).parameters
-            try:
-                check(**{name: fixtures[name] for name in wanted})
-            except AssertionError as exc:
-                message = str(exc).strip() or "check failed"
-                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001 - a student's answer may break a check anywhere
-                message = f"{type(exc).__name__}: {exc}"[:2000]
-                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
-            else:
-                results.append(CheckResult(check.__name__, check.points, check.points, "ok"))  # type: ignore[attr-defined]
+        """Every check, each worth its points or none, with the full message of a failure.
+
+        The checks run in the judge process (``judge_process``), each in a limited child: no
+        student's answer is ever loaded in the grading process.
+        """
+        from teacher.grading.judge_process import judge_isolated
+
+        results = judge_isolated(self.name, student, solution, questions)
+        if results is None:
+            raise RuntimeError("the judge process failed twice; see the grader's messages")
         return results
+
+    def judge_here(
+        self, student: Answers, solution: Answers, questions: list[Any]
+    ) -> list[CheckResult]:
+        """Every check in this process, unlimited: for the judge process and for tests only."""
+        fixtures = {"student": student, "solution": solution, "questions": questions}
+        return [self.run_check(check, fixtures) for check in self.checks]
+
+    def run_check(self, check: Callable[..., None], fixtures: dict[str, Any]) -> CheckResult:
+        """One check: its points when it returns, none with its message when it fails."""
+        wanted = inspect.signature(check).parameters
+        points = check.points  # type: ignore[attr-defined]
+        try:
+            check(**{name: fixtures[name] for name in wanted})
+        except AssertionError as exc:
+            return CheckResult(check.__name__, 0, points, str(exc).strip() or "check failed")
+        except MemoryError:
+            raise  # the judge process reports it with its limit
+        except Exception as exc:  # noqa: BLE001 - a student's answer may break a check anywhere
+            return CheckResult(check.__name__, 0, points, f"{type(exc).__name__}: {exc}"[:2000])
+        return CheckResult(check.__name__, points, points, "ok")
 
 
 @functools.cache
