@@ -31,7 +31,8 @@ def questions(rng):
         {"id": "malicious", "seed": rng.randrange(2**31), "max_to_keep": 3,
          "steps": [["save", first], ["load_latest"], ["plant_payload", first + 1, marker],
                    ["load_latest"]]},
-        {"id": "empty", "seed": 0, "max_to_keep": 3, "steps": [["load_latest"]]},
+        {"id": "empty", "seed": rng.randrange(2**31), "max_to_keep": 3,
+         "steps": [["load_latest"], ["save", first], ["load_latest"]]},
     ]  # fmt: skip
 
 
@@ -118,10 +119,17 @@ def test_refuses_code_in_checkpoints(student, solution, questions):
 
 
 @points(1)
-def test_empty_folder_raises_file_not_found(student):
+def test_empty_folder_raises_file_not_found(student, solution, questions):
+    question = _question(questions, "empty")
     _started(student, "empty")
     raised = student.raised("empty.0")
     assert raised is not None, "load_latest on an empty folder should raise FileNotFoundError"
     assert "FileNotFoundError" in raised["mro"], (
         f"an empty folder should raise FileNotFoundError, not {raised['type']}"
+    )
+    # Raising FileNotFoundError always is not the answer: once a checkpoint is saved, it loads.
+    key = f"empty.{len(question['steps']) - 1}"
+    student.succeeded(key)
+    assert student.json(key)["epoch"] == solution.json(key)["epoch"], (
+        "after the first save into the empty folder, load_latest must return that checkpoint"
     )
