@@ -167,6 +167,10 @@ def main(argv: list[str]) -> int:
         traceback.print_exc(limit=-3)
         progress.write("questions failed\n")
         return 3
+    if hasattr(answer, "witness"):
+        return _answer_through_witness(
+            answer, job_dir, answers_dir, cells, questions, step_seconds, progress
+        )
     namespace, errors = run_cells(cells, step_seconds, progress)
     (answers_dir / "cell_errors.json").write_text(json.dumps(errors))
     progress.write("questions\n")
@@ -179,6 +183,35 @@ def main(argv: list[str]) -> int:
         return 3
     progress.write("done\n")
     return 0
+
+
+def _answer_through_witness(
+    answer: Any,
+    job_dir: Path,
+    answers_dir: Path,
+    cells: list[str],
+    questions: list[Any],
+    step_seconds: int,
+    progress: Any,
+) -> int:
+    """An exercise whose questions kill, age or inspect files (its ``answer.py`` defines
+    ``witness``): they are asked by a process forked before any cell runs (``witness.py``)."""
+    spec = importlib.util.spec_from_file_location("_witness", job_dir / "witness.py")
+    assert spec is not None and spec.loader is not None
+    witness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(witness)
+
+    def cells_then_errors() -> dict:
+        namespace, errors = run_cells(cells, step_seconds, progress)
+        (answers_dir / "cell_errors.json").write_text(json.dumps(errors))
+        progress.write("questions\n")
+        print("----- the grader's questions -----", flush=True)
+        return namespace
+
+    return witness.run_with_witness(
+        answer, questions, answers_dir, step_seconds, cells_then_errors,
+        lambda namespace: Asker(namespace, answers_dir, step_seconds), progress,
+    )  # fmt: skip
 
 
 # --- the warm zygote -------------------------------------------------------------------------

@@ -12,7 +12,10 @@ from submissions import EXERCISES, replacing, with_cells, without_self_check
 
 from teacher.grading import grade_class, sandbox_available
 
-pytestmark = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
+pytestmark = [
+    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+    pytest.mark.timeout(1200),  # one class run of 18 submissions on a shared 2-core machine
+]
 
 # Per exercise: the cell that defines the answer, and an answer that does nothing.
 DOES_NOTHING = {
