@@ -246,7 +246,7 @@ class Witness:
         outcome = "finished"
         if kill_after is not None:
             if watch is not None:
-                limit = time.monotonic() + self._step
+                limit = time.monotonic() + min(self._step, 10)  # a save starts in milliseconds
                 while _snapshot(watch) == before and time.monotonic() < limit:
                     time.sleep(0.0005)
                 if _snapshot(watch) == before:

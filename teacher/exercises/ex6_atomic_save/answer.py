@@ -21,13 +21,16 @@ def _state(seed, step, numel):
 
 
 def _plain_save_seconds(state, folder):
-    """How long torch.save of ``state`` takes in ``folder``: the scale of the kill points."""
+    """How long torch.save of ``state`` takes in ``folder`` (the fastest of three, so that a busy
+    machine does not push the kill points past the end of a plain save): their scale."""
     probe = folder / "witness_timing.pt"
-    started = perf_counter()
-    torch.save(state, probe)
-    seconds = perf_counter() - started
+    times = []
+    for _ in range(3):
+        started = perf_counter()
+        torch.save(state, probe)
+        times.append(perf_counter() - started)
     probe.unlink()
-    return seconds
+    return min(times)
 
 
 # --- in the witness -----------------------------------------------------------------------------
@@ -38,6 +41,7 @@ def witness(questions, w):
         qid, seed, numel = question["id"], question["seed"], question["numel"]
         folder = w.folder(qid)
         path = folder / "model.pt"
+        path.unlink(missing_ok=True)  # a file written in advance is not a save
         with w.in_child("save", f"{qid}.first", seed, 0, numel, str(path), watch=folder) as done:
             w.record(f"{qid}.first", done)
             w.keep(path, f"kept/{qid}/first.pt")
@@ -57,6 +61,8 @@ def witness(questions, w):
             ) as outcome:  # fmt: skip
                 w.record(f"{qid}.kill_{index}", outcome)
                 w.keep(path, f"kept/{qid}/after_kill_{index}.pt")
+            if outcome != "killed":
+                break  # a save that does not start, or a process that is gone: no more kills
         last = len(kills) + 1
         with w.in_child("save", f"{qid}.last", seed, last, numel, str(path), watch=folder):
             w.keep(path, f"kept/{qid}/last.pt")

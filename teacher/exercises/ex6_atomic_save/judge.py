@@ -23,7 +23,7 @@ def questions(rng):
         {"id": "basic", "kind": "basic", "seed": rng.randrange(2**20), "numel": 1000},
         {"id": "unpicklable", "kind": "unpicklable", "seed": rng.randrange(2**20), "numel": 1000},
         {"id": "killed", "kind": "kills", "seed": rng.randrange(2**20), "numel": NUMEL,
-         "kill_at": [round(rng.uniform(0.05, 0.9), 3) for _ in range(6)]},
+         "kill_at": [round(rng.uniform(0.02, 0.7), 3) for _ in range(6)]},
     ]  # fmt: skip
 
 
@@ -52,9 +52,11 @@ def test_survives_being_killed_mid_save(student, questions):
     question = _question(questions, "killed")
     student.succeeded("killed.first")
     for index in range(len(question["kill_at"])):
-        if student.witnessed(f"killed.kill_{index}") == "no activity":
+        outcome = student.witnessed(f"killed.kill_{index}")
+        if outcome != "killed":
             raise AssertionError(
-                f"save {index + 2} wrote nothing into the checkpoint's folder before it was killed"
+                f"save {index + 2} was not killed mid-save ({outcome}): it wrote nothing into the "
+                "checkpoint's folder within 10 s, or the notebook's process was gone"
             )
         try:
             loaded = student.torch_file(f"kept/killed/after_kill_{index}.pt", witnessed=True)
