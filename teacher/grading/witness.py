@@ -127,13 +127,34 @@ def _digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _state_of(pid: int) -> str | None:
-    """A process's state letter (R, S, T, Z, ...) or None when it is gone."""
+def _processes() -> dict[int, tuple[int, str]]:
+    """Every process of this PID namespace and below: ``{pid: (parent pid, state letter)}``,
+    pids as this process sees them.
+
+    ``/proc`` may belong to an enclosing namespace (a warm sandbox's child keeps the zygote's):
+    its numbers are then not ours. ``NSpid`` lists a process's pid in each namespace from the one
+    of ``/proc`` down; the entry at our own depth is the pid we can signal.
+    """
+    raw: dict[int, tuple[int, list[int], str]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = dict(
+                line.split(":", 1)
+                for line in Path(f"/proc/{entry}/status").read_text().splitlines()
+            )
+            nspids = [int(n) for n in fields.get("NSpid", entry).split()]
+            raw[int(entry)] = (int(fields["PPid"]), nspids, fields["State"].strip()[:1])
+        except (OSError, KeyError, ValueError):
+            continue
     try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text.rsplit(")", 1)[-1].split()[0]
+        me = raw[int(os.readlink("/proc/self"))]
+    except (OSError, KeyError, ValueError):
+        return {}
+    depth = len(me[1]) - 1
+    ours = {outer: nspids[depth] for outer, (_, nspids, _) in raw.items() if len(nspids) > depth}
+    return {local: (ours.get(raw[outer][0], 0), raw[outer][2]) for outer, local in ours.items()}
 
 
 class _Pipe:
@@ -256,7 +277,7 @@ class Witness:
         else:
             limit = time.monotonic() + self._step
             while _live(_descendants(self._student) - running) and time.monotonic() < limit:
-                time.sleep(0.002)
+                time.sleep(0.005)
             if _live(_descendants(self._student) - running):
                 outcome = "still running"
         self._stop_everything_else()
@@ -283,9 +304,9 @@ class Witness:
                     victims.add(pid)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            if _state_of(self._student) in ("T", "t", None, "Z") and all(
-                _state_of(pid) in (None, "Z", "X") for pid in victims
-            ):
+            table = _processes()
+            student = table.get(self._student, (0, "X"))[1]
+            if student in ("T", "t", "Z", "X") and not _live(victims, table):
                 break
             self._reap_orphans()
             time.sleep(0.001)
@@ -348,17 +369,12 @@ class Witness:
         os.replace(temporary, self._answers / MANIFEST_NAME)
 
 
-def _descendants(root: int) -> set[int]:
-    """Every process below ``root`` (read from ``/proc``)."""
+def _descendants(root: int, table: dict[int, tuple[int, str]] | None = None) -> set[int]:
+    """Every process below ``root``."""
+    table = _processes() if table is None else table
     children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
     found, todo = set(), [root]
     while todo:
         for child in children.get(todo.pop(), []):
@@ -368,8 +384,10 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _live(pids: set[int]) -> bool:
-    return any(_state_of(pid) not in (None, "Z", "X") for pid in pids)
+def _live(pids: set[int], table: dict[int, tuple[int, str]] | None = None) -> bool:
+    """Whether any of ``pids`` still runs (not gone, not a zombie)."""
+    table = _processes() if table is None else table
+    return any(pid in table and table[pid][1] not in ("Z", "X") for pid in pids)
 
 
 def _snapshot(folder: Path) -> list[tuple[str, int, int]]:
@@ -450,8 +468,10 @@ def run_with_witness(
             answer.witness(questions, witness)
         except BaseException as exc:  # noqa: BLE001 - reported as questions that could not be asked
             print(f"the grader's witness failed: {type(exc).__name__}: {exc}", flush=True)
-            progress.write("questions failed\n")
             witness._give_up()
+            _wait_for(student, witness)
+            progress.write("questions failed\n")
+            return 3
         pipe.send({"op": "__bye__"})
     return _wait_for(student, witness)
 
