@@ -49,7 +49,7 @@ import select
 import shutil
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +58,9 @@ __all__ = [
     "MANIFEST_NAME",
     "Witness",
     "prepare",
+    "StudentSide",
+    "fork_witness",
     "read_manifest",
-    "run_with_witness",
     "sign",
 ]
 
@@ -420,19 +421,26 @@ def _drop_capabilities() -> None:
     libc.capset(ctypes.byref(header), data)
 
 
-def run_with_witness(
-    answer: Any,
-    questions: list[Any],
-    answers_dir: Path,
-    step_seconds: int,
-    run_cells: Callable[[], Any],
-    make_asker: Callable[[Any], Any],
-    progress: Any,
-) -> int:
-    """Fork the witness and the student's process; returns the exit code of the sandbox's process.
+class StudentSide:
+    """In the student's process: answers the witness's requests once the cells have run."""
 
-    ``run_cells()`` runs the notebook (in the student's process) and returns its namespace;
-    ``make_asker(namespace)`` is the asker the student's process answers with.
+    def __init__(self, answer: Any, pipe: _Pipe) -> None:
+        self._answer, self._pipe = answer, pipe
+
+    def answer(self, ask: Any) -> None:
+        """Tell the witness the cells are done, then run its requests until it says goodbye."""
+        self._pipe.send("cells done")
+        _answer(self._answer, ask, self._pipe)
+
+
+def fork_witness(
+    answer: Any, questions: list[Any], answers_dir: Path, step_seconds: int, progress: Any
+) -> int | StudentSide:
+    """Fork the witness and the student's process, before any cell runs.
+
+    In the parent (the witness): asks ``answer.witness(questions, w)`` once the child says its
+    cells are done, and returns the exit code for the sandbox's process. In the child (the
+    student's process, capabilities dropped): returns the :class:`StudentSide` to answer with.
     """
     student_reads, witness_writes = os.pipe()
     witness_reads, student_writes = os.pipe()
@@ -446,11 +454,7 @@ def run_with_witness(
         if pipe.receive() != "go":
             os._exit(3)
         _drop_capabilities()
-        namespace = run_cells()
-        pipe.send("cells done")
-        _answer(answer, make_asker(namespace), pipe)
-        progress.write("done\n")
-        return 0
+        return StudentSide(answer, pipe)
     os.close(student_reads)
     os.close(student_writes)
     _libc().prctl(PR_SET_DUMPABLE, 0)
