@@ -45,6 +45,8 @@ def witness(questions, w):
         with w.in_child("save", f"{qid}.first", seed, 0, numel, str(path), watch=folder) as done:
             w.record(f"{qid}.first", done)
             w.keep(path, f"kept/{qid}/first.pt")
+        if not path.is_file():
+            continue  # no first save (a stub): nothing to kill, nothing to keep
         if question["kind"] == "unpicklable":
             with w.in_child("save", f"{qid}.bad", seed, None, numel, str(path), watch=folder):
                 w.keep(path, f"kept/{qid}/after_failure.pt")
