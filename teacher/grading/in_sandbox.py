@@ -249,19 +249,43 @@ def main(argv: list[str]) -> int:
         traceback.print_exc(limit=-3)
         progress.write("questions failed\n")
         return 3
+    witness = _fork_witness(answer, job_dir, questions, answers_dir, step_seconds, progress)
+    if isinstance(witness, int):
+        return witness  # this process was the witness, and has asked the questions
     namespace, errors = run_cells(cells, step_seconds, progress)
     (answers_dir / "cell_errors.json").write_text(json.dumps(errors))
     (answers_dir / "cell_events.json").write_text(json.dumps(CELL_EVENTS))
     progress.write("questions\n")
     print("----- the grader's questions -----", flush=True)
     try:
-        answer.answer(questions, Asker(namespace, answers_dir, step_seconds))
+        ask = Asker(namespace, answers_dir, step_seconds)
+        answer.answer(questions, ask) if witness is None else witness.answer(ask)
     except BaseException:  # noqa: BLE001 - e.g. the notebook broke something the questions need
         traceback.print_exc(limit=-3)
         progress.write("questions failed\n")
         return 3
     progress.write("done\n")
     return 0
+
+
+def _fork_witness(
+    answer: Any,
+    job_dir: Path,
+    questions: list[Any],
+    answers_dir: Path,
+    step_seconds: int,
+    progress: Any,
+) -> Any:
+    """For an exercise whose questions kill, age or inspect files (its ``answer.py`` defines
+    ``witness``), fork before any cell runs (``witness.py``): in the witness, the exit code once
+    it has asked every question; in the student's process, what answers the witness. Else None."""
+    if not hasattr(answer, "witness"):
+        return None
+    spec = importlib.util.spec_from_file_location("_witness", job_dir / "witness.py")
+    assert spec is not None and spec.loader is not None
+    witness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(witness)
+    return witness.fork_witness(answer, questions, answers_dir, step_seconds, progress)
 
 
 # --- the warm zygote -------------------------------------------------------------------------

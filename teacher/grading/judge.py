@@ -22,7 +22,9 @@ import functools
 import importlib.util
 import inspect
 import json
+import os
 import random
+import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +39,9 @@ __all__ = ["AnswerMissing", "Answers", "Exercise", "load_exercise", "points"]
 
 ANSWER_LIMIT_BYTES = 64 << 20
 JSON_LIMIT_BYTES = 1 << 20
+# The pickled part of a torch file (its tensors' bytes are stored beside it): the weights-only
+# unpickler reads about 3 MB a second, and no exercise's answer pickles more than a few kB.
+PICKLE_LIMIT_BYTES = 1 << 20
 
 
 def points(value: float) -> Callable[[Callable[..., None]], Callable[..., None]]:
@@ -56,9 +61,84 @@ class AnswerMissing(AssertionError):
 class Answers:
     """One process's answers folder, read defensively: it was written by untrusted code."""
 
-    def __init__(self, folder: Path, who: str = "your code") -> None:
+    def __init__(self, folder: Path, who: str = "your code", key: str | None = None) -> None:
+        from teacher.grading.witness import grader_key
+
         self.folder = folder
         self.who = who
+        # The key the witness signed its records with (beside the answers, never in them).
+        self.key = key if key is not None else grader_key(folder)
+        self._manifest: dict[str, Any] | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """What the judge process needs besides the folder itself (sent as a descriptor)."""
+        return {"who": self.who, "key": self.key}
+
+    def open_folder(self) -> int:
+        """The folder, opened for the judge process (which sees no other file); if the student's
+        code removed it or put something else in its place, an empty folder."""
+        try:
+            return os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            empty = tempfile.mkdtemp(prefix="no-answers-")
+            try:
+                return os.open(empty, os.O_RDONLY | os.O_DIRECTORY)
+            finally:
+                os.rmdir(empty)
+
+    @classmethod
+    def from_description(cls, folder: Path, description: dict[str, Any]) -> Answers:
+        key = description.get("key")
+        return cls(folder, str(description.get("who", "your code")), key or "")
+
+    # What the witness saw (``witness.py``): records signed with this job's key, or nothing.
+
+    def _witnessed(self) -> dict[str, Any]:
+        if self._manifest is None:
+            from teacher.grading.witness import MANIFEST_NAME, read_manifest
+
+            manifest = None
+            try:
+                path = self.path(MANIFEST_NAME)
+                if path.stat().st_size <= 4 * JSON_LIMIT_BYTES:
+                    manifest = read_manifest(path.read_text("utf-8", "replace"), self.key)
+            except (AnswerMissing, OSError):
+                pass
+            self._manifest = manifest or {"records": {}, "files": {}}
+        return self._manifest
+
+    def witnessed(self, key: str) -> Any:
+        """What the grader's witness recorded under ``key``, or AnswerMissing."""
+        records = self._witnessed().get("records", {})
+        if not isinstance(records, dict) or key not in records:
+            raise AnswerMissing(
+                f"the grader's witness has no record of {key.split(':')[-1]} for {self.who} "
+                "(did the notebook stop before it, or change the grader's records?)"
+            )
+        return records[key]
+
+    def witnessed_listing(self, relative: str) -> list[str]:
+        """The names in a folder of the answers when the witness looked, sorted."""
+        names = self.witnessed(f"listing:{relative}")
+        if names is None:
+            raise AnswerMissing(self._why_missing(relative))
+        return [str(name) for name in names]
+
+    def witnessed_file(self, name: str) -> Path:
+        """A file the witness kept, unchanged since (its SHA-256 is in the signed records)."""
+        import hashlib
+
+        if not self.witnessed(f"kept:{name}"):
+            raise AnswerMissing(f"{name}: there was no file to keep")
+        expected = self._witnessed().get("files", {}).get(name)
+        path = self.path(name)
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        if digest.hexdigest() != expected:
+            raise AnswerMissing(f"{name}: changed after the grader's witness kept it")
+        return path
 
     def _walk(self, relative: str) -> Path:
         """``folder / relative``, refusing a symbolic link anywhere on the way."""
@@ -137,11 +217,12 @@ class Answers:
         except (SafetensorError, OSError, ValueError) as exc:
             raise AnswerMissing(f"the tensors answered to {qid} cannot be read ({exc})") from None
 
-    def torch_file(self, relative: str) -> Any:
-        """A ``torch.save`` file, loaded with ``weights_only=True`` on the CPU."""
+    def torch_file(self, relative: str, *, witnessed: bool = False) -> Any:
+        """A ``torch.save`` file, loaded with ``weights_only=True`` on the CPU (``witnessed``:
+        one the grader's witness kept, verified against its record)."""
         from course_lib.safe_io import CheckpointError, safe_load
 
-        path = self.path(relative)
+        path = self.witnessed_file(relative) if witnessed else self.path(relative)
         try:
             with zipfile.ZipFile(path) as archive:
                 entries = archive.infolist()
@@ -152,6 +233,17 @@ class Answers:
         ):
             raise AnswerMissing(
                 f"{relative}: compressed or oversized (torch.save never compresses)"
+            )
+        pickled = sum(e.file_size for e in entries if e.filename.endswith(".pkl"))
+        if not entries and path.stat().st_size > PICKLE_LIMIT_BYTES:
+            raise AnswerMissing(
+                f"{relative}: not a complete torch.save archive (torn, or the legacy format that "
+                f"is one {path.stat().st_size >> 10} kB pickle)"
+            )
+        if pickled > PICKLE_LIMIT_BYTES:
+            raise AnswerMissing(
+                f"{relative}: {pickled >> 10} kB of pickled Python objects "
+                f"(at most {PICKLE_LIMIT_BYTES >> 10} kB): store numbers in tensors, not in lists"
             )
         try:
             return safe_load(path, map_location="cpu")
@@ -184,22 +276,38 @@ class Exercise:
         return self.module.questions(random.Random(f"{self.name}:{seed}"))
 
     def judge(self, student: Answers, solution: Answers, questions: list[Any]) -> list[CheckResult]:
-        """Every check, each worth its points or none, with the full message of a failure."""
-        fixtures = {"student": student, "solution": solution, "questions": questions}
-        results = []
-        for check in self.checks:
-            wanted = inspect.signature(check).parameters
-            try:
-                check(**{name: fixtures[name] for name in wanted})
-            except AssertionError as exc:
-                message = str(exc).strip() or "check failed"
-                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
-            except Exception as exc:  # noqa: BLE001 - a student's answer may break a check anywhere
-                message = f"{type(exc).__name__}: {exc}"[:2000]
-                results.append(CheckResult(check.__name__, 0, check.points, message))  # type: ignore[attr-defined]
-            else:
-                results.append(CheckResult(check.__name__, check.points, check.points, "ok"))  # type: ignore[attr-defined]
+        """Every check, each worth its points or none, with the full message of a failure.
+
+        The checks run in the judge process (``judge_process``), each in a limited child: no
+        student's answer is ever loaded in the grading process.
+        """
+        from teacher.grading.judge_process import judge_isolated
+
+        results = judge_isolated(self.name, student, solution, questions)
+        if results is None:
+            raise RuntimeError("the judge process failed twice; see the grader's messages")
         return results
+
+    def judge_here(
+        self, student: Answers, solution: Answers, questions: list[Any]
+    ) -> list[CheckResult]:
+        """Every check in this process, unlimited: for the judge process and for tests only."""
+        fixtures = {"student": student, "solution": solution, "questions": questions}
+        return [self.run_check(check, fixtures) for check in self.checks]
+
+    def run_check(self, check: Callable[..., None], fixtures: dict[str, Any]) -> CheckResult:
+        """One check: its points when it returns, none with its message when it fails."""
+        wanted = inspect.signature(check).parameters
+        points = check.points  # type: ignore[attr-defined]
+        try:
+            check(**{name: fixtures[name] for name in wanted})
+        except AssertionError as exc:
+            return CheckResult(check.__name__, 0, points, str(exc).strip() or "check failed")
+        except MemoryError:
+            raise  # the judge process reports it with its limit
+        except Exception as exc:  # noqa: BLE001 - a student's answer may break a check anywhere
+            return CheckResult(check.__name__, 0, points, f"{type(exc).__name__}: {exc}"[:2000])
+        return CheckResult(check.__name__, points, points, "ok")
 
 
 @functools.cache

@@ -44,6 +44,7 @@ from pathlib import Path
 from teacher.grading.in_sandbox import CELL_OUTPUT_LIMIT, ISOLATION_FAILED
 from teacher.grading.paths import COURSE_LIB_DIR, EXERCISES_DIR, REPO_ROOT
 from teacher.grading.records import SandboxRun
+from teacher.grading.witness import prepare as prepare_witness
 
 __all__ = ["Limits", "WarmSandbox", "run_sandboxed", "sandbox_available"]
 
@@ -503,6 +504,7 @@ def _prepare(workdir: Path, cells: tuple[str, ...], exercise: str, questions: li
     shutil.copyfile(EXERCISES_DIR / exercise / "answer.py", job_dir / "answer.py")
     for folder in (answers_dir, home_dir):
         folder.chmod(0o777)  # writable by the sandbox's unprivileged user
+    prepare_witness(workdir)  # witness.py and this job's key (see witness.py)
 
 
 def _run_cold(workdir: Path, limits: Limits, sandboxed: bool) -> _Outcome:

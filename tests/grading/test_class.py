@@ -589,7 +589,9 @@ def test_switching_off_the_graders_kills_gains_nothing(graded):
 def test_a_link_in_the_answers_is_not_followed_to_the_host(graded):
     report = _report(graded, "linker", "ex1_checkpoint_manager")
     assert "teacher_private" not in report.summary()
-    assert not _report(graded, "linker", "ex1_checkpoint_manager").checks[0].passed
+    # The listing judged is the one the grader's witness took before the swap: the link is never
+    # read, and the solved manager keeps its point.
+    assert report.checks[0].passed, report.summary()
 
 
 def test_one_row_per_exercise_when_a_student_hands_in_copies(graded):

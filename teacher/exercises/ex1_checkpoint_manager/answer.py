@@ -1,13 +1,16 @@
-"""Asks a notebook of exercise 1 the judge's questions (runs inside the sandbox, untrusted)."""
+"""Asks a notebook of exercise 1 the judge's questions (runs inside the sandbox, untrusted).
+
+``witness`` runs in the grader's witness (``teacher/grading/witness.py``), a process forked before
+the notebook's cells run: it moves file times and plants the malicious checkpoint itself, and
+records what the folders hold. The other functions are the steps it asks the student's process
+to take, one by one: they call the notebook's manager and save what its methods return.
+"""
 
 from os import chmod, utime
+from pathlib import Path
 from time import sleep, time
 
 import torch
-
-# Bound when this module is imported, before the notebook's cells run: a cell that replaces
-# os.utime, os.chmod or torch.save does not change what the steps below do.
-_torch_save = torch.save
 
 
 def _state(epoch, seed):
@@ -36,37 +39,60 @@ def _age_oldest(folder):
     chmod(oldest, 0o644)  # changes the ctime, as the chapter's manager relied on
 
 
-def answer(questions, ask):
+# --- in the witness: the questions, and what it does and sees itself -------------------------
+
+
+def witness(questions, w):
     for question in questions:
         qid, seed = question["id"], question["seed"]
-        folder = ask.folder(qid) / "checkpoints"
-        ok, manager = ask.call(
-            f"{qid}.init", "SimpleCheckpointManager", folder, max_to_keep=question["max_to_keep"]
-        )
-        if not ok:
+        folder = w.folder(qid) / "checkpoints"
+        if w.ask("init", qid, str(folder), question["max_to_keep"]) is not True:
             continue
         for step, (operation, *args) in enumerate(question["steps"]):
-            key = f"{qid}.{step}"
-            if operation == "save":
-                ask.run(key, manager.save, _state(args[0], seed), args[0])
-            elif operation == "save_unpicklable":
-                ask.run(key, manager.save, {"epoch": args[0], "bad": lambda: None}, args[0])
-            elif operation == "epochs":
-                ok, epochs = ask.run(key, manager.epochs)
-                if ok:
-                    ask.save_json(key, [repr(e) for e in epochs])
-            elif operation == "load_latest":
-                ok, loaded = ask.run(key, manager.load_latest)
-                if ok:
-                    epoch = loaded.get("epoch") if isinstance(loaded, dict) else None
-                    ask.save_json(key, {"epoch": repr(epoch)})
-                    weights = loaded.get("weights") if isinstance(loaded, dict) else None
-                    if isinstance(weights, torch.Tensor):
-                        ask.save_tensors(key, {"weights": weights})
-            elif operation == "age_oldest":
+            if operation == "age_oldest":
                 _age_oldest(folder)
             elif operation == "plant_payload":
                 epoch, marker = args
-                payload = {"epoch": epoch, "x": _Payload(str(ask.folder(qid) / marker))}
+                payload = {"epoch": epoch, "x": _Payload(str(w.folder(qid) / marker))}
                 folder.mkdir(parents=True, exist_ok=True)
-                _torch_save(payload, folder / f"checkpoint_epoch_{epoch:04d}.pth")
+                torch.save(payload, folder / f"checkpoint_epoch_{epoch:04d}.pth")
+            else:
+                w.ask(operation, qid, f"{qid}.{step}", seed, *args)
+        w.listing(f"{qid}/checkpoints")
+        w.listing(qid)
+
+
+# --- in the student's process: the steps -------------------------------------------------------
+
+
+def init(ask, qid, folder, max_to_keep):
+    ok, manager = ask.call(
+        f"{qid}.init", "SimpleCheckpointManager", Path(folder), max_to_keep=max_to_keep
+    )
+    if ok:
+        ask.kept[qid] = manager
+    return ok
+
+
+def save(ask, qid, key, seed, epoch):
+    ask.run(key, ask.kept[qid].save, _state(epoch, seed), epoch)
+
+
+def save_unpicklable(ask, qid, key, seed, epoch):
+    ask.run(key, ask.kept[qid].save, {"epoch": epoch, "bad": lambda: None}, epoch)
+
+
+def epochs(ask, qid, key, seed):
+    ok, found = ask.run(key, ask.kept[qid].epochs)
+    if ok:
+        ask.save_json(key, [repr(e) for e in found])
+
+
+def load_latest(ask, qid, key, seed):
+    ok, loaded = ask.run(key, ask.kept[qid].load_latest)
+    if ok:
+        epoch = loaded.get("epoch") if isinstance(loaded, dict) else None
+        ask.save_json(key, {"epoch": repr(epoch)})
+        weights = loaded.get("weights") if isinstance(loaded, dict) else None
+        if isinstance(weights, torch.Tensor):
+            ask.save_tensors(key, {"weights": weights})

@@ -1,7 +1,9 @@
 """Hidden checks for exercise 1 (checkpoint management), run by the grader outside the sandbox.
 
-The sandbox runs the student's ``SimpleCheckpointManager`` through each question's steps; the
-checks then read the checkpoint folders it left on disk and the values its methods returned.
+The sandbox runs the student's ``SimpleCheckpointManager`` through each question's steps, asked by
+the grader's witness (which also ages files and plants the malicious checkpoint itself); the
+checks then read the folders' listings as the witness recorded them and the values the manager's
+methods returned.
 """
 
 import torch
@@ -31,7 +33,8 @@ def questions(rng):
         {"id": "malicious", "seed": rng.randrange(2**31), "max_to_keep": 3,
          "steps": [["save", first], ["load_latest"], ["plant_payload", first + 1, marker],
                    ["load_latest"]]},
-        {"id": "empty", "seed": 0, "max_to_keep": 3, "steps": [["load_latest"]]},
+        {"id": "empty", "seed": rng.randrange(2**31), "max_to_keep": 3,
+         "steps": [["load_latest"], ["save", first], ["load_latest"]]},
     ]  # fmt: skip
 
 
@@ -60,8 +63,8 @@ def test_names_and_retention(student, solution, questions):
     saved = [e for op, *e in question["steps"] if op == "save"]
     key = f"retention.{_step(question, 'epochs')}"
     student.succeeded(key)
-    mine = student.listing("retention/checkpoints")
-    assert mine == solution.listing("retention/checkpoints"), (
+    mine = student.witnessed_listing("retention/checkpoints")
+    assert mine == solution.witnessed_listing("retention/checkpoints"), (
         f"with max_to_keep={question['max_to_keep']} after saving epochs {[e[0] for e in saved]} "
         f"the folder holds {mine}: keep the newest epochs, named checkpoint_epoch_NNNN.pth"
     )
@@ -90,8 +93,8 @@ def test_failed_save_loses_nothing(student, solution, questions):
     assert student.raised(failing) is not None, (
         "saving an object that cannot be pickled should raise"
     )
-    mine = student.listing("failure/checkpoints")
-    assert mine == solution.listing("failure/checkpoints"), (
+    mine = student.witnessed_listing("failure/checkpoints")
+    assert mine == solution.witnessed_listing("failure/checkpoints"), (
         f"after a failed save the folder holds {mine}: a failed save must leave no file behind "
         "and keep the earlier checkpoint"
     )
@@ -105,7 +108,7 @@ def test_refuses_code_in_checkpoints(student, solution, questions):
     question = _question(questions, "malicious")
     _started(student, "malicious")
     marker = next(args[1] for op, *args in question["steps"] if op == "plant_payload")
-    assert marker not in student.listing("malicious"), (
+    assert marker not in student.witnessed_listing("malicious"), (
         "load_latest ran code hidden in a checkpoint: load with weights_only=True (safe_load)"
     )
     assert _loaded(student, question)[0] == _loaded(solution, question)[0], (
@@ -118,10 +121,17 @@ def test_refuses_code_in_checkpoints(student, solution, questions):
 
 
 @points(1)
-def test_empty_folder_raises_file_not_found(student):
+def test_empty_folder_raises_file_not_found(student, solution, questions):
+    question = _question(questions, "empty")
     _started(student, "empty")
     raised = student.raised("empty.0")
     assert raised is not None, "load_latest on an empty folder should raise FileNotFoundError"
     assert "FileNotFoundError" in raised["mro"], (
         f"an empty folder should raise FileNotFoundError, not {raised['type']}"
+    )
+    # Raising FileNotFoundError always is not the answer: once a checkpoint is saved, it loads.
+    key = f"empty.{len(question['steps']) - 1}"
+    student.succeeded(key)
+    assert student.json(key)["epoch"] == solution.json(key)["epoch"], (
+        "after the first save into the empty folder, load_latest must return that checkpoint"
     )

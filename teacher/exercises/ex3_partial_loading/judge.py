@@ -65,6 +65,9 @@ def test_copies_every_fitting_weight(student, solution, questions):
 
 @points(1)
 def test_leaves_the_rest_untouched(student, solution, questions):
+    # Loading nothing leaves everything untouched: this check counts only once weights load.
+    why = "has the same shape in both models but was not copied (and copying is the task)"
+    _weights_match(student, solution, questions, copied=True, why=why)
     why = "does not fit (other shape, or missing from the checkpoint) and must stay as it was"
     _weights_match(student, solution, questions, copied=False, why=why)
 
@@ -81,11 +84,15 @@ def test_reports_what_it_loaded_and_skipped(student, solution, questions):
 
 
 @points(1)
-def test_report_lists_are_sorted(student, questions):
+def test_report_lists_are_sorted(student, solution, questions):
     for question in questions:
-        report = _report(student, question)
+        report, expected = _report(student, question), _report(solution, question)
         for key in ("loaded", "skipped"):
             value = report[key]
             assert value["type"] == "list" and value["items"] == sorted(value["items"]), (
                 f"the report's {key!r} must be a sorted list, not {value['type']} in that order"
+            )
+            # An empty list is sorted, and says nothing: it counts only where nothing happened.
+            assert value["items"] or not expected[key]["items"], (
+                f"the report's {key!r} is empty (question {question['id']}): list the names"
             )

@@ -56,12 +56,16 @@ def _same_entries(student, solution, questions, keys):
 
 
 @points(1)
-def test_whole_checkpoint_loads_with_weights_only(student, questions):
+def test_whole_checkpoint_loads_with_weights_only(student, solution, questions):
     for question in questions:
         student.succeeded(question["id"])
         student.succeeded(f"{question['id']}.whole")
         loaded = student.torch_file(f"{question['id']}/checkpoint.pt")
         assert isinstance(loaded, dict), "return a dict, like the checkpoint you were given"
+        expected = solution.torch_file(f"{question['id']}/checkpoint.pt")
+        assert set(loaded) == set(expected), (
+            f"the checkpoint has keys {sorted(map(str, loaded))}: convert every entry, drop none"
+        )
 
 
 @points(1)

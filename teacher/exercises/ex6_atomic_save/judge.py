@@ -1,8 +1,9 @@
 """Hidden checks for exercise 6 (a durable atomic save that survives being killed).
 
-Inside the sandbox the student's ``atomic_save`` is killed with SIGKILL part-way through saves;
-here every snapshot of the file taken after a kill must load (``weights_only``) as one whole
-checkpoint, the old one or a new one, never a torn or missing file.
+Inside the sandbox the grader's witness has the student's ``atomic_save`` killed with SIGKILL
+part-way through saves; here every copy of the file the witness kept after a kill must load
+(``weights_only``) as one whole checkpoint, the old one or a new one, never a torn or missing
+file, and a save that is not killed must write the new checkpoint.
 """
 
 import torch
@@ -22,7 +23,7 @@ def questions(rng):
         {"id": "basic", "kind": "basic", "seed": rng.randrange(2**20), "numel": 1000},
         {"id": "unpicklable", "kind": "unpicklable", "seed": rng.randrange(2**20), "numel": 1000},
         {"id": "killed", "kind": "kills", "seed": rng.randrange(2**20), "numel": NUMEL,
-         "kill_at": [round(rng.uniform(0.05, 0.9), 3) for _ in range(6)]},
+         "kill_at": [round(rng.uniform(0.02, 0.7), 3) for _ in range(6)]},
     ]  # fmt: skip
 
 
@@ -42,7 +43,7 @@ def _is_state(loaded, question, steps):
 def test_saves_a_file_that_loads(student, questions):
     question = _question(questions, "basic")
     student.succeeded("basic.first")
-    loaded = student.torch_file("basic/model.pt")
+    loaded = student.torch_file("kept/basic/first.pt", witnessed=True)
     assert _is_state(loaded, question, {0}), "the saved file does not hold what was saved"
 
 
@@ -51,8 +52,14 @@ def test_survives_being_killed_mid_save(student, questions):
     question = _question(questions, "killed")
     student.succeeded("killed.first")
     for index in range(len(question["kill_at"])):
+        outcome = student.witnessed(f"killed.kill_{index}")
+        if outcome != "killed":
+            raise AssertionError(
+                f"save {index + 2} was not killed mid-save ({outcome}): it wrote nothing into the "
+                "checkpoint's folder within 10 s, or the notebook's process was gone"
+            )
         try:
-            loaded = student.torch_file(f"killed/after_kill_{index}.pt")
+            loaded = student.torch_file(f"kept/killed/after_kill_{index}.pt", witnessed=True)
         except AnswerMissing as exc:
             raise AssertionError(
                 f"after kill {index + 1} the file was missing or torn ({exc}): write a temporary "
@@ -61,6 +68,11 @@ def test_survives_being_killed_mid_save(student, questions):
         assert _is_state(loaded, question, set(range(index + 2))), (
             f"after kill {index + 1} the file holds neither the old checkpoint nor a new one"
         )
+    last = len(question["kill_at"]) + 1
+    loaded = student.torch_file("kept/killed/last.pt", witnessed=True)
+    assert _is_state(loaded, question, {last}), (
+        "after the kills, a save that was not interrupted did not write the new checkpoint"
+    )
 
 
 @points(1)
@@ -70,8 +82,7 @@ def test_failed_save_keeps_the_old_file_and_no_temp(student, questions):
     assert student.raised("unpicklable.bad") is not None, (
         "saving an object that cannot be pickled should raise"
     )
-    assert _is_state(student.torch_file("unpicklable/model.pt"), question, {0}), (
-        "a failed save damaged the file that was there before"
-    )
-    left = [name for name in student.listing("unpicklable") if name != "model.pt"]
+    kept = student.torch_file("kept/unpicklable/after_failure.pt", witnessed=True)
+    assert _is_state(kept, question, {0}), "a failed save damaged the file that was there before"
+    left = [name for name in student.witnessed_listing("unpicklable") if name != "model.pt"]
     assert not left, f"a failed save left {left} behind: remove the temporary file when it fails"

@@ -1,0 +1,88 @@
+"""Issue 20 item 8: every check fails on the stub and on an answer that does nothing.
+
+One class run: per exercise the solution (full marks), the untouched stub and an answer that does
+nothing ("return empty"), each of which must score 0 on *every* check, not only in total.
+"""
+
+from __future__ import annotations
+
+import nbformat
+import pytest
+from submissions import EXERCISES, replacing, with_cells, without_self_check
+
+from teacher.grading import grade_class, sandbox_available
+
+pytestmark = [
+    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+    pytest.mark.timeout(1200),  # one class run of 18 submissions on a shared 2-core machine
+]
+
+# Per exercise: the cell that defines the answer, and an answer that does nothing.
+DOES_NOTHING = {
+    "ex1_checkpoint_manager": (
+        "class SimpleCheckpointManager",
+        """
+class SimpleCheckpointManager:
+    def __init__(self, directory, max_to_keep=3):
+        self.directory = Path(directory)
+    def save(self, state, epoch):
+        pass
+    def epochs(self):
+        return []
+    def load_latest(self):
+        raise FileNotFoundError(self.directory)
+""",
+    ),
+    "ex2_onnx_export": (
+        "def export_and_verify",
+        "def export_and_verify(model, example_input, path):\n    return 0.0\n",
+    ),
+    "ex3_partial_loading": (
+        "def load_matching_weights",
+        'def load_matching_weights(model, state_dict):\n    return {"loaded": [], "skipped": []}\n',
+    ),
+    "ex4_weights_only": (
+        "def make_weights_only_loadable",
+        "def make_weights_only_loadable(checkpoint):\n    return {}\n",
+    ),
+    "ex5_unwrap_prefixes": (
+        "def load_unwrapped",
+        "def load_unwrapped(model, state_dict):\n    pass\n",
+    ),
+    "ex6_atomic_save": ("def atomic_save", "def atomic_save(obj, path):\n    pass\n"),
+}
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stubs")
+    for exercise in EXERCISES:
+        defines, source = DOES_NOTHING[exercise]
+        for student, nb in (
+            ("solver", with_cells(exercise)),
+            ("stub", with_cells(exercise, solved=False)),
+            ("nothing", without_self_check(replacing(exercise, defines, source))),
+        ):
+            (root / student).mkdir(exist_ok=True)
+            nbformat.write(nb, root / student / f"{exercise}.ipynb")
+    graded = grade_class(root, root.parent / "grades.csv", seed=20, jobs=2, progress=False)
+    return {(r.student, r.exercise): r for r in graded}
+
+
+def test_every_exercise_has_an_answer_that_does_nothing():
+    assert set(DOES_NOTHING) == set(EXERCISES)
+
+
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_the_solution_gets_full_marks(reports, exercise):
+    report = reports[("solver", exercise)]
+    assert report.score == report.max_score > 0, report.summary()
+
+
+@pytest.mark.parametrize("student", ["stub", "nothing"])
+@pytest.mark.parametrize("exercise", EXERCISES)
+def test_every_check_fails_on_the_stub_and_on_doing_nothing(reports, student, exercise):
+    report = reports[(student, exercise)]
+    assert report.checks, report.summary()
+    passed = [c.name for c in report.checks if c.points]
+    assert not passed, report.summary()

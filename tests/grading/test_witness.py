@@ -1,0 +1,77 @@
+"""Issue 20 item 7: the witness's records verify only as it wrote them, with this job's key."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from teacher.grading.judge import AnswerMissing, Answers
+from teacher.grading.witness import GRADER_KEY_NAME, KEY_NAME, MANIFEST_NAME, prepare, sign
+
+
+def _job(tmp_path):
+    for folder in ("job", "answers", "home"):
+        (tmp_path / folder).mkdir()
+    prepare(tmp_path)
+    return tmp_path / "answers"
+
+
+def _manifest(answers_dir, key, records, files=None):
+    body = json.dumps({"records": records, "files": files or {}})
+    (answers_dir / MANIFEST_NAME).write_text(json.dumps({"body": body, "mac": sign(key, body)}))
+
+
+def test_prepare_hands_the_key_to_the_witness_and_keeps_it_for_the_judge(tmp_path):
+    answers_dir = _job(tmp_path)
+    handed = (answers_dir / KEY_NAME).read_text()
+    assert handed == (tmp_path / GRADER_KEY_NAME).read_text() and len(handed) == 64
+    assert (tmp_path / "job" / "witness.py").is_file()
+    assert Answers(answers_dir).key == handed
+
+
+def test_records_signed_with_the_key_are_read_and_forged_ones_refused(tmp_path):
+    answers_dir = _job(tmp_path)
+    key = (tmp_path / GRADER_KEY_NAME).read_text()
+    _manifest(answers_dir, key, {"listing:q": ["a.pth"]})
+    assert Answers(answers_dir).witnessed_listing("q") == ["a.pth"]
+    # The student's code writes its own manifest: without the key, its signature is wrong.
+    _manifest(answers_dir, "0" * 64, {"listing:q": ["b.pth"]})
+    with pytest.raises(AnswerMissing, match="no record"):
+        Answers(answers_dir).witnessed_listing("q")
+    (answers_dir / MANIFEST_NAME).write_text(json.dumps({"body": "{}", "mac": "x"}))
+    with pytest.raises(AnswerMissing, match="no record"):
+        Answers(answers_dir).witnessed("anything")
+
+
+def test_a_kept_file_changed_afterwards_is_refused(tmp_path):
+    import hashlib
+
+    answers_dir = _job(tmp_path)
+    key = (tmp_path / GRADER_KEY_NAME).read_text()
+    kept = answers_dir / "kept" / "q" / "first.pt"
+    kept.parent.mkdir(parents=True)
+    torch.save({"step": 0}, kept)
+    digest = hashlib.sha256(kept.read_bytes()).hexdigest()
+    _manifest(answers_dir, key, {"kept:kept/q/first.pt": True}, {"kept/q/first.pt": digest})
+    assert Answers(answers_dir).torch_file("kept/q/first.pt", witnessed=True) == {"step": 0}
+    torch.save({"step": 1}, kept)  # what a student's process would do after the witness kept it
+    with pytest.raises(AnswerMissing, match="changed after"):
+        Answers(answers_dir).torch_file("kept/q/first.pt", witnessed=True)
+
+
+def test_the_judge_process_verifies_with_the_key_it_is_sent(tmp_path):
+    """The key travels in the request: the judge process sees no file beside the answers."""
+    answers_dir = _job(tmp_path)
+    key = (tmp_path / GRADER_KEY_NAME).read_text()
+    _manifest(answers_dir, key, {"listing:q": []})
+    answers = Answers(answers_dir)
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"
+    shutil.copytree(answers_dir, moved)  # no key file beside this copy
+    again = Answers.from_description(moved, answers.describe())
+    assert again.witnessed_listing("q") == []
+    assert Answers.from_description(moved, {"who": "x"}).key == ""
+    with pytest.raises(AnswerMissing):
+        Answers.from_description(moved, {"who": "x"}).witnessed_listing("q")
