@@ -33,6 +33,7 @@ import select
 import shutil
 import signal
 import site
+import stat
 import subprocess
 import sys
 import tempfile
@@ -669,6 +670,33 @@ class WarmSandbox:
             self.process = None
 
 
+def _readable_by_the_judge(answers_dir: Path) -> None:
+    """Let the judge process read what the sandbox wrote: files another host uid made 0600.
+
+    When the grader runs as root, the sandbox writes as a host uid of its own, and a file it
+    created private (safetensors writes 0600) is unreadable to the judge process, which has no
+    capabilities. Regular files and folders only, opened without following links: a link the
+    student planted is left as it is (the judge refuses to follow it anyway).
+    """
+    for folder, subfolders, files in os.walk(answers_dir, followlinks=False):
+        for name in [*subfolders, *files]:
+            path = os.path.join(folder, name)
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError:
+                continue  # a link, or gone
+            try:
+                mode = os.fstat(fd).st_mode
+                if stat.S_ISDIR(mode):
+                    os.fchmod(fd, stat.S_IMODE(mode) | 0o555)
+                elif stat.S_ISREG(mode):
+                    os.fchmod(fd, stat.S_IMODE(mode) | 0o444)
+            except OSError:
+                pass
+            finally:
+                os.close(fd)
+
+
 def run_sandboxed(
     cells: tuple[str, ...],
     exercise: str,
@@ -695,6 +723,7 @@ def run_sandboxed(
     if result is None:
         result = _run_cold(workdir, limits, sandboxed)
     answers_dir = workdir / "answers"
+    _readable_by_the_judge(answers_dir)
     progress = _read_limited(answers_dir / "progress.txt").strip().splitlines()
     run = SandboxRun(
         answers_dir=answers_dir,

@@ -50,6 +50,11 @@ class SimpleCheckpointManager:
         "def load_unwrapped(model, state_dict):\n    pass\n",
     ),
     "ex6_atomic_save": ("def atomic_save", "def atomic_save(obj, path):\n    pass\n"),
+    "ex7_exact_resume": (
+        "def save",
+        "def save(path, model, optimizer, scheduler, epoch):\n    pass\n\n\n"
+        "def resume(path, model, optimizer, scheduler):\n    return 0\n",
+    ),
 }
 
 
