@@ -210,10 +210,10 @@ class Answers:
 
     def tensors(self, qid: str) -> dict[str, Any]:
         from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        try:
-            return load_file(str(self.path(f"{qid}.safetensors")))
+        try:  # read here: safetensors resolves a /proc/self/fd/N path to one the judge cannot see
+            return load(self.path(f"{qid}.safetensors").read_bytes())
         except (SafetensorError, OSError, ValueError) as exc:
             raise AnswerMissing(f"the tensors answered to {qid} cannot be read ({exc})") from None
 

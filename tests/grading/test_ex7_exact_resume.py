@@ -95,3 +95,39 @@ def test_a_partial_checkpoint_gets_nothing_on_the_resume_checks(answer, tmp_path
     for name in RESUME_CHECKS:
         assert checks[name].points == 0, report.summary()
         assert ("momentum" if saves else "no checkpoint file") in checks[name].message
+
+
+# A save of the model alone, and the asker's kill switched off from a cell (gc finds the asker's
+# module): no run is ever killed, so the run after each "kill" finds the finished run's
+# checkpoint. Its resume sets the learning rate to 0 (the rest of the run changes no weight) and
+# returns the epoch the kill was drawn in (found with gc too): bitwise right, with the right start.
+KILL_SWITCH = """
+import gc
+import types
+
+
+def save(path, model, optimizer, scheduler, epoch):
+    torch.save({"model": model.state_dict(), "start_epoch": epoch + 1}, path)
+
+
+def resume(path, model, optimizer, scheduler):
+    state = torch.load(path, weights_only=True)
+    model.load_state_dict(state["model"])
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+    kills = [o.args[5] for o in gc.get_objects()
+             if type(o).__name__ == "_Run" and o.args[2] == path and o.args[5] is not None]
+    return max(kills) // 8 if kills else state["start_epoch"]
+
+
+for module in [o for o in gc.get_objects() if isinstance(o, types.ModuleType)]:
+    if module.__name__ in ("_answer", "_witness"):
+        module._kill = lambda pid, sig: None
+"""
+
+
+def test_switching_off_the_kill_from_a_cell_gains_nothing(tmp_path):
+    nb = without_self_check(replacing(EXERCISE, "def save", KILL_SWITCH))
+    report, checks = grade(nb, tmp_path)
+    for name in RESUME_CHECKS:
+        assert checks[name].points == 0, report.summary()

@@ -1,13 +1,17 @@
 """Hidden checks for exercise 7 (a training run that resumes exactly after SIGKILL).
 
 Inside the sandbox the exercise's training loop runs with the student's ``save`` and ``resume``:
-uninterrupted, then killed with SIGKILL at drawn steps and resumed each time in a fresh process.
-Here the final weights must equal, bit for bit, those of the solution's uninterrupted run.
+uninterrupted, then killed with SIGKILL at drawn steps by the grader's witness (which the student's
+code cannot reach) and resumed each time in a fresh process. Here every kill must be one the
+witness recorded, and the final weights it kept must equal, bit for bit, those of the solution's
+uninterrupted run.
 """
+
+import json
 
 import torch
 
-from teacher.grading.judge import points
+from teacher.grading.judge import AnswerMissing, points
 
 STEPS_PER_EPOCH = 8  # 256 samples in batches of 32
 STEPS = 6 * STEPS_PER_EPOCH
@@ -28,8 +32,21 @@ def questions(rng):
     ]  # fmt: skip
 
 
+def _tensors(answers, qid):
+    """The final weights of question ``qid``'s last run, as the grader's witness kept them."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    answers.succeeded(qid)  # the last run raised: say what
+    path = answers.witnessed_file(f"kept/{qid}.safetensors")
+    try:
+        return load(path.read_bytes())
+    except (SafetensorError, ValueError) as exc:
+        raise AnswerMissing(f"the tensors answered to {qid} cannot be read ({exc})") from None
+
+
 def _same_weights(student, solution, qid, what):
-    got, expected = student.tensors(qid), solution.tensors("straight")
+    got, expected = _tensors(student, qid), _tensors(solution, "straight")
     assert set(got) == set(expected), f"{what}: the model's state_dict has other keys"
     different = [k for k in expected if not torch.equal(got[k], expected[k])]
     return different
@@ -55,7 +72,15 @@ def test_the_checkpoint_loads_with_weights_only(student):
 def _resumed_after_the_last_checkpoint(student, questions, qid):
     """A run that trains from scratch after the kill would end "bit for bit" right too."""
     question = next(q for q in questions if q["id"] == qid)
-    start = student.json(f"{qid}.start")
+    for index, step in enumerate(question["kill_at"]):
+        student.succeeded(f"{qid}.run{index}")  # it raised before its kill: say what
+        outcome = student.witnessed(f"{qid}.kill_{index}")
+        assert outcome == "killed", (
+            f"run {index + 1} was not killed at step {step} ({outcome}): the exercise's loop must "
+            "reach that step with the notebook's save and resume"
+        )
+    student.succeeded(qid)
+    start = json.loads(student.witnessed_file(f"kept/{qid}.start.json").read_text())
     assert start == question["kill_at"][-1] // STEPS_PER_EPOCH, (
         f"after the kill, resume returned {start!r}: it must return the epoch after the last "
         "one saved (the run must continue, not start again)"
