@@ -117,9 +117,8 @@ class Asker:
     def save_tensors(self, qid: str, tensors: dict[str, Any]) -> None:
         from safetensors.torch import save_file
 
-        path = self.answers_dir / f"{qid}.safetensors"
+        path = self.answers_dir / f"{qid}.safetensors"  # made readable for the judge by the grader
         save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(path))
-        path.chmod(0o644)  # safetensors writes 0600: the judge process (another user) must read it
 
 
 # --- cells run as JupyterLab runs them: a kernel-like shell, output limited per cell ----------
