@@ -54,6 +54,8 @@ def _same_weights(student, solution, qid, what):
 
 @points(1)
 def test_the_uninterrupted_run_trains_as_given(student, solution):
+    # Saving nothing leaves the given loop untouched too: the point is for a save that leaves it so.
+    assert student.exists("straight/checkpoint.pt"), "save wrote no file at the path it was given"
     different = _same_weights(student, solution, "straight", "the uninterrupted run")
     assert not different, (
         f"the uninterrupted run ended with other weights ({len(different)} tensors differ): save "
