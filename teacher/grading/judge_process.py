@@ -60,20 +60,12 @@ def _bwrap_available() -> bool:
 
 def _judge_command() -> list[str]:
     """bubblewrap around the judge process: environment, ``teacher/``, ``course_lib``, nothing else."""
-    from teacher.grading.sandbox import _python_paths
+    from teacher.grading.sandbox import _python_paths, system_binds
 
     command = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
                "--tmpfs", "/tmp", "--dir", "/judge", "--chdir", "/judge"]  # fmt: skip
-    for top in ("bin", "lib", "lib64", "sbin"):
-        path = Path("/") / top
-        if path.is_symlink():
-            command += ["--symlink", os.readlink(path), str(path)]
-        elif path.is_dir():
-            command += ["--ro-bind", str(path), str(path)]
-    for name in ETC_FILES:
-        if (Path("/etc") / name).exists():
-            command += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    command += system_binds(ETC_FILES)  # fewer than a notebook's sandbox: no fonts, no hosts
     for path in _python_paths():
         command += ["--ro-bind", str(path), str(path)]
     for path in (GRADER_DIR.parent, COURSE_LIB_DIR):  # teacher/ (grader, checks) and course_lib

@@ -117,16 +117,23 @@ def _bwrap_prefix(tmp_bytes: int = TMP_LIMIT_BYTES) -> list[str]:
                "--uid", NOBODY, "--gid", NOBODY, "--hostname", "grader",
                "--ro-bind", "/usr", "/usr", "--proc", "/proc", "--dev", "/dev",
                "--perms", "1777", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]  # fmt: skip
+    return command + system_binds()
+
+
+def system_binds(etc_files: tuple[str, ...] = ETC_FILES) -> list[str]:
+    """bubblewrap arguments for the system's own folders a Python needs, read-only: ``/bin``,
+    ``/lib``... (links kept as links) and the few ``/etc`` files named in ``etc_files``."""
+    binds: list[str] = []
     for top in ("bin", "lib", "lib64", "sbin"):
         path = Path("/") / top
         if path.is_symlink():
-            command += ["--symlink", os.readlink(path), str(path)]
+            binds += ["--symlink", os.readlink(path), str(path)]
         elif path.is_dir():
-            command += ["--ro-bind", str(path), str(path)]
-    for name in ETC_FILES:
+            binds += ["--ro-bind", str(path), str(path)]
+    for name in etc_files:
         if (Path("/etc") / name).exists():
-            command += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
-    return command
+            binds += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+    return binds
 
 
 def _sandbox_command(
