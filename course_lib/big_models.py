@@ -27,7 +27,7 @@ def wide_mlp(width: int = 2048, depth: int = 12) -> nn.Sequential:
     """A stack of ``depth`` square ``Linear(width, width)`` layers: about ``16 * width**2 * depth`` bytes.
 
     Big enough to see memory with a few lines of code (the defaults make a 201 MB float32
-    checkpoint). Taught in ``notebooks/01_state_dict.ipynb``.
+    checkpoint). Taught in ``notebooks/01b_big_models.ipynb``.
     """
     return nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
 
@@ -85,7 +85,8 @@ def load_big_model(
     load is strict: a missing or unexpected key raises as ``load_state_dict`` does. A tensor the
     file cannot provide (a buffer registered with ``persistent=False``) would stay on ``meta`` and
     fail at the first forward pass; this raises a ``CheckpointError`` naming it instead. Returns
-    the model in ``eval()`` mode; ``verify_crc`` as in ``_open_weights``. Taught in ``notebooks/01_state_dict.ipynb``.
+    the model in ``eval()`` mode; ``verify_crc`` as in ``_open_weights``. Taught in
+    ``notebooks/01b_big_models.ipynb``.
     """
     model = build_on_meta(factory)
     model.load_state_dict(_open_weights(path, map_location, verify_crc=verify_crc), assign=True)

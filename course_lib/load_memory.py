@@ -107,7 +107,7 @@ def measure_loads(
 
     Each process measures only itself, so running them side by side changes no figure; it
     only saves time (mostly Python and ``torch`` starting). ``workers`` defaults to the CPU count.
-    Taught in ``notebooks/01_state_dict.ipynb``.
+    Taught in ``notebooks/01b_big_models.ipynb``, "Measuring it".
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -122,7 +122,7 @@ def measure_loads(
 def memory_rows(results: list[LoadMemory]) -> list[dict[str, str]]:
     """Rows for ``display.show_table``: MB and ratios to the checkpoint size.
 
-    Taught in ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    Taught in ``notebooks/01b_big_models.ipynb``, "Measuring it".
     """
     mb = 1e6
     return [
@@ -141,7 +141,7 @@ def memory_verdict(results: list[LoadMemory]) -> list[str]:
     """One stable line per load: one copy (<= 1.2x the checkpoint) or more, rounded to copies.
 
     Stable from run to run, so a notebook can compare it. Taught in
-    ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    ``notebooks/01b_big_models.ipynb``, "Measuring it".
     """
     lines = []
     for r in results:

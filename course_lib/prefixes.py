@@ -145,7 +145,7 @@ def load_state_dict_any_prefix(
     ``strict=True`` (the default, as in ``load_state_dict``) any remaining mismatch raises
     ``StateDictMismatchError`` and nothing is loaded.
 
-    Taught in notebooks/05_data_parallel.ipynb.
+    Taught in notebooks/05_data_parallel.ipynb, in depth in notebooks/05b_torchrun_elastic.ipynb.
     """
     inner = unwrap_model(model)
     inner_keys = set(inner.state_dict().keys())

@@ -32,7 +32,7 @@ def capture_rng_state() -> dict[str, Any]:
     returns a tuple holding a NumPy array, which ``weights_only=True`` refuses: hence the
     conversion.
 
-    Taught in notebooks/10_summary.ipynb.
+    Taught in notebooks/10b_physicists_view.ipynb.
     """
     version, internal, gauss_next = random.getstate()
     np_state = np.random.get_state(legacy=False)
@@ -124,7 +124,7 @@ def restore_rng_state(state: Mapping[str, Any]) -> None:
     dtype are accepted (``map_location='cuda'`` moves them to the GPU); one on the ``meta``
     device, which has no values, raises a ``ValueError`` that says how to load it instead.
 
-    Taught in notebooks/10_summary.ipynb.
+    Taught in notebooks/10b_physicists_view.ipynb.
     """
     if state.get("python") is not None:
         py = state["python"]

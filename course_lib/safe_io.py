@@ -94,7 +94,7 @@ MapLocation = str | torch.device | Callable[..., Any] | dict[str, str] | None
 class CheckpointError(FileError):
     """A checkpoint file could not be loaded; the message names the file and the fix.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    Taught in notebooks/01b_big_models.ipynb.
     """
 
 
@@ -160,7 +160,7 @@ class CheckpointDeviceError(CheckpointError):
 class UnsafeCheckpointError(CheckpointError):
     """The file needs Python globals beyond plain weights; loading it would run their code.
 
-    Taught in notebooks/02_whole_model.ipynb.
+    Taught in notebooks/02b_safe_formats.ipynb.
     """
 
     def __init__(self, path: str | os.PathLike[str], unsafe_globals: list[str]) -> None:
@@ -740,7 +740,7 @@ def safe_save(obj: Any, path: str | os.PathLike[str]) -> Path:
     (a power cut could leave an empty file), reused one temporary name (two writers collide), and
     left the ``.tmp`` file behind on failure.
 
-    Taught in notebooks/09_safe_saving.ipynb.
+    Taught in notebooks/09_safe_saving.ipynb, in depth in notebooks/09b_durability_in_depth.ipynb.
     """
     return atomic_write(path, lambda temp: torch_save(obj, temp))
 
@@ -754,7 +754,7 @@ def save_with_backup(
     file system has no hard links), so at every moment both names hold a complete file. The
     backup rotates only after the new file is completely written: a save that fails (a full
     disk) leaves both the file and its backup as they were. Taught in
-    ``notebooks/09_safe_saving.ipynb``.
+    ``notebooks/09b_durability_in_depth.ipynb``.
     """
     path = Path(path)
     backup = path.with_name(path.name + backup_suffix)

@@ -108,7 +108,7 @@ def save_state_safetensors(state: Mapping[str, Any], path: str | os.PathLike[str
 
     Written atomically (``atomic_write``). A value only pickle could store raises a
     ``TypeError`` naming where it is and what to do. Two names for one tensor are stored twice
-    (loading does not tie them again). Taught in ``notebooks/02_whole_model.ipynb``.
+    (loading does not tie them again). Taught in ``notebooks/02b_safe_formats.ipynb``.
     """
     from safetensors.torch import save_file
 
@@ -131,7 +131,7 @@ def load_state_safetensors(
 
     Only JSON is parsed and tensors are mapped: nothing in the file can run code. A plain
     safetensors file (no structure in its metadata) loads as its flat ``{name: tensor}`` dict.
-    Taught in ``notebooks/02_whole_model.ipynb``.
+    Taught in ``notebooks/02b_safe_formats.ipynb``.
     """
     from safetensors import SafetensorError, safe_open
 

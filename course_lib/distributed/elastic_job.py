@@ -150,7 +150,7 @@ def choose_backend(
     runs them. ``gpus`` is the machine's CUDA device count (default: ``torch.cuda``'s) and
     ``nccl_available`` whether this torch has NCCL; both can be given, for tests.
 
-    Taught in notebooks/05_data_parallel.ipynb, section 5.
+    Taught in notebooks/05b_torchrun_elastic.ipynb, section 5.
     """
     if ranks_on_host is None:
         ranks_on_host = ranks_on_this_host()
@@ -179,7 +179,7 @@ def init_process_group_for_attempt(backend: str, attempt: int, timeout: timedelt
     a restart the new workers can read the old ones: gloo then connects to the address of a dead
     worker ("Gloo connectFullMesh failed ... Connection refused"), and a store-based barrier may
     count arrivals of the previous attempt. A key prefix per attempt keeps the attempts apart.
-    Taught in notebooks/05_data_parallel.ipynb, section 3.
+    Taught in notebooks/05b_torchrun_elastic.ipynb, section 3.
     """
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     # The agent hosts the store (TORCHELASTIC_USE_AGENT_STORE); without an agent, rank 0 does.

@@ -26,7 +26,7 @@ class LossRecord:
 def read_losses(workdir: str | os.PathLike[str]) -> list[LossRecord]:
     """Every record of ``workdir/losses.jsonl``, in the order written (a restart repeats steps).
 
-    Taught in notebooks/05_data_parallel.ipynb, section 3.
+    Taught in notebooks/05b_torchrun_elastic.ipynb, section 3.
     """
     lines = (Path(workdir) / "losses.jsonl").read_text().splitlines()
     return [LossRecord(**json.loads(line)) for line in lines]
@@ -37,7 +37,7 @@ def plot_elastic_losses(straight: list[LossRecord], interrupted: list[LossRecord
 
     Each attempt of the interrupted run is its own line, so the steps computed twice (after the
     checkpoint it resumed from) show on top of each other. Taught in
-    notebooks/05_data_parallel.ipynb, section 3.
+    notebooks/05b_torchrun_elastic.ipynb, section 3.
     """
     import matplotlib.pyplot as plt
 

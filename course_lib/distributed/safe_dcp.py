@@ -338,7 +338,7 @@ def read_dcp_metadata(path: str | os.PathLike[str]) -> Metadata:
     Only DCP's metadata classes, ``torch.Size`` and dtypes can appear in it; anything else is an
     ``UnsafeCheckpointError``. A damaged file is a ``CorruptCheckpointError``; a shard that is a
     link or lies outside the folder an ``UnsafeDCPFolderError``; a missing or short shard a
-    ``CheckpointError``. Taught in notebooks/05_data_parallel.ipynb, section 5.
+    ``CheckpointError``. Taught in notebooks/05b_torchrun_elastic.ipynb, section 6.
     """
     folder = Path(path)
     file = folder / ".metadata"
@@ -510,7 +510,7 @@ def load_dcp(
 
     Uses ``SafeFileSystemReader`` and ``SafeLoadPlanner``; sparse tensors are checked for
     consistent indices. ``no_dist=True`` loads in a process without a process group (the default
-    when none is initialized). Taught in notebooks/05_data_parallel.ipynb, section 5.
+    when none is initialized). Taught in notebooks/05b_torchrun_elastic.ipynb, section 6.
     """
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
@@ -554,7 +554,7 @@ def dcp_to_torch_save(
     """DCP's ``format_utils.dcp_to_torch_save``, reading the folder without running its code.
 
     The whole state in one ``torch.save`` file, written atomically (``safe_save``). Taught in
-    notebooks/05_data_parallel.ipynb, section 5.
+    notebooks/05b_torchrun_elastic.ipynb, section 6.
     """
     from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
 

@@ -70,7 +70,7 @@ def check_step_folder(path: str | os.PathLike[str]) -> None:
     with its rank. ``.metadata`` is a pickle: it is read by ``read_dcp_metadata``, which runs no
     code from it and refuses shards that are links or lie outside the folder; its non-tensor
     entries must load with ``weights_only=True`` (``check_plain_entries``). Taught in
-    notebooks/05_data_parallel.ipynb, section 4.
+    notebooks/05b_torchrun_elastic.ipynb, section 4.
     """
     folder = Path(path)
     try:
@@ -94,7 +94,7 @@ def newest_complete_step(root: str | os.PathLike[str]) -> StepChoice:
     Folders still named ``.incomplete`` are never considered; newer complete-looking folders that
     fail the check are listed in ``refused`` with the reason. In a process group, rank 0 decides
     and every rank gets its answer (ranks on different nodes see the same shared folder, but a
-    file system's view may lag). Taught in notebooks/05_data_parallel.ipynb, section 4.
+    file system's view may lag). Taught in notebooks/05b_torchrun_elastic.ipynb, section 4.
     """
     choice = StepChoice(None, None)
     if not dist.is_initialized() or dist.get_rank() == 0:
@@ -139,7 +139,7 @@ def save_step(state: dict[str, Any], root: str | os.PathLike[str], step: int) ->
     Call it on every rank. All ranks write into ``step_N.incomplete``; after a barrier rank 0
     renames the folder to ``step_N`` (replacing an older folder of that step, e.g. one refused as
     damaged) and a second barrier lets no rank run ahead of the rename. Taught in
-    notebooks/05_data_parallel.ipynb, section 4.
+    notebooks/05b_torchrun_elastic.ipynb, section 4.
     """
     root_path = Path(root)
     final = step_folder(root_path, step)

@@ -109,7 +109,7 @@ def torchrun_command(
 ) -> list[str]:
     """The torchrun command line: ``--standalone`` for one node, c10d rendezvous for several.
 
-    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    Taught in notebooks/05b_torchrun_elastic.ipynb, sections 2 and 5.
     """
     command = [sys.executable, "-m", "torch.distributed.run"]
     if nnodes == 1 and rdzv_endpoint is None:
@@ -229,7 +229,8 @@ def run_torchrun(
     each failed rank and what it did (raised ..., exited with code ..., was killed by SIGKILL), or
     ``TorchrunTimeoutError`` after ``timeout`` seconds; in every case torchrun, its workers and
     their children are killed as one process group before this returns. ``echo`` prints the job's
-    own ``[job]`` lines. Taught in notebooks/05_data_parallel.ipynb, section 2.
+    own ``[job]`` lines. Taught in notebooks/05_data_parallel.ipynb, in depth in
+    notebooks/05b_torchrun_elastic.ipynb, section 2.
     """
     endpoint = f"127.0.0.1:{free_port()}" if nnodes > 1 else None
     commands = [

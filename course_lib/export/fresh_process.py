@@ -132,7 +132,7 @@ def run_all_in_fresh_process(
 
     Files that run code when loaded (TorchScript; a ``.pt2`` holding pickles or native
     libraries, see ``load_program``) are refused before the process starts, unless
-    ``trusted=True``. Taught in notebooks/06_torchscript.ipynb.
+    ``trusted=True``. Taught in notebooks/06b_export_in_depth.ipynb.
     """
     prepared = []
     for path, inputs in jobs:

@@ -177,7 +177,7 @@ def summarize_log(text: str, caught: Sequence[warnings.WarningMessage] = ()) -> 
     Drops the ``[torch.onnx]`` progress lines and traceback frames (file paths, source lines),
     keeps messages and exception lines, and appends each warning as ``Category: first sentence``.
 
-    Taught in notebooks/07_onnx.ipynb.
+    Taught in notebooks/07b_onnx_latency.ipynb.
     """
     kept: list[str] = []
     progress = 0
@@ -197,7 +197,7 @@ def summarize_log(text: str, caught: Sequence[warnings.WarningMessage] = ()) -> 
 def onnx_input_shapes(model_proto: Any) -> dict[str, tuple[int | str | None, ...]]:
     """Each graph input's shape: an int for a fixed size, the symbol's name for a dynamic one.
 
-    Taught in notebooks/07_onnx.ipynb.
+    Taught in notebooks/07b_onnx_latency.ipynb.
     """
     shapes = {}
     for value in model_proto.graph.input:
@@ -427,7 +427,7 @@ class OnnxModel:
     Checks input shapes first, so a file exported with a fixed batch says so, rather than
     onnxruntime's ``INVALID_ARGUMENT : Got invalid dimensions``.
 
-    Taught in notebooks/07_onnx.ipynb.
+    Taught in notebooks/07b_onnx_latency.ipynb.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, intra_op_threads: int | None = None):
@@ -586,7 +586,8 @@ def verify_onnx(
     Raises ``OnnxMismatchError`` (with the report) if any output is out of tolerance, or
     ``StaticShapeError`` if the file was exported with a fixed batch.
 
-    Taught in notebooks/07_onnx.ipynb.
+    Taught in notebooks/07_onnx.ipynb, in depth in notebooks/07b_onnx_latency.ipynb; used in
+    notebooks/01a_fast_path.ipynb.
     """
     path = Path(path)
     onnx = _require("onnx", "verifying an ONNX file")

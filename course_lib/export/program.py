@@ -290,7 +290,7 @@ def exported_module(
     """A callable module from a program (or a ``.pt2`` path) that names a shape mismatch clearly.
 
     A path is read by ``load_program`` (``trusted`` as there). Taught in
-    notebooks/06_torchscript.ipynb.
+    notebooks/06b_export_in_depth.ipynb.
     """
     if isinstance(program, (str, os.PathLike)):
         return ExportedModule(load_program(program, trusted=trusted), name=str(program))

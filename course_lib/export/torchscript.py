@@ -103,7 +103,7 @@ def trace_model(
     ``TraceMismatchError``; ``"ignore"``: skips the check), naming the fix: ``script_model``, or
     ``export_program`` with ``torch.cond``. Saved with ``torch.jit.save`` if ``path`` (atomically).
     TorchScript is deprecated: its DeprecationWarning is silenced here (see notebook 6.3.6).
-    Taught in notebooks/06_torchscript.ipynb.
+    Taught in notebooks/06b_export_in_depth.ipynb.
     """
     if on_mismatch not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_mismatch={on_mismatch!r}: use 'warn', 'raise' or 'ignore'")
@@ -141,7 +141,7 @@ def script_model(
 
     The source must type-check: an argument without an annotation is taken to be a Tensor, which is
     why the chapter's ``use_relu=True`` fails and ``use_relu: bool = True`` works.
-    Taught in notebooks/06_torchscript.ipynb.
+    Taught in notebooks/06b_export_in_depth.ipynb.
     """
     with exporting_in_eval_mode(model, "script"), ignore_jit_deprecation():
         scripted = torch.jit.script(model)
