@@ -36,7 +36,8 @@ def build_on_meta(factory: Callable[[], nn.Module]) -> nn.Module:
     """``factory()`` built under ``torch.device("meta")``: every tensor has a shape and no data.
 
     No memory is allocated and no initialiser runs, so building costs nothing whatever the size.
-    Taught in ``notebooks/01_state_dict.ipynb``.
+    Used by ``load_big_model`` and ``load_memory``'s ``meta + assign`` loads; not taught in a
+    notebook.
     """
     with torch.device("meta"):
         return factory()

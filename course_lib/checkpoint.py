@@ -162,7 +162,8 @@ def check_checkpoint_fields(checkpoint: Mapping[str, Any]) -> None:
     A file can be well-formed for ``torch.load`` and still hold ``epoch='abc'`` or a list where a
     state_dict belongs (hand-edited, or written by other code); restoring from it would fail
     half-way with a raw error, or worse, succeed half-way. Raises ``CheckpointFieldError``
-    naming the field. Taught in ``notebooks/03_checkpoints.ipynb``.
+    naming the field. Used by ``apply_checkpoint`` before it restores anything; not taught in a
+    notebook.
     """
     odd_keys = [k for k in checkpoint if not isinstance(k, str)]
     if odd_keys:
@@ -419,7 +420,8 @@ def checkpoint_filename(epoch: int, step: int | None = None, *, format: str = "t
     """``checkpoint_epoch_0007.pth`` (or ``..._step_00001234.pth``, or ``.safetensors``).
 
     Zero-padded so that names sort like epochs; the manager orders by the numbers in its
-    manifest, never by names or file times. Taught in notebooks/08_checkpoint_manager.ipynb.
+    manifest, never by names or file times. Used by ``CheckpointManager.save`` and
+    ``train_with_checkpoint``; not taught in a notebook.
     """
     suffix = ".safetensors" if format == "safetensors" else ".pth"
     name = f"checkpoint_epoch_{int(epoch):04d}"

@@ -29,7 +29,8 @@ __all__ = ["CourseError", "FileError"]
 class CourseError(RuntimeError):
     """An error of the course: ``subject`` (a path or a name), ``problem`` and ``fix``.
 
-    Taught in notebooks/01_state_dict.ipynb.
+    The base class of the course's errors (``FileError`` and so ``CheckpointError``,
+    ``StateDictMismatchError``, the export errors); not taught in a notebook.
     """
 
     def __init__(self, subject: str | os.PathLike[str], problem: str, fix: str) -> None:

@@ -66,7 +66,8 @@ def same_threads(threads: int) -> Iterator[int]:
     two threads per backend fight the other programs for the cores and the slowest thread sets
     the pace of every operator.
 
-    Taught in notebooks/07b_onnx_latency.ipynb, section "How fast is each format?".
+    Used by ``make_backends``, ``eager_hotspots`` and ``run_benchmark`` (their ``threads``);
+    not taught in a notebook.
     """
     before = torch.get_num_threads()
     torch.set_num_threads(threads)

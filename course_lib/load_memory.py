@@ -49,7 +49,7 @@ ONE_COPY = 1.2
 class LoadMemory:
     """One load measured in a fresh process (bytes and seconds).
 
-    Taught in ``notebooks/01_state_dict.ipynb``, "Measuring it".
+    Returned by ``measure_load`` and ``measure_loads``; not taught in a notebook.
     """
 
     method: str
@@ -77,7 +77,8 @@ def measure_load(
 
     ``factory`` is ``"module:function"`` (importable by the child). ``method`` is one of
     ``LOAD_METHODS``; a ``safetensors`` method needs a ``.safetensors`` path, the others a
-    ``torch.save`` file of the model's ``state_dict``. Taught in ``notebooks/01_state_dict.ipynb``.
+    ``torch.save`` file of the model's ``state_dict``. Used by ``measure_loads``;
+    not taught in a notebook.
     """
     if method not in LOAD_METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {', '.join(LOAD_METHODS)}")

@@ -21,7 +21,7 @@ __all__ = ["epoch_bar", "in_kernel"]
 def in_kernel() -> bool:
     """Whether this code runs in a Jupyter kernel (where output is displayed, not a terminal).
 
-    Used by ``epoch_bar``, taught in notebooks/03_checkpoints.ipynb, step 4.
+    Used by ``epoch_bar``; not taught in a notebook.
     """
     try:
         from IPython import get_ipython
@@ -57,7 +57,8 @@ class _DisplayedBar(tqdm):
 def epoch_bar(total: int, *, initial: int = 0, desc: str = "epochs", unit: str = "epoch") -> tqdm:
     """A tqdm bar over ``total`` steps, starting at ``initial``; ``write()`` prints above it.
 
-    Taught in notebooks/03b_resume_in_depth.ipynb, step 3.
+    Used by ``train_with_checkpoint`` (``progress=True``, also through
+    ``demo_job.demo_training``); not taught in a notebook.
     """
     if in_kernel():
         return _DisplayedBar(total=total, initial=initial, desc=desc, unit=unit)

@@ -290,8 +290,9 @@ def verify_zip_crc(path: str | os.PathLike[str]) -> None:
     """Read every entry of a zip-format checkpoint and check its CRC-32 (``torch.load`` never does).
 
     A flipped bit in tensor data otherwise loads silently as a wrong weight. This reads the
-    whole file once (its cost is measured in ``benchmarks/bench_checkpoint_io.py``). Taught in
-    ``notebooks/09_safe_saving.ipynb``.
+    whole file once (its cost is measured in ``benchmarks/bench_checkpoint_io.py``). Used by the
+    tests (``safe_load``'s ``verify_crc`` checks the same CRC-32s when it loads); not taught in a
+    notebook.
     """
     path = Path(path)
     try:

@@ -79,8 +79,7 @@ def measure_latency(
     so each timing waits for the GPU to finish. ``max_seconds`` caps the repeats (but keeps at
     least 5) so that a slow call, such as a large batch, does not take minutes. Wrap model calls
     in ``torch.inference_mode()`` if autograd bookkeeping should not be measured.
-    Taught in notebooks/07_onnx.ipynb, section "How fast is each format?" (through
-    course_lib.inference_bench).
+    Used by ``inference_bench`` (``eager_hotspots``, ``run_benchmark``); not taught in a notebook.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got {repeats=}, {warmup=}")

@@ -98,7 +98,7 @@ def _parse_fault(text: str) -> Fault:
 def parse_args(argv: list[str] | None = None) -> JobConfig:
     """Read the job's command line (see the module docstring).
 
-    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    Used by ``main``; not taught in a notebook.
     """
     parser = argparse.ArgumentParser(prog="python -m course_lib.distributed.elastic_job")
     parser.add_argument("--workdir", type=Path, required=True)
@@ -122,7 +122,7 @@ def ranks_on_this_host() -> int:
     """How many ranks of the job run on this machine: every node's, when several "nodes" share it.
 
     ``COURSE_RANKS_ON_HOST`` (set by ``run_torchrun``), else torchrun's ``LOCAL_WORLD_SIZE`` (the
-    ranks of this node), else 1. Taught in notebooks/05_data_parallel.ipynb, section 5.
+    ranks of this node), else 1. Used by ``choose_backend`` and both jobs; not taught in a notebook.
     """
     for name in (RANKS_ON_HOST_VAR, "LOCAL_WORLD_SIZE"):
         if os.environ.get(name, "").strip():
@@ -166,7 +166,8 @@ def choose_backend(
 def example_table() -> torch.Tensor:
     """The full tensor that the job saves sharded by rows across the ranks (values 0..47).
 
-    Taught in notebooks/05_data_parallel.ipynb, section 6.
+    Used by ``elastic_job`` (which saves it) and ``reshard_job`` (which checks it); not taught in
+    a notebook.
     """
     return torch.arange(TABLE_SHAPE[0] * TABLE_SHAPE[1], dtype=torch.float32).reshape(TABLE_SHAPE)
 
@@ -348,7 +349,7 @@ def train(cfg: JobConfig) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m course_lib.distributed.elastic_job`` under torchrun.
 
-    Taught in notebooks/05_data_parallel.ipynb, section 2.
+    Called when ``run_torchrun`` starts the module; not taught in a notebook.
     """
     train(parse_args(argv))
 

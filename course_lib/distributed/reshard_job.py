@@ -85,7 +85,7 @@ def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m course_lib.distributed.reshard_job`` under torchrun.
 
-    Taught in notebooks/05_data_parallel.ipynb, section 6 (exercise).
+    Called when ``run_torchrun`` starts the module; not taught in a notebook.
     """
     parser = argparse.ArgumentParser(prog="python -m course_lib.distributed.reshard_job")
     parser.add_argument("--checkpoint", type=Path, required=True)

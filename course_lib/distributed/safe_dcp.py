@@ -402,7 +402,7 @@ def check_plain_entries(path: str | os.PathLike[str], metadata: Metadata | None 
     These entries (an optimizer's ``lr``, ``betas``) are small ``torch.save`` payloads inside the
     shards, which DCP's own planner loads with ``weights_only=False``: a payload that needs more
     than plain data is refused here (``UnsafeDCPFolderError``), before any state is touched.
-    Taught in notebooks/05_data_parallel.ipynb, section 5.
+    Used by ``check_step_folder``; not taught in a notebook.
     """
     folder = Path(path)
     metadata = read_dcp_metadata(folder) if metadata is None else metadata

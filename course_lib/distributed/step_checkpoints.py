@@ -57,7 +57,7 @@ class StepChoice:
 def step_folder(root: str | os.PathLike[str], step: int) -> Path:
     """Where the complete checkpoint of ``step`` lives: ``root/step_000008``.
 
-    Taught in notebooks/05_data_parallel.ipynb, section 4.
+    Used by ``save_step``; not taught in a notebook.
     """
     return Path(root) / f"step_{step:06d}"
 

@@ -89,8 +89,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port that nothing listens on now, for a multi-node rendezvous endpoint.
 
     ``--standalone`` picks its own; with ``--rdzv-endpoint`` on a cluster you choose one (29500 is
-    the custom). Here several runs may share the machine, so the OS picks. Taught in
-    notebooks/05_data_parallel.ipynb, section 5.
+    the custom). Here several runs may share the machine, so the OS picks. Used by
+    ``run_torchrun`` when ``nnodes > 1``; not taught in a notebook.
     """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))

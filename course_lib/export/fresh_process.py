@@ -183,6 +183,7 @@ def run_in_fresh_process(
 ) -> FreshRun:
     """Load ``path`` in a new Python process without ``course_lib`` and run ``inputs`` through it.
 
-    ``trusted`` as in ``run_all_in_fresh_process``. Taught in notebooks/06_torchscript.ipynb.
+    ``trusted`` as in ``run_all_in_fresh_process`` (the one a notebook uses). Used by the tests;
+    not taught in a notebook.
     """
     return run_all_in_fresh_process([(path, inputs)], timeout=timeout, trusted=trusted)[0]

@@ -77,7 +77,8 @@ def exporting_in_eval_mode(model: nn.Module, what: str = "export") -> Iterator[n
     Why restore flag by flag: ``model.train()`` would also flip submodules the caller had frozen
     in eval mode (a BatchNorm kept frozen while fine-tuning). Buffers (BatchNorm's running
     statistics) are restored too, in case a forward pass during the export changed them.
-    Taught in notebooks/06_torchscript.ipynb.
+    Used by ``trace_model``, ``script_model``, ``export_program`` and ``export_onnx``;
+    not taught in a notebook.
     """
     flags = [(module, module.training) for module in model.modules()]
     training = _training_submodules(model)

@@ -41,7 +41,8 @@ _MAX_JSON_BYTES = 64 << 20
 class UntrustedCodeError(ExportError):
     """A file that runs code when loaded, refused because the caller did not pass ``trusted=True``.
 
-    Taught in notebooks/06_torchscript.ipynb.
+    Raised by ``check_pt2_trusted``, ``check_torchscript_trusted`` and ``load_aoti_package``;
+    not taught in a notebook.
     """
 
 
@@ -89,7 +90,7 @@ def pt2_code_risks(path: str | os.PathLike[str]) -> list[str]:
     Native libraries (``data/aotinductor/``, ``*.so``) and pickles that ``weights_only=True``
     refuses (``torch.export.load`` then retries them with ``weights_only=False``). Pickles that
     load with ``weights_only=True`` (the sample inputs every ``torch.export.save`` writes) are
-    fine. Taught in notebooks/06_torchscript.ipynb.
+    fine. Used by ``check_pt2_trusted``; not taught in a notebook.
     """
     path = Path(path)
     risks: list[str] = []
@@ -119,7 +120,8 @@ def pt2_code_risks(path: str | os.PathLike[str]) -> list[str]:
 
 def check_pt2_trusted(path: str | os.PathLike[str], trusted: bool) -> None:
     """Raise ``UntrustedCodeError`` if the ``.pt2`` at ``path`` runs code when loaded and the
-    caller did not pass ``trusted=True``. Taught in notebooks/06_torchscript.ipynb."""
+    caller did not pass ``trusted=True``. Used by ``load_program`` and
+    ``run_all_in_fresh_process``; not taught in a notebook."""
     if trusted:
         return
     risks = pt2_code_risks(path)
@@ -137,7 +139,7 @@ def check_pt2_trusted(path: str | os.PathLike[str], trusted: bool) -> None:
 
 def check_torchscript_trusted(path: str | os.PathLike[str], trusted: bool) -> None:
     """Raise ``UntrustedCodeError`` unless ``trusted``: every TorchScript file is a program.
-    Taught in notebooks/06_torchscript.ipynb."""
+    Used by ``load_torchscript`` and ``run_all_in_fresh_process``; not taught in a notebook."""
     if not trusted:
         raise UntrustedCodeError(
             path,

@@ -38,7 +38,8 @@ def write_atomically(
     name the file refers to). Every file written there is flushed to disk and renamed into place,
     sidecars first. A failure (a full disk, an interrupt) removes the temporary folder, leaves the
     previous export at ``path`` untouched, and raises ``ExportWriteError`` naming the file.
-    Taught in notebooks/09_safe_saving.ipynb (the same idea for checkpoints).
+    Used by every export that writes a file (TorchScript, ``.pt2``, ONNX); not taught in a notebook.
+    (``safe_io.safe_save`` is the same idea for checkpoints.)
     """
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
