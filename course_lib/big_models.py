@@ -5,8 +5,8 @@ The usual load builds the model (one copy of the weights, randomly initialised),
 Here the model is built on the ``meta`` device (shapes only, no memory), the file is opened lazily
 (``torch.load(mmap=True)`` or safetensors, both memory-mapped), and
 ``load_state_dict(assign=True)`` makes the loaded tensors the model's parameters instead of
-copying them. Taught in ``notebooks/01_state_dict.ipynb``, "Loading a model bigger than you would
-like to copy twice".
+copying them. Taught in ``notebooks/01b_big_models.ipynb``, "Loading a model bigger than you
+would like to copy twice".
 """
 
 from __future__ import annotations

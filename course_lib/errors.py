@@ -15,7 +15,7 @@ the error is about; ``FileError`` is the branch about one file (``.path``). Each
 - ``TorchrunError`` (``distributed.torchrun``), ``InterruptError`` (``interrupt``),
   ``TorchFreeRunError`` (``torch_free``): the notebooks' harnesses.
 
-Taught in notebooks/01_state_dict.ipynb, where the first ``CheckpointError`` is read.
+Taught in notebooks/01b_big_models.ipynb, where the first ``CheckpointError`` is read.
 """
 
 from __future__ import annotations

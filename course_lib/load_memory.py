@@ -6,7 +6,7 @@ baseline). The load ends with every weight read once, as a forward pass would, s
 memory-mapped load is not flattered by pages it never touched. Resident memory counts the
 process's own allocations *and* the pages of a memory-mapped file it has touched; the latter are
 the kernel's page cache, shared and reclaimable, so ``file_backed`` reports how much of the end
-state is such pages. Taught in ``notebooks/01_state_dict.ipynb``; the full comparison is
+state is such pages. Taught in ``notebooks/01b_big_models.ipynb``; the full comparison is
 ``benchmarks/bench_memory.py``.
 """
 

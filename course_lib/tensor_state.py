@@ -6,7 +6,7 @@ floats, tuples and lists). Here every tensor goes to the tensor part under a rea
 name, and the rest of the structure goes to the metadata as JSON, with the tensors replaced by
 their names. Loading parses JSON and maps tensors: no code named in the file can run. A value
 that is neither a tensor nor plain data (a class instance, a NumPy scalar) is refused when
-saving, with its place in the structure. Taught in ``notebooks/02_whole_model.ipynb``.
+saving, with its place in the structure. Taught in ``notebooks/02b_safe_formats.ipynb``.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ Read it in this order:
 5. For maintainers: ``_reaper`` (finds and kills every process of a run, also as a guardian
    when the caller dies) and ``loss_curves`` (the notebook's picture of two runs).
 
-Taught in notebooks/05_data_parallel.ipynb.
+Taught in notebooks/05_data_parallel.ipynb; in depth in notebooks/05b_torchrun_elastic.ipynb.
 """
 
 from course_lib.distributed.elastic_job import choose_backend, example_table

@@ -18,7 +18,7 @@ attempt (default 0, the first; ``*``: every attempt), for the tests and the note
 would), ``hang`` (wait in a collective its peers never join), ``corrupt-kill`` (truncate its own
 shard of the newest step, then SIGKILL itself).
 
-Taught in notebooks/05_data_parallel.ipynb, sections 2 to 4.
+Taught in notebooks/05b_torchrun_elastic.ipynb, sections 2 to 5.
 """
 
 from __future__ import annotations
@@ -263,7 +263,7 @@ def _state(ddp: Any, optimizer: Any, table: Any) -> dict[str, Any]:
 def train(cfg: JobConfig) -> None:
     """One worker's life: join the group, resume or start, train, checkpoint, save the result.
 
-    Taught in notebooks/05_data_parallel.ipynb, sections 2 and 3.
+    Taught in notebooks/05b_torchrun_elastic.ipynb, sections 2 and 3.
     """
     from torch.distributed.checkpoint.state_dict import set_state_dict
     from torch.distributed.device_mesh import init_device_mesh

@@ -1,6 +1,6 @@
 """The loss log of ``elastic_job`` (``losses.jsonl``, one line per step and attempt) and its figure.
 
-Taught in notebooks/05_data_parallel.ipynb, section 3.
+Taught in notebooks/05b_torchrun_elastic.ipynb, section 3.
 """
 
 from __future__ import annotations

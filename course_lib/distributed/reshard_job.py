@@ -9,7 +9,7 @@ DCP stores each tensor's global shape and which piece every file holds, so each 
 pieces it needs. The table saved as 2 row blocks is loaded as 3 (rows 3, 3, 2). The RNG states of
 the 2 old ranks are not loaded: they belong to ranks that no longer exist.
 
-Taught in notebooks/05_data_parallel.ipynb, section 6.
+Taught in notebooks/05b_torchrun_elastic.ipynb, section 6 and its exercises.
 """
 
 from __future__ import annotations

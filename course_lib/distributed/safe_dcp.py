@@ -16,7 +16,7 @@ load planner also reads every non-tensor entry (an optimizer's ``lr``) with
 
 Every refusal is a ``CheckpointError`` naming the folder, the problem and the fix.
 
-Taught in notebooks/05_data_parallel.ipynb, section 5.
+Taught in notebooks/05b_torchrun_elastic.ipynb, section 6.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ metadata whose shards are missing or shorter than the metadata says. So each ste
 is complete; ``newest_complete_step`` still checks it against its metadata before trusting it and
 falls back to the previous step when a shard is missing or truncated.
 
-Taught in notebooks/05_data_parallel.ipynb, section 4.
+Taught in notebooks/05b_torchrun_elastic.ipynb, section 4.
 """
 
 from __future__ import annotations

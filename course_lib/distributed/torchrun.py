@@ -7,7 +7,8 @@ module adds: run it as a subprocess with a deadline; kill torchrun, its workers 
 they started when the run ends, times out or the notebook's kernel dies (``_reaper``); and turn
 torchrun's failure report into one exception that names the rank and what it did.
 
-Taught in notebooks/05_data_parallel.ipynb, section 2.
+Taught in notebooks/05_data_parallel.ipynb; in depth in notebooks/05b_torchrun_elastic.ipynb,
+sections 2 and 5.
 """
 
 from __future__ import annotations
