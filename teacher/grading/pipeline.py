@@ -66,12 +66,14 @@ class _Run:
         self._per_thread = threading.local()
         self._warm_sandboxes: list[WarmSandbox] = []
         self._solutions: dict[str, Path] = {}
+        self._solution_sandboxes: list[WarmSandbox] = []
+        self._solutions_done = False
         self._solution_lock = threading.Lock()
         self._exercise_locks: dict[str, threading.Lock] = {}
         self._judge_lock = threading.Lock()
 
     def close(self) -> None:
-        for sandbox in self._warm_sandboxes:
+        for sandbox in self._warm_sandboxes + self._solution_sandboxes:
             sandbox.close()
         _remove_tree(self.scratch)
 
@@ -84,6 +86,21 @@ class _Run:
             self._warm_sandboxes.append(self._per_thread.sandbox)
         return self._per_thread.sandbox
 
+    def _solution_sandbox(self) -> WarmSandbox | None:
+        """This thread's zygote for the solutions, closed before any student's code runs."""
+        if not self.warm or self._solutions_done:
+            return None
+        if getattr(self._per_thread, "solution_sandbox", None) is None:
+            self._per_thread.solution_sandbox = WarmSandbox(self.scratch, self.limits)
+            self._solution_sandboxes.append(self._per_thread.solution_sandbox)
+        return self._per_thread.solution_sandbox
+
+    def solutions_done(self) -> None:
+        """Every solution has run: their zygotes go, so no student job ever shares one."""
+        self._solutions_done = True
+        for sandbox in self._solution_sandboxes:
+            sandbox.close()
+
     def solution_answers(self, exercise: str) -> Path:
         with self._solution_lock:  # one lock per exercise: different solutions run at once
             lock = self._exercise_locks.setdefault(exercise, threading.Lock())
@@ -91,8 +108,15 @@ class _Run:
             if exercise not in self._solutions:
                 solution = read_submission(SOLUTIONS_DIR / f"{exercise}.ipynb", "solution")
                 questions = load_exercise(exercise).questions(self.seed)
-                workdir = Path(tempfile.mkdtemp(prefix=f"solution-{exercise}-", dir=self.scratch))
-                run = run_sandboxed(solution.code_cells, exercise, questions, workdir, self.limits)
+                warm = self._solution_sandbox()
+                workdir = (
+                    warm.new_workdir()
+                    if warm
+                    else Path(tempfile.mkdtemp(prefix=f"solution-{exercise}-", dir=self.scratch))
+                )
+                run = run_sandboxed(
+                    solution.code_cells, exercise, questions, workdir, self.limits, warm
+                )
                 if run.problem or run.cell_errors:
                     raise SolutionError(
                         f"the solution of {exercise} failed ({run.problem or run.cell_errors}); "
@@ -180,6 +204,7 @@ def grade_submissions(
         exercises = sorted({s.exercise for s in submissions if s.exercise and not s.problem})
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             list(pool.map(run.solution_answers, exercises))
+        run.solutions_done()
         from tqdm.auto import tqdm
 
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:

@@ -8,7 +8,8 @@ import nbformat
 import pytest
 from submissions import replacing, with_cells, without_self_check
 
-from teacher.grading import Limits, grade_notebook, sandbox_available
+from teacher.grading import CheckResult, GradeReport, Limits, grade_submissions, sandbox_available
+from teacher.grading.collect import read_submission
 
 EXERCISE = "ex7_exact_resume"
 RESUME_CHECKS = {
@@ -64,32 +65,50 @@ pytestmark = [
 ]
 
 
-def grade(nb: nbformat.NotebookNode, tmp_path):
-    path = tmp_path / f"{EXERCISE}.ipynb"
-    nbformat.write(nb, path)
-    report = grade_notebook(path, seed=3, limits=Limits(cell_timeout=60, timeout=300))
-    return report, {check.name: check for check in report.checks}
+def _answers() -> dict[str, nbformat.NotebookNode]:
+    """One student per answer below, all graded in one class run (one solution run, warm)."""
+
+    def answer(source: str) -> nbformat.NotebookNode:
+        return without_self_check(replacing(EXERCISE, "def save", source))
+
+    return {
+        "solution": with_cells(EXERCISE),
+        "stub": with_cells(EXERCISE, solved=False),
+        "model_only": answer(MODEL_ONLY),
+        "no_numpy_rng": answer(NO_NUMPY_RNG),
+        "starts_again": answer(STARTS_AGAIN),
+        "kill_switch": answer(KILL_SWITCH),
+    }
 
 
-def test_the_solution_gets_full_marks(tmp_path):
-    report, _ = grade(with_cells(EXERCISE), tmp_path)
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory) -> dict[str, tuple[GradeReport, dict[str, CheckResult]]]:
+    root = tmp_path_factory.mktemp("ex7-class")
+    submissions = []
+    for student, nb in _answers().items():
+        path = root / student / f"{EXERCISE}.ipynb"
+        path.parent.mkdir()
+        nbformat.write(nb, path)
+        submissions.append(read_submission(path, student))
+    limits = Limits(cell_timeout=60, timeout=300)
+    reports = grade_submissions(submissions, seed=3, jobs=2, limits=limits)
+    return {r.student: (r, {check.name: check for check in r.checks}) for r in reports}
+
+
+def test_the_solution_gets_full_marks(graded):
+    report, _ = graded["solution"]
     assert report.score == report.max_score == 6, report.summary()
 
 
-def test_the_stub_gets_nothing(tmp_path):
-    report, checks = grade(with_cells(EXERCISE, solved=False), tmp_path)
+def test_the_stub_gets_nothing(graded):
+    report, checks = graded["stub"]
     assert len(checks) == 4 and all(c.points == 0 for c in checks.values()), report.summary()
 
 
-@pytest.mark.parametrize(
-    "answer",
-    [MODEL_ONLY, NO_NUMPY_RNG, STARTS_AGAIN],
-    ids=["model_only", "no_numpy_rng", "starts_again"],
-)
-def test_a_partial_checkpoint_gets_nothing_on_the_resume_checks(answer, tmp_path):
-    nb = without_self_check(replacing(EXERCISE, "def save", answer))
-    report, checks = grade(nb, tmp_path)
-    saves = answer is not STARTS_AGAIN  # saving nothing earns nothing, not even the straight run
+@pytest.mark.parametrize("student", ["model_only", "no_numpy_rng", "starts_again"])
+def test_a_partial_checkpoint_gets_nothing_on_the_resume_checks(graded, student):
+    report, checks = graded[student]
+    saves = student != "starts_again"  # saving nothing earns nothing, not even the straight run
     assert checks["test_the_uninterrupted_run_trains_as_given"].points == saves, report.summary()
     assert checks["test_the_checkpoint_loads_with_weights_only"].points == saves, report.summary()
     for name in RESUME_CHECKS:
@@ -126,8 +145,7 @@ for module in [o for o in gc.get_objects() if isinstance(o, types.ModuleType)]:
 """
 
 
-def test_switching_off_the_kill_from_a_cell_gains_nothing(tmp_path):
-    nb = without_self_check(replacing(EXERCISE, "def save", KILL_SWITCH))
-    report, checks = grade(nb, tmp_path)
+def test_switching_off_the_kill_from_a_cell_gains_nothing(graded):
+    report, checks = graded["kill_switch"]
     for name in RESUME_CHECKS:
         assert checks[name].points == 0, report.summary()
