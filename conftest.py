@@ -11,24 +11,31 @@ the tests that exercise a CUDA path (marker ``cuda``, or listed in ``CUDA_TESTS`
 and each notebook, is one group that runs on one worker (a notebook's cells share a kernel; a
 file's module fixtures are built once); the tests listed in ``SPREAD`` are groups of their own,
 since each runs a whole notebook or job by itself. ``./course test --fast`` leaves out the tests
-marked ``slow`` (torchrun jobs, class grading runs, the browser, whole-notebook re-runs).
+marked ``slow`` (torchrun jobs, class grading runs, the browser).
+
+The collapsed solutions of a chapter notebook's inline exercises (```python blocks inside
+``<details>`` in its nbsrc source) run as extra nbval items, "Inline solution N", after the
+notebook's last cell and in the same kernel, as a learner runs them after the notebook: a
+solution that no longer works fails there, and no notebook runs twice (``_with_inline_solutions``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 
 #: Tests whose CUDA path the CUDA run of ./course test must exercise (node id prefixes), besides
 #: those marked ``@pytest.mark.cuda``: the RNG restore after map_location, DataParallel moving a
-#: module to cuda:0, the default map_location, the backend choice, the inline solutions.
+#: module to cuda:0, the default map_location, the backend choice. (The notebooks' inline
+#: solutions run with their notebooks.)
 CUDA_TESTS = (
     "tests/test_device.py",
-    "tests/test_inline_solutions.py",
     "tests/test_safe_load.py",
     "tests/test_checkpoint.py::test_cpu_rng_restored_whatever_map_location_did",
     "tests/test_checkpoint.py::test_rng",
@@ -40,14 +47,58 @@ CUDA_TESTS = (
 
 #: Test files whose tests are independent and heavy (each re-runs a notebook or a job): spread one
 #: test per worker instead of keeping the file on one.
-SPREAD = ("tests/test_inline_solutions.py", "tests/test_launcher_orphans.py")
+SPREAD = ("tests/test_launcher_orphans.py",)
+
+#: Notebooks whose inline solutions do not run after them: 01b and 02b's are self-contained and
+#: run in tests/test_big_models.py; 05b's start torchrun jobs for about a minute.
+INLINE_SOLUTIONS_NOT_RUN = ("01b_big_models", "02b_safe_formats", "05b_torchrun_elastic")
 
 
 def _cuda_run() -> bool:
     return os.environ.get("COURSE_CUDA_RUN") == "1"
 
 
+def _with_inline_solutions(collect):  # noqa: ANN001, ANN202 - wraps nbval's IPyNbFile.collect
+    """nbval's items for a notebook, then one per inline solution of ``notebooks/NN_x.ipynb``
+    (read from ``nbsrc/notebooks/NN_x.py`` beside it): unrun reference cells, so nbval runs them
+    in the notebook's kernel, compares no output, and fails the item if the solution raises."""
+    import nbformat
+    from nbval.plugin import IPyNbCell
+
+    def collect_with_solutions(self):  # noqa: ANN001, ANN202
+        items = list(collect(self))
+        yield from items
+        notebook = Path(str(self.fspath))
+        source = notebook.parent.parent / "nbsrc" / "notebooks" / f"{notebook.stem}.py"
+        if notebook.parent.name != "notebooks" or notebook.stem in INLINE_SOLUTIONS_NOT_RUN:
+            return
+        if not source.is_file():
+            return
+        sys.path.insert(0, str(Path(__file__).parent / "tools"))
+        import build_notebooks
+
+        solutions = build_notebooks.inline_solutions(
+            build_notebooks.parse_source(source.read_text())
+        )
+        for index, code in enumerate(solutions):
+            yield IPyNbCell.from_parent(
+                self,
+                name=f"Inline solution {index}",
+                cell_num=len(items) + index,
+                cell=nbformat.v4.new_code_cell(code),
+                options=defaultdict(bool, check=False),
+            )
+
+    return collect_with_solutions
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.pluginmanager.hasplugin("nbval"):
+        from nbval.plugin import IPyNbFile
+
+        if not getattr(IPyNbFile.collect, "with_inline_solutions", False):
+            IPyNbFile.collect = _with_inline_solutions(IPyNbFile.collect)
+            IPyNbFile.collect.with_inline_solutions = True
     config.addinivalue_line(
         "markers", "cuda: exercises a CUDA path; kept in the CUDA run of ./course test"
     )

@@ -1,60 +1,34 @@
-"""The solutions collapsed under a notebook's exercises run, and their own checks pass.
+"""The solutions collapsed under a notebook's exercises run after it, and their own checks pass.
 
-Each ```python block inside a ``<details>`` of a notebook's markdown is appended as a last cell
-to that notebook, which then runs top to bottom in a fresh kernel (in a temporary folder), as a
-learner would run it after the notebook. A solution that no longer works fails here.
+They run as nbval items of their notebook ("Inline solution N", see conftest.py), in its kernel
+after its last cell, as a learner runs them after the notebook. This file checks that extraction
+and that hook: every chapter notebook with solutions gets its items, and a solution that raises
+fails its item while the notebook's own cells still pass.
 """
 
 from __future__ import annotations
 
-import re
+import os
+import subprocess
 import sys
 from pathlib import Path
 
+import nbformat
 import pytest
-from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
+from build_notebooks import inline_solutions  # noqa: E402
 
-pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+sys.path.insert(0, str(ROOT))
+from conftest import INLINE_SOLUTIONS_NOT_RUN  # noqa: E402
 
-DETAILS = re.compile(r"<details>.*?</details>", re.S)
-PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
-
-
-def inline_solutions(cells: list[tuple[str, str, list[str]]]) -> list[str]:
-    """The code of every ```python block inside ``<details>`` in the markdown cells."""
-    return [
-        code
-        for kind, body, _ in cells
-        if kind == "markdown"
-        for details in DETAILS.findall(body)
-        for code in PYTHON_BLOCK.findall(details)
-    ]
+SOURCES = sorted((ROOT / "nbsrc" / "notebooks").glob("*.py"))
 
 
-# The notebooks whose solutions this file checks (01b and 02b's are self-contained and run in
-# tests/test_big_models.py; 05b's start torchrun jobs for about a minute and are not run).
-NOTEBOOKS = [
-    "01_state_dict",
-    "02_whole_model",
-    "03_checkpoints",
-    "04_mismatched_state_dict",
-    "04b_partial_loading_in_depth",
-    "05_data_parallel",
-    "06_torchscript",
-    "07_onnx",
-    "07b_onnx_latency",
-    "08_checkpoint_manager",
-    "08b_retention_async",
-    "09_safe_saving",
-    "09b_durability_in_depth",
-    "10_summary",
-    "10b_physicists_view",
-]
-SOURCES = [ROOT / "nbsrc" / "notebooks" / f"{name}.py" for name in NOTEBOOKS]
+def _solutions(source: Path) -> list[str]:
+    return inline_solutions(build_notebooks.parse_source(source.read_text()))
 
 
 def test_the_extraction_finds_a_solution_and_nothing_else():
@@ -62,26 +36,52 @@ def test_the_extraction_finds_a_solution_and_nothing_else():
     assert inline_solutions(
         [("markdown", body, []), ("code", "<details>```python\ny\n```</details>", [])]
     ) == ["x = 1\n"]
-    for source in SOURCES:
-        assert inline_solutions(build_notebooks.parse_source(source.read_text())), source.name
 
 
-@pytest.mark.parametrize("source", SOURCES, ids=[s.stem for s in SOURCES])
-def test_inline_solutions_run_after_their_notebook(source, tmp_path):
-    cells = build_notebooks.parse_source(source.read_text())
-    solutions = inline_solutions(cells)
-    nb = build_notebooks.make_notebook(
-        [c for c in cells if c[0] == "code"] + [("code", code, []) for code in solutions]
+def _pytest(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-p", "no:cacheprovider",
+         "-p", "no:xdist", "--rootdir", str(cwd), "-c", os.devnull, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+def test_every_chapter_notebook_with_solutions_collects_them_after_its_cells():
+    expected = {
+        f"notebooks/{s.stem}.ipynb": len(_solutions(s))
+        for s in SOURCES
+        if _solutions(s) and s.stem not in INLINE_SOLUTIONS_NOT_RUN
+    }
+    assert len(expected) >= 12
+    result = _pytest("--nbval", "--collect-only", "-q", *expected, cwd=ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    for notebook, count in expected.items():
+        mine = [line for line in lines if line.startswith(f"{notebook}::")]
+        assert [line.split("::")[1] for line in mine[-count:]] == [
+            f"Inline solution {i}" for i in range(count)
+        ], notebook
+
+
+@pytest.mark.parametrize("check, passes", [("x == 1", True), ("x == 2", False)])
+def test_a_solution_that_fails_fails_its_item_and_only_it(tmp_path, check, passes):
+    (tmp_path / "notebooks").mkdir()
+    (tmp_path / "nbsrc" / "notebooks").mkdir(parents=True)
+    source = (
+        "# %%\nx = 1\n\n# %% [markdown]\n# Exercise.\n# <details><summary>Solution</summary>\n#\n"
+        f"# ```python\n# assert {check}, 'the solution is wrong'\n# ```\n# </details>\n"
     )
-    client = NotebookClient(
-        nb,
-        timeout=300,
-        kernel_name="python3",
-        allow_errors=True,
-        resources={"metadata": {"path": str(tmp_path)}},
-    )
-    client.execute()
-    for cell in nb.cells:
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        expected = "raises-exception" in cell.metadata.get("tags", [])
-        assert bool(errors) == expected, (cell.source[:200], [e.evalue for e in errors])
+    (tmp_path / "nbsrc" / "notebooks" / "99_try.py").write_text(source)
+    nb = build_notebooks.make_notebook(build_notebooks.parse_source(source))
+    nb.cells[0].execution_count = 1
+    nbformat.write(nb, tmp_path / "notebooks" / "99_try.ipynb")
+    result = _pytest("--nbval", "-v", "notebooks/99_try.ipynb", cwd=tmp_path)
+    out = result.stdout
+    assert "::Cell 0 PASSED" in out, out  # the notebook's own cell, however nbval names it
+    verdict = "PASSED" if passes else "FAILED"
+    assert f"99_try.ipynb::Inline solution 0 {verdict}" in out, out
+    assert (result.returncode == 0) == passes
+    if not passes:
+        assert "the solution is wrong" in out

@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 sys.path.insert(0, str(ROOT / "tests"))
 import build_notebooks  # noqa: E402
-from test_inline_solutions import inline_solutions  # noqa: E402
+from build_notebooks import inline_solutions  # noqa: E402
 
 SOURCE = ROOT / "nbsrc" / "notebooks" / "03_checkpoints.py"
 

@@ -60,6 +60,23 @@ def parse_source(text: str) -> list[tuple[str, str, list[str]]]:
     return result
 
 
+DETAILS = re.compile(r"<details>.*?</details>", re.S)
+PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+
+
+def inline_solutions(cells: list[tuple[str, str, list[str]]]) -> list[str]:
+    """The code of every ```python block inside ``<details>`` in the markdown cells: the
+    collapsed solutions of a notebook's inline exercises (the suite runs them after the notebook's
+    own cells, in its nbval kernel: see conftest.py)."""
+    return [
+        code
+        for kind, body, _ in cells
+        if kind == "markdown"
+        for details in DETAILS.findall(body)
+        for code in PYTHON_BLOCK.findall(details)
+    ]
+
+
 def make_notebook(cells: list[tuple[str, str, list[str]]]) -> nbformat.NotebookNode:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {
