@@ -474,24 +474,23 @@ def _load_plain(value: io.BytesIO, fqn: str, folder: Path | None) -> Any:
         ) from None
 
 
-class SafeLoadPlanner(DefaultLoadPlanner):
+class _WeightsOnlyBytes:
+    """A load planner's ``load_bytes`` with ``weights_only=True``: mixed into DCP's planners."""
+
+    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
+        _set_bytes(
+            self,  # always mixed into a DefaultLoadPlanner
+            read_item,
+            _load_plain(value, read_item.dest_index.fqn, getattr(self, "folder", None)),
+        )
+
+
+class SafeLoadPlanner(_WeightsOnlyBytes, DefaultLoadPlanner):
     """DCP's default load planner, but non-tensor entries load with ``weights_only=True``."""
 
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(
-            self,
-            read_item,
-            _load_plain(value, read_item.dest_index.fqn, getattr(self, "folder", None)),
-        )
 
-
-class _SafeEmptyPlanner(_EmptyStateDictLoadPlanner):
-    def load_bytes(self, read_item: ReadItem, value: io.BytesIO) -> None:
-        _set_bytes(
-            self,
-            read_item,
-            _load_plain(value, read_item.dest_index.fqn, getattr(self, "folder", None)),
-        )
+class _SafeEmptyPlanner(_WeightsOnlyBytes, _EmptyStateDictLoadPlanner):
+    """DCP's planner for loading into an empty state dict, with ``weights_only=True`` too."""
 
 
 def _set_bytes(planner: DefaultLoadPlanner, read_item: ReadItem, obj: Any) -> None:
