@@ -89,21 +89,21 @@ def _resumed_after_the_last_checkpoint(student, questions, qid):
     )
 
 
+def _resumes_bit_for_bit(student, solution, questions, qid, times):
+    """``times``: "once" or "twice", as the question ``qid`` kills the run."""
+    _resumed_after_the_last_checkpoint(student, questions, qid)
+    different = _same_weights(student, solution, qid, f"killed {times}")
+    assert not different, (
+        f"killed {times} and resumed each time in a fresh process, the run ended with other "
+        f"weights ({len(different)} tensors differ): {HINT}"
+    )
+
+
 @points(2)
 def test_resumes_bit_for_bit_after_a_kill(student, solution, questions):
-    _resumed_after_the_last_checkpoint(student, questions, "killed_once")
-    different = _same_weights(student, solution, "killed_once", "after one kill")
-    assert not different, (
-        f"killed once and resumed in a fresh process, the run ended with other weights "
-        f"({len(different)} tensors differ): {HINT}"
-    )
+    _resumes_bit_for_bit(student, solution, questions, "killed_once", "once")
 
 
 @points(2)
 def test_resumes_bit_for_bit_after_two_kills(student, solution, questions):
-    _resumed_after_the_last_checkpoint(student, questions, "killed_twice")
-    different = _same_weights(student, solution, "killed_twice", "after two kills")
-    assert not different, (
-        f"killed twice and resumed each time in a fresh process, the run ended with other "
-        f"weights ({len(different)} tensors differ): {HINT}"
-    )
+    _resumes_bit_for_bit(student, solution, questions, "killed_twice", "twice")
