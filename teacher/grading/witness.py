@@ -38,6 +38,7 @@ This file is copied into each job's folder; inside the sandbox it imports nothin
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import ctypes
 import hashlib
@@ -75,7 +76,14 @@ REPLY_LIMIT = 1 << 20
 
 
 def prepare(workdir: Path) -> None:
-    """Give a prepared job its witness: this file in ``job/``, a fresh key for it and the judge."""
+    """Give a prepared job its witness: this file in ``job/``, a fresh key for it and the judge.
+
+    Only for an exercise whose ``answer.py`` (already in ``job/``) defines ``witness``: no other
+    job gets a key, so none is left lying in a student's answers folder.
+    """
+    tree = ast.parse((workdir / "job" / "answer.py").read_text())
+    if not any(isinstance(n, ast.FunctionDef) and n.name == "witness" for n in tree.body):
+        return
     key = secrets.token_hex(32)
     shutil.copyfile(Path(__file__), workdir / "job" / "witness.py")
     (workdir / GRADER_KEY_NAME).write_text(key)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,10 +12,13 @@ import torch
 from teacher.grading.judge import AnswerMissing, Answers
 from teacher.grading.witness import GRADER_KEY_NAME, KEY_NAME, MANIFEST_NAME, prepare, sign
 
+EXERCISES = Path(__file__).resolve().parents[2] / "teacher" / "exercises"
 
-def _job(tmp_path):
+
+def _job(tmp_path, exercise="ex1_checkpoint_manager"):
     for folder in ("job", "answers", "home"):
         (tmp_path / folder).mkdir()
+    shutil.copyfile(EXERCISES / exercise / "answer.py", tmp_path / "job" / "answer.py")
     prepare(tmp_path)
     return tmp_path / "answers"
 
@@ -30,6 +34,14 @@ def test_prepare_hands_the_key_to_the_witness_and_keeps_it_for_the_judge(tmp_pat
     assert handed == (tmp_path / GRADER_KEY_NAME).read_text() and len(handed) == 64
     assert (tmp_path / "job" / "witness.py").is_file()
     assert Answers(answers_dir).key == handed
+
+
+@pytest.mark.parametrize("exercise", ["ex2_onnx_export", "ex3_partial_loading"])
+def test_an_exercise_without_a_witness_gets_no_key(tmp_path, exercise):
+    answers_dir = _job(tmp_path, exercise)
+    assert not (answers_dir / KEY_NAME).exists() and not (tmp_path / GRADER_KEY_NAME).exists()
+    assert not (tmp_path / "job" / "witness.py").exists()
+    assert Answers(answers_dir).key is None
 
 
 def test_records_signed_with_the_key_are_read_and_forged_ones_refused(tmp_path):
