@@ -16,8 +16,15 @@ import textwrap
 import nbformat
 import pytest
 import test_judge_isolation as bombs
-from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
-from test_class import CHAPTER_MANAGER, PLAIN_SAVE
+from submissions import (
+    CHAPTER_MANAGER,
+    EXERCISES,
+    PLAIN_SAVE,
+    ROOT,
+    replacing,
+    with_cells,
+    without_self_check,
+)
 
 from teacher.grading import Status, grade_class, sandbox_available
 
