@@ -6,9 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import nbformat
+import pytest
+
+from teacher.grading.sandbox import sandbox_available
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 EXERCISES = sorted(p.stem for p in (ROOT / "exercises").glob("ex*.ipynb"))
+
+# For tests that run notebooks in the sandbox (the fallback without bubblewrap is tested apart).
+needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
 
 def notebook(exercise: str, *, solved: bool = True) -> nbformat.NotebookNode:

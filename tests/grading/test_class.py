@@ -29,17 +29,15 @@ from submissions import (
     ROOT,
     disk_bomb,
     fork_bomb,
+    needs_bwrap,
     replacing,
     with_cells,
     without_self_check,
 )
 
-from teacher.grading import Limits, Status, grade_class, sandbox_available
+from teacher.grading import Limits, Status, grade_class
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
-]
+pytestmark = [pytest.mark.slow, needs_bwrap]
 
 TOKEN = "e5c4pe7ok3n"
 

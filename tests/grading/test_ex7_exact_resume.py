@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from submissions import replacing, with_cells, without_self_check
+from submissions import needs_bwrap, replacing, with_cells, without_self_check
 
-from teacher.grading import Limits, grade_notebook, sandbox_available
+from teacher.grading import Limits, grade_notebook
 
 EXERCISE = "ex7_exact_resume"
 RESUME_CHECKS = {
@@ -58,10 +58,7 @@ def resume(path, model, optimizer, scheduler):
     return 0
 """
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
-]
+pytestmark = [pytest.mark.slow, needs_bwrap]
 
 
 def grade(nb: nbformat.NotebookNode, tmp_path):

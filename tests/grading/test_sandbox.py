@@ -9,12 +9,18 @@ import sys
 
 import nbformat
 import pytest
-from submissions import FORGED_PROBLEM, MEMORY_BOMB, ROOT, disk_bomb, fork_bomb, with_cells
+from submissions import (
+    FORGED_PROBLEM,
+    MEMORY_BOMB,
+    ROOT,
+    disk_bomb,
+    fork_bomb,
+    needs_bwrap,
+    with_cells,
+)
 
-from teacher.grading import Limits, Status, grade_notebook, sandbox_available
+from teacher.grading import Limits, Status, grade_notebook
 from teacher.grading.sandbox import run_sandboxed
-
-needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
 PROBE = """
 import json, os, socket, pathlib
