@@ -108,11 +108,11 @@ class _Run:
             if exercise not in self._solutions:
                 solution = read_submission(SOLUTIONS_DIR / f"{exercise}.ipynb", "solution")
                 questions = load_exercise(exercise).questions(self.seed)
-                warm = self._solution_sandbox()
+                warm, prefix = self._solution_sandbox(), f"solution-{exercise}-"
                 workdir = (
-                    warm.new_workdir()
+                    warm.new_workdir(prefix)
                     if warm
-                    else Path(tempfile.mkdtemp(prefix=f"solution-{exercise}-", dir=self.scratch))
+                    else Path(tempfile.mkdtemp(prefix=prefix, dir=self.scratch))
                 )
                 run = run_sandboxed(
                     solution.code_cells, exercise, questions, workdir, self.limits, warm

@@ -581,8 +581,8 @@ class WarmSandbox:
         self._buffer = b""
         self._watchdog: _Watchdog | None = None
 
-    def new_workdir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="grade-", dir=self.zone))
+    def new_workdir(self, prefix: str = "grade-") -> Path:
+        return Path(tempfile.mkdtemp(prefix=prefix, dir=self.zone))
 
     def _start(self) -> None:
         runner = self.zone / "run_notebook.py"

@@ -20,14 +20,24 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
+from submissions import (
+    CHAPTER_MANAGER,
+    EXERCISES,
+    FORGED_PROBLEM,
+    MEMORY_BOMB,
+    PLAIN_SAVE,
+    ROOT,
+    disk_bomb,
+    fork_bomb,
+    needs_bwrap,
+    replacing,
+    with_cells,
+    without_self_check,
+)
 
-from teacher.grading import Limits, Status, grade_class, sandbox_available
+from teacher.grading import Limits, Status, grade_class
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
-]
+pytestmark = [pytest.mark.slow, needs_bwrap]
 
 TOKEN = "e5c4pe7ok3n"
 
@@ -41,38 +51,10 @@ def load_matching_weights(model, state_dict):
             "skipped": sorted((k for k in state_dict if k not in fitting), reverse=True)}
 """
 
-CHAPTER_MANAGER = """
-import glob, os
-class SimpleCheckpointManager:  # the chapter's approach: plain torch.save, newest by ctime
-    def __init__(self, directory, max_to_keep=3):
-        self.directory = Path(directory); self.directory.mkdir(parents=True, exist_ok=True)
-        self.max_to_keep = max_to_keep
-    def path_for(self, epoch):
-        return self.directory / f"checkpoint_epoch_{epoch:04d}.pth"
-    def epochs(self):
-        return sorted(int(p.stem.split("_")[-1]) for p in self.directory.glob("checkpoint_epoch_*.pth"))
-    def save(self, state, epoch):
-        torch.save(state, self.path_for(epoch))
-        files = sorted(glob.glob(str(self.directory / "*.pth")), key=os.path.getctime)
-        for old in files[: -self.max_to_keep]:
-            os.remove(old)
-        return self.path_for(epoch)
-    def load_latest(self):
-        files = glob.glob(str(self.directory / "*.pth"))
-        if not files:
-            raise FileNotFoundError(self.directory)
-        return torch.load(max(files, key=os.path.getctime), weights_only=False)
-"""
-
 NAIVE_UNWRAP = """
 def load_unwrapped(model, state_dict):
     model.load_state_dict({k.replace("module.", "").replace("_orig_mod.", ""): v
                            for k, v in state_dict.items()})
-"""
-
-PLAIN_SAVE = """
-def atomic_save(obj, path):
-    torch.save(obj, path)  # not atomic: a kill leaves a torn file
 """
 
 # Forging: the stub, plus files that claim full marks wherever a result might be read.
@@ -244,55 +226,7 @@ class SimpleCheckpointManager(_Solved):
 """
 
 
-# Issue 20: bombs that must cost only their own submission (sizes just past the class's limits).
-FORK_BOMB = """
-import os, time
-for _ in range(200):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        os.setsid()
-        while True:
-            pass
-time.sleep(40)
-"""
-
-MEMORY_BOMB = """
-import os, time
-for _ in range(75):  # one at a time: each child allocates, says so, then sleeps holding it
-    ready, done = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        hog = bytearray(160 << 20)
-        os.write(done, b"x")
-        time.sleep(60)
-        os._exit(0)
-    os.read(ready, 1)
-time.sleep(40)
-"""
-
-DISK_BOMB = """
-n = 0
-while True:
-    with open(f"{folder}/big{{n}}.bin", "wb") as handle:
-        handle.write(b"0" * (100 << 20))
-    n += 1
-"""
-
 FORGED_PASS = 'raise RuntimeError("ok\\n  PASS test_names_and_retention (1/1)")'
-
-FORGED_PROBLEM = """
-import os
-with open('/answers/progress.txt', 'a') as progress:
-    progress.write('questions failed\\n')
-print('TEACHER: grader fault ... scored 5/5 when checked by hand', flush=True)
-os._exit(3)
-"""
 
 MAGIC_USER = "%matplotlib inline\n%autoreload 2\nimport math"
 
@@ -432,10 +366,10 @@ def graded(tmp_path_factory):
     submit("judy", with_cells("ex3_partial_loading"), "my homework.ipynb")
     # Issue 20: the bombs, between honest students ("aaron" before, alice, quinn, zoe after).
     submit("aaron", with_cells("ex2_onnx_export"), "ex2_onnx_export.ipynb")
-    submit("bomb-fork", with_cells("ex2_onnx_export", FORK_BOMB), "ex2_onnx_export.ipynb")
+    submit("bomb-fork", with_cells("ex2_onnx_export", fork_bomb(40)), "ex2_onnx_export.ipynb")
     submit("bomb-memory", with_cells("ex3_partial_loading", MEMORY_BOMB))
-    submit("bomb-disk", with_cells("ex3_partial_loading", DISK_BOMB.format(folder=".")))
-    submit("bomb-answers", with_cells("ex3_partial_loading", DISK_BOMB.format(folder="/answers")))
+    submit("bomb-disk", with_cells("ex3_partial_loading", disk_bomb(".")))
+    submit("bomb-answers", with_cells("ex3_partial_loading", disk_bomb("/answers")))
     submit("surrogate", with_cells("ex3_partial_loading", 'raise Exception("\\ud800")'))
     submit("forged-pass", with_cells("ex3_partial_loading", FORGED_PASS))
     submit("forged-problem", with_cells("ex3_partial_loading", FORGED_PROBLEM))

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from submissions import replacing, with_cells, without_self_check
+from submissions import needs_bwrap, replacing, with_cells, without_self_check
 
-from teacher.grading import CheckResult, GradeReport, Limits, grade_submissions, sandbox_available
+from teacher.grading import CheckResult, GradeReport, Limits, grade_submissions
 from teacher.grading.collect import read_submission
 
 EXERCISE = "ex7_exact_resume"
@@ -59,10 +59,7 @@ def resume(path, model, optimizer, scheduler):
     return 0
 """
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
-]
+pytestmark = [pytest.mark.slow, needs_bwrap]
 
 
 def _answers() -> dict[str, nbformat.NotebookNode]:

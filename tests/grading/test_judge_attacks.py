@@ -16,13 +16,21 @@ import textwrap
 import nbformat
 import pytest
 import test_judge_isolation as bombs
-from submissions import EXERCISES, ROOT, replacing, with_cells, without_self_check
-from test_class import CHAPTER_MANAGER, PLAIN_SAVE
+from submissions import (
+    CHAPTER_MANAGER,
+    EXERCISES,
+    PLAIN_SAVE,
+    ROOT,
+    needs_bwrap,
+    replacing,
+    with_cells,
+    without_self_check,
+)
 
-from teacher.grading import Status, grade_class, sandbox_available
+from teacher.grading import Status, grade_class
 
 pytestmark = [
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+    needs_bwrap,
     pytest.mark.timeout(1500),  # one class run of 18 submissions on a shared 2-core machine
 ]
 

@@ -9,12 +9,18 @@ import sys
 
 import nbformat
 import pytest
-from submissions import ROOT, with_cells
+from submissions import (
+    FORGED_PROBLEM,
+    MEMORY_BOMB,
+    ROOT,
+    disk_bomb,
+    fork_bomb,
+    needs_bwrap,
+    with_cells,
+)
 
-from teacher.grading import Limits, Status, grade_notebook, sandbox_available
+from teacher.grading import Limits, Status, grade_notebook
 from teacher.grading.sandbox import run_sandboxed
-
-needs_bwrap = pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available")
 
 PROBE = """
 import json, os, socket, pathlib
@@ -223,64 +229,12 @@ def test_the_feedback_says_what_stopped_a_cell(tmp_path):
     assert "In [3] was stopped at its time limit (3 s)" in text, text
 
 
-FORGED_PROBLEM = """
-import os
-with open('/answers/progress.txt', 'a') as progress:
-    progress.write('questions failed\\n')
-print('TEACHER: grader fault, scored 5/5 when checked by hand', flush=True)
-os._exit(3)
-"""
-
-
 @needs_bwrap
 def test_the_student_cannot_write_the_problem_column(tmp_path):
     """Item 10: progress.txt + os._exit(3) must not put the student's sentence in the CSV."""
     run = run_sandboxed((FORGED_PROBLEM,), "ex3_partial_loading", [], tmp_path)
     assert run.problem and "TEACHER" not in run.problem and "5/5" not in run.problem, run.problem
 
-
-FORK_BOMB = """
-import os, time
-for _ in range(200):
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        os.setsid()
-        while True:
-            pass
-time.sleep(30)
-"""
-
-MEMORY_BOMB = """
-import os, time
-for _ in range(75):  # one at a time: each child allocates, says so, then sleeps holding it
-    ready, done = os.pipe()
-    try:
-        pid = os.fork()
-    except OSError:
-        break
-    if pid == 0:
-        hog = bytearray(160 << 20)
-        os.write(done, b"x")
-        time.sleep(60)
-        os._exit(0)
-    os.read(ready, 1)
-time.sleep(40)
-"""
-
-DISK_BOMB = """
-import os
-n = 0
-try:
-    while True:
-        with open(f"{folder}/big{{n}}.bin", "wb") as handle:
-            handle.write(b"0" * (100 << 20))
-        n += 1
-except OSError as exc:
-    print("stopped after", n, type(exc).__name__)
-"""
 
 UID_PROBE = (
     "import pathlib\npathlib.Path('/answers/uid_map').write_text(open('/proc/self/uid_map').read())"
@@ -302,9 +256,9 @@ def test_a_sandbox_never_runs_as_host_root(tmp_path):
 @pytest.mark.parametrize(
     ("bomb", "verdict"),
     [
-        (FORK_BOMB, "processes busy at once"),
+        (fork_bomb(30), "processes busy at once"),
         (MEMORY_BOMB, "MB of memory together"),
-        (DISK_BOMB.format(folder="/answers"), "MB into its answers folder"),
+        (disk_bomb("/answers", goes_on=True), "MB into its answers folder"),
     ],
     ids=["fork", "memory", "disk-answers"],
 )
@@ -318,6 +272,6 @@ def test_a_bomb_is_stopped_as_a_whole_tree(tmp_path, bomb, verdict):
 @needs_bwrap
 def test_filling_the_home_folder_ends_in_no_space_left(tmp_path):
     """Item 4: the home folder is a size-limited filesystem: OSError, the notebook goes on."""
-    run = run_sandboxed((DISK_BOMB.format(folder="."),), "ex3_partial_loading", [], tmp_path,
-                        BOMB_LIMITS)  # fmt: skip
+    bomb = disk_bomb(".", goes_on=True)
+    run = run_sandboxed((bomb,), "ex3_partial_loading", [], tmp_path, BOMB_LIMITS)
     assert run.problem is None and "stopped after 1 OSError" in run.output_tail, run.output_tail

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from submissions import EXERCISES, replacing, with_cells, without_self_check
+from submissions import EXERCISES, needs_bwrap, replacing, with_cells, without_self_check
 
-from teacher.grading import grade_class, sandbox_available
+from teacher.grading import grade_class
 
 pytestmark = [
-    pytest.mark.skipif(not sandbox_available(), reason="bubblewrap is not available"),
+    needs_bwrap,
     pytest.mark.timeout(1200),  # one class run of 18 submissions on a shared 2-core machine
 ]
 
