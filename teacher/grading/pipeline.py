@@ -141,11 +141,15 @@ class _Run:
 
     def _report(self, submission: Submission) -> GradeReport:
         """The report before anything ran: missing, or unreadable until a run says otherwise."""
+        try:  # a teacher's broken exercise must not end the run from this fallback either
+            max_score = load_exercise(submission.exercise).max_score if submission.exercise else 0.0
+        except Exception:  # noqa: BLE001 - the crash itself is reported by ``grade``
+            max_score = 0.0
         return GradeReport(
             student=submission.student,
             exercise=submission.exercise,
             notebook=submission.path,
-            max_score=load_exercise(submission.exercise).max_score if submission.exercise else 0.0,
+            max_score=max_score,
             status=Status.MISSING if submission.path is None else Status.UNREADABLE,
             seed=self.seed,
             problem=submission.problem,

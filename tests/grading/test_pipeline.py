@@ -326,6 +326,20 @@ def test_a_crash_grading_one_submission_is_its_report_and_the_rest_are_graded(
     assert (amy.status, amy.score) == (Status.OK, 3) and (zoe.status, zoe.score) == (Status.OK, 2)
 
 
+def test_an_exercise_that_cannot_load_costs_its_submissions_not_the_run(steps, monkeypatch):
+    def load_exercise(name):
+        if name == EX5:
+            raise SyntaxError("the teacher's judge.py is broken")
+        return FakeExercise(steps, name)
+
+    monkeypatch.setattr(pipeline, "load_exercise", load_exercise)
+    unreadable = student("ben", EX5, problem="not a readable notebook (ValueError)")
+    amy, ben = grade_submissions([student("amy", EX3, "right"), unreadable], seed=2, jobs=1)
+    assert (amy.status, amy.score) == (Status.OK, 3)
+    assert ben.status == Status.CRASHED and ben.max_score == 0
+    assert "SyntaxError: the teacher's judge.py is broken" in ben.problem
+
+
 def test_submissions_that_cannot_run_are_reported_without_running(steps):
     submissions = [
         student("amy", EX5, problem="no notebook handed in", path=None),
