@@ -8,6 +8,7 @@ fails its item while the notebook's own cells still pass.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,8 +22,12 @@ sys.path.insert(0, str(ROOT / "tools"))
 import build_notebooks  # noqa: E402
 from build_notebooks import inline_solutions  # noqa: E402
 
-sys.path.insert(0, str(ROOT))
-from conftest import INLINE_SOLUTIONS_NOT_RUN  # noqa: E402
+# The root conftest.py by its path: "conftest" may name tests/manager/conftest.py here.
+_spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")
+assert _spec is not None and _spec.loader is not None
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
+INLINE_SOLUTIONS_NOT_RUN = _root_conftest.INLINE_SOLUTIONS_NOT_RUN
 
 SOURCES = sorted((ROOT / "nbsrc" / "notebooks").glob("*.py"))
 
