@@ -141,3 +141,9 @@ with open('/answers/progress.txt', 'a') as progress:
 print('TEACHER: grader fault, scored 5/5 when checked by hand', flush=True)
 os._exit(3)
 """
+
+
+#: test_judge_attacks.py and test_stubs_earn_nothing.py share one class run (``attacked_class`` in
+#: tests/grading/conftest.py): one run of the solutions, one zygote per thread. Under xdist both
+#: files must then run on one worker, or each would grade the class again.
+ATTACKED_CLASS = pytest.mark.xdist_group("attacked-class")

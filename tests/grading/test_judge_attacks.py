@@ -13,10 +13,10 @@ import csv
 import inspect
 import textwrap
 
-import nbformat
 import pytest
 import test_judge_isolation as bombs
 from submissions import (
+    ATTACKED_CLASS,
     CHAPTER_MANAGER,
     EXERCISES,
     PLAIN_SAVE,
@@ -27,11 +27,12 @@ from submissions import (
     without_self_check,
 )
 
-from teacher.grading import Status, grade_class
+from teacher.grading import Status
 
 pytestmark = [
     needs_bwrap,
-    pytest.mark.timeout(1500),  # one class run of 18 submissions on a shared 2-core machine
+    pytest.mark.timeout(1500),  # one class run of 31 submissions on a shared 2-core machine
+    ATTACKED_CLASS,  # on the worker that grades the class run it shares (conftest.py)
 ]
 
 EX1, EX2, EX4, EX6 = (
@@ -133,14 +134,8 @@ def make_weights_only_loadable(checkpoint):
 """
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    root = tmp_path_factory.mktemp("attacks")
-
-    def submit(student, nb, exercise):
-        (root / student).mkdir(exist_ok=True)
-        nbformat.write(nb, root / student / f"{exercise}.ipynb")
-
+def submit_attacks(submit) -> None:
+    """This file's students, handed in through ``submit(student, notebook, exercise)``."""
     for exercise in EXERCISES:
         submit("alice", with_cells(exercise), exercise)
     for exercise in (EX2, EX6):
@@ -159,9 +154,12 @@ def graded(tmp_path_factory):
     ):
         submit(student, replacing(EX2, "def export_and_verify", _bomb_source(call)), EX2)
     submit("hoarder", without_self_check(with_cells(EX4, EX4_HUGE_LIST)), EX4)
-    out = root.parent / "grades.csv"
-    reports = grade_class(root, out, seed=2020, jobs=2, progress=False)
-    return {"reports": {(r.student, r.exercise): r for r in reports}, "out": out, "root": root}
+
+
+@pytest.fixture(scope="module")
+def graded(attacked_class):
+    """The class run of conftest.py's ``attacked_class``: these attackers and the stubs file's."""
+    return attacked_class
 
 
 def _report(graded, student, exercise):

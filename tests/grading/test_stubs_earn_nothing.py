@@ -1,20 +1,26 @@
 """Issue 20 item 8: every check fails on the stub and on an answer that does nothing.
 
-One class run: per exercise the solution (full marks), the untouched stub and an answer that does
-nothing ("return empty"), each of which must score 0 on *every* check, not only in total.
+Per exercise the solution (full marks), the untouched stub and an answer that does nothing
+("return empty"), each of which must score 0 on *every* check, not only in total: graded in the
+class run this file shares with test_judge_attacks.py (conftest.py's ``attacked_class``).
 """
 
 from __future__ import annotations
 
-import nbformat
 import pytest
-from submissions import EXERCISES, needs_bwrap, replacing, with_cells, without_self_check
-
-from teacher.grading import grade_class
+from submissions import (
+    ATTACKED_CLASS,
+    EXERCISES,
+    needs_bwrap,
+    replacing,
+    with_cells,
+    without_self_check,
+)
 
 pytestmark = [
     needs_bwrap,
-    pytest.mark.timeout(1200),  # one class run of 18 submissions on a shared 2-core machine
+    pytest.mark.timeout(1500),  # one class run of 31 submissions on a shared 2-core machine
+    ATTACKED_CLASS,  # on the worker that grades the class run it shares (conftest.py)
 ]
 
 # Per exercise: the cell that defines the answer, and an answer that does nothing.
@@ -58,20 +64,18 @@ class SimpleCheckpointManager:
 }
 
 
-@pytest.fixture(scope="module")
-def reports(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stubs")
+def submit_stubs(submit) -> None:
+    """Per exercise the untouched stub and an answer that does nothing (the solutions are
+    test_judge_attacks's ``alice``, graded in the same class run)."""
     for exercise in EXERCISES:
         defines, source = DOES_NOTHING[exercise]
-        for student, nb in (
-            ("solver", with_cells(exercise)),
-            ("stub", with_cells(exercise, solved=False)),
-            ("nothing", without_self_check(replacing(exercise, defines, source))),
-        ):
-            (root / student).mkdir(exist_ok=True)
-            nbformat.write(nb, root / student / f"{exercise}.ipynb")
-    graded = grade_class(root, root.parent / "grades.csv", seed=20, jobs=2, progress=False)
-    return {(r.student, r.exercise): r for r in graded}
+        submit("stub", with_cells(exercise, solved=False), exercise)
+        submit("nothing", without_self_check(replacing(exercise, defines, source)), exercise)
+
+
+@pytest.fixture(scope="module")
+def reports(attacked_class):
+    return attacked_class["reports"]
 
 
 def test_every_exercise_has_an_answer_that_does_nothing():
@@ -80,7 +84,7 @@ def test_every_exercise_has_an_answer_that_does_nothing():
 
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_the_solution_gets_full_marks(reports, exercise):
-    report = reports[("solver", exercise)]
+    report = reports[("alice", exercise)]
     assert report.score == report.max_score > 0, report.summary()
 
 
