@@ -1,4 +1,4 @@
-"""The models every export path is checked on (shared by test_export and test_onnx_export)."""
+"""The models every export path is checked on (shared by the tests in tests/export/)."""
 
 from __future__ import annotations
 

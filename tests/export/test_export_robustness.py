@@ -24,7 +24,7 @@ from course_lib import export
 from course_lib.export import onnx_export
 from course_lib.models import make_mlp
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _flags(model: nn.Module) -> dict[str, bool]:
