@@ -1,8 +1,8 @@
 """torchrun._failures: what each failed rank did, parsed from torchrun's real report.
 
-The fixtures in tests/fixtures/torchrun/ are the output (and the agent's error files) of real
-runs of ``course_lib.distributed.elastic_job`` under ``run_torchrun`` with one injected fault
-each (``--fault exit:1:5`` and so on), captured once, with the machine's paths replaced by
+The fixtures in tests/distributed/fixtures/torchrun/ are the output (and the agent's error files)
+of real runs of ``course_lib.distributed.elastic_job`` under ``run_torchrun`` with one injected
+fault each (``--fault exit:1:5`` and so on), captured once, with the machine's paths replaced by
 ``/repo``, ``/venv`` and ``/tmp/work``. One real failing run stays in test_launcher_orphans.py.
 """
 

@@ -4,7 +4,7 @@ Each torchrun run starts fresh Python processes that import torch (about 8 s on 
 runs are shared where they can be: one uninterrupted run (module fixture) is the reference that the
 killed-and-restarted run, the two-node run and the resharded loads are compared with, bit for bit.
 The fault tests (a worker that raises, exits, hangs; a restart budget used up) are in
-tests/test_launcher_orphans.py, with the process-table checks.
+test_launcher_orphans.py, with the process-table checks.
 """
 
 from __future__ import annotations
@@ -288,7 +288,7 @@ def test_the_async_save_benchmark_runs_under_torchrun(tmp_path):
     import subprocess
     import sys
 
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     out = subprocess.run(
         [sys.executable, "benchmarks/bench_distributed.py", "--size-mb", "4", "--repeats", "1",
          "--dir", str(tmp_path), "--timeout", "150"],

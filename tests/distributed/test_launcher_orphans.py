@@ -27,7 +27,7 @@ from course_lib.distributed import (
 
 pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JOB = "course_lib.distributed.elastic_job"
 
 
