@@ -40,8 +40,8 @@ CUDA_TESTS = (
     "tests/test_checkpoint.py::test_cpu_rng_restored_whatever_map_location_did",
     "tests/test_checkpoint.py::test_rng",
     "tests/test_state_dict.py::test_one_helper",
-    "tests/distributed/test_distributed.py::test_backend_choice",
-    "tests/distributed/test_distributed.py::test_two_nodes",
+    "tests/distributed/test_elastic_job.py::test_backend_choice",
+    "tests/distributed/test_elastic_job.py::test_two_nodes",
 )
 
 

@@ -1,7 +1,7 @@
 """distributed.step_checkpoints: a step folder is chosen only when every rank's shard is complete.
 
 In this process, without torchrun (dcp.save runs without a process group). The checkpoints of a
-real two-rank run are checked in test_distributed.py; hostile step folders in test_safe_dcp.py.
+real two-rank run are checked in test_elastic_job.py; hostile step folders in test_safe_dcp.py.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ runs are shared where they can be: one uninterrupted run (module fixture) is the
 killed-and-restarted run, the two-node run and the resharded loads are compared with, bit for bit.
 The fault tests (a worker that raises, exits, hangs; a restart budget used up) are in
 test_launcher_orphans.py, with the process-table checks; step folders in this process in
-test_step_checkpoints.py, the torchrun commands in test_torchrun_failures.py.
+test_step_checkpoints.py, the torchrun commands in test_torchrun.py.
 """
 
 from __future__ import annotations
