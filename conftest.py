@@ -40,14 +40,14 @@ CUDA_TESTS = (
     "tests/test_checkpoint.py::test_cpu_rng_restored_whatever_map_location_did",
     "tests/test_checkpoint.py::test_rng",
     "tests/test_state_dict.py::test_one_helper",
-    "tests/test_distributed.py::test_backend_choice",
-    "tests/test_distributed.py::test_two_nodes",
+    "tests/distributed/test_elastic_job.py::test_backend_choice",
+    "tests/distributed/test_elastic_job.py::test_two_nodes",
 )
 
 
 #: Test files whose tests are independent and heavy (each re-runs a notebook or a job): spread one
 #: test per worker instead of keeping the file on one.
-SPREAD = ("tests/test_launcher_orphans.py",)
+SPREAD = ("tests/distributed/test_launcher_orphans.py",)
 
 #: Notebooks whose inline solutions do not run after them: 01b and 02b's are self-contained and
 #: run in tests/test_big_models.py; 05b's start torchrun jobs for about a minute.

@@ -282,7 +282,8 @@ def test_add_module_prefix_is_the_inverse():
 
 
 def test_ddp_prefix_is_the_same_module_prefix():
-    # A DDP model's keys (measured in test_distributed) are 'module.' + the plain keys.
+    # A DDP model's keys (measured in tests/distributed/test_elastic_job.py) are 'module.' + the
+    # plain keys.
     plain = make_mlp().state_dict()
     assert list(remove_module_prefix(add_module_prefix(plain))) == list(plain)
 

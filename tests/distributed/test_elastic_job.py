@@ -1,17 +1,17 @@
-"""course_lib.distributed under real torchrun (gloo, CPU): elastic restarts, 2 nodes, resharding.
+"""distributed.elastic_job under real torchrun (gloo, CPU): elastic restarts, 2 nodes, resharding
+(reshard_job loads its checkpoint), and how it chooses its backend and device.
 
 Each torchrun run starts fresh Python processes that import torch (about 8 s on 2 cores), so the
 runs are shared where they can be: one uninterrupted run (module fixture) is the reference that the
 killed-and-restarted run, the two-node run and the resharded loads are compared with, bit for bit.
 The fault tests (a worker that raises, exits, hangs; a restart budget used up) are in
-tests/test_launcher_orphans.py, with the process-table checks.
+test_launcher_orphans.py, with the process-table checks; step folders in this process in
+test_step_checkpoints.py, the torchrun commands in test_torchrun.py.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
-import warnings
 from pathlib import Path
 
 import pytest
@@ -20,15 +20,11 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
 from course_lib.distributed import (
-    IncompleteStepError,
     check_step_folder,
     choose_backend,
     example_table,
-    newest_complete_step,
     run_torchrun,
-    save_step,
     step_folder,
-    torchrun_command,
 )
 from course_lib.distributed.elastic_job import device_index_on_host, ranks_on_this_host
 from course_lib.distributed.torchrun import host_layout_env
@@ -162,71 +158,6 @@ def test_a_checkpoint_converts_to_one_torch_save_file(baseline, tmp_path):
     assert torch.equal(full["table"], example_table())
 
 
-# ---- step folders, in this process (no torchrun: dcp.save runs without a process group) ----
-
-
-@pytest.fixture
-def two_steps(tmp_path):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "torch.distributed is disabled..."
-        for step in (1, 2):
-            save_step({"w": torch.full((64,), float(step))}, tmp_path, step)
-    return tmp_path
-
-
-def test_a_step_with_a_missing_shard_is_refused_and_the_previous_one_chosen(two_steps):
-    (step_folder(two_steps, 2) / "__0_0.distcp").unlink()
-    with pytest.raises(IncompleteStepError, match="rank 0's shard __0_0.distcp is missing") as e:
-        check_step_folder(step_folder(two_steps, 2))
-    assert "load the previous step" in str(e.value)
-    choice = newest_complete_step(two_steps)
-    assert (choice.step, choice.path) == (1, step_folder(two_steps, 1))
-    assert choice.refused == [
-        "step 2: rank 0's shard __0_0.distcp is missing (the metadata lists it)"
-    ]
-
-
-def test_a_truncated_shard_and_a_missing_metadata_are_refused(two_steps):
-    shard = step_folder(two_steps, 2) / "__0_0.distcp"
-    size = shard.stat().st_size
-    with shard.open("r+b") as f:
-        f.truncate(size - 10)
-    with pytest.raises(IncompleteStepError, match=f"truncated: {size - 10} bytes, the metadata"):
-        check_step_folder(step_folder(two_steps, 2))
-    (step_folder(two_steps, 1) / ".metadata").unlink()
-    with pytest.raises(IncompleteStepError, match="no .metadata file"):
-        check_step_folder(step_folder(two_steps, 1))
-    assert newest_complete_step(two_steps).step is None  # start from scratch
-
-
-def test_an_unfinished_step_folder_is_never_chosen(two_steps):
-    shutil.copytree(step_folder(two_steps, 2), two_steps / "step_000003.incomplete")
-    assert newest_complete_step(two_steps).step == 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        save_step({"w": torch.zeros(64)}, two_steps, 3)
-    assert not list(two_steps.glob("*.incomplete"))
-    assert newest_complete_step(two_steps).step == 3
-
-
-def test_commands_for_one_node_and_for_several():
-    one = torchrun_command(JOB, ["--steps", "3"], nproc_per_node=2, max_restarts=3)
-    assert one[1:] == [
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc-per-node=2",
-        "--max-restarts=3",
-        "-m",
-        JOB,
-        "--steps",
-        "3",
-    ]
-    node = torchrun_command(JOB, [], nproc_per_node=1, nnodes=2, rdzv_endpoint="127.0.0.1:29500")
-    assert "--standalone" not in node
-    assert "--rdzv-endpoint=127.0.0.1:29500" in node and "--nnodes=2" in node
-
-
 def test_backend_choice():
     expected = "nccl" if torch.cuda.device_count() >= 2 and dist.is_nccl_available() else "gloo"
     assert choose_backend(2) == expected
@@ -279,46 +210,3 @@ def test_without_run_torchrun_the_ranks_on_this_host_are_torchruns_local_world(m
     assert choose_backend(gpus=2, nccl_available=True) == "gloo"
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert ranks_on_this_host() == 1
-
-
-@pytest.mark.timeout(200)
-def test_the_async_save_benchmark_runs_under_torchrun(tmp_path):
-    """A small run of benchmarks/bench_distributed.py: async_save beside training collectives
-    must not hang (it needs a process group of its own), and it prints its ratio."""
-    import subprocess
-    import sys
-
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run(
-        [sys.executable, "benchmarks/bench_distributed.py", "--size-mb", "4", "--repeats", "1",
-         "--dir", str(tmp_path), "--timeout", "150"],
-        cwd=root, capture_output=True, text=True, timeout=180,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "ratio async/sync blocked:" in out.stdout
-    assert not list(tmp_path.iterdir())  # its scratch folder is gone
-
-
-def test_run_torchrun_tells_each_node_how_many_ranks_share_the_machine(monkeypatch):
-    """The node processes run_torchrun starts get COURSE_RANKS_ON_HOST (all nodes' ranks) and
-    their own GPU offset; torchrun itself is replaced by a process that exits at once."""
-    import subprocess
-    import sys
-
-    import course_lib.distributed.torchrun as torchrun_module
-
-    seen = []
-    real_popen = subprocess.Popen
-
-    def popen(command, *args, env=None, **kwargs):
-        if "torch.distributed.run" in command:
-            seen.append({k: env[k] for k in ("COURSE_RANKS_ON_HOST", "COURSE_HOST_RANK_OFFSET")})
-            command = [sys.executable, "-c", "pass"]
-        return real_popen(command, *args, env=env, **kwargs)
-
-    monkeypatch.setattr(torchrun_module.subprocess, "Popen", popen)
-    run_torchrun(JOB, [], nnodes=2, nproc_per_node=1, timeout=30)
-    assert seen == [
-        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "0"},
-        {"COURSE_RANKS_ON_HOST": "2", "COURSE_HOST_RANK_OFFSET": "1"},
-    ]

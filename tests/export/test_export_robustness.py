@@ -1,17 +1,12 @@
 """Issue 11's defects of the export helpers, each reproduced on a real model and a real file.
 
-Mode flags and buffers left as found, atomic writes on a real full disk, dict outputs, no machine
-paths in .pt2 files, and the messages a learner meets (input count, shapes, operators, traces).
+Dict outputs, no machine paths in .pt2 files, and the messages a learner meets (input count,
+shapes, operators, traces). Mode flags and buffers left as found are in test_modes.py, atomic
+writes on a real full disk in test_writing.py.
 """
 
 from __future__ import annotations
 
-import errno
-import json
-import os
-import shutil
-import subprocess
-import sys
 import warnings
 from pathlib import Path
 
@@ -24,140 +19,7 @@ from course_lib import export
 from course_lib.export import onnx_export
 from course_lib.models import make_mlp
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _flags(model: nn.Module) -> dict[str, bool]:
-    return {name: module.training for name, module in model.named_modules()}
-
-
-def _fine_tuning_cnn() -> nn.Module:
-    """Training, with its BatchNorms frozen in eval mode (as when fine-tuning a backbone)."""
-    model = trained_cnn().train()
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.eval()
-    return model
-
-
-def _onnx(model, x, path):
-    return onnx_export.export_onnx(model, x, path)
-
-
-@pytest.mark.parametrize(
-    "helper",
-    [
-        lambda m, x, p: export.trace_model(m, x),
-        lambda m, x, p: export.script_model(m),
-        lambda m, x, p: export.export_program(m, x),
-        lambda m, x, p: _onnx(m, x, p / "m.onnx"),
-    ],
-    ids=["trace", "script", "export", "onnx"],
-)
-def test_every_submodules_mode_is_restored_exactly(tmp_path, helper):
-    model = _fine_tuning_cnn()
-    before = _flags(model)
-    assert not before["features.1"] and before[""]  # a frozen BatchNorm in a training model
-    with pytest.warns(export.TrainingModeWarning):
-        helper(model, torch.randn(2, 3, 32, 32), tmp_path)
-    assert _flags(model) == before, "the frozen BatchNorm was unfrozen (model.train())"
-
-
-def test_an_eval_model_with_a_training_dropout_is_named_and_exported_without_dropout():
-    model = trained_cnn().eval()
-    model.classifier[1].train()  # the Dropout, easy to miss
-    x = torch.randn(4, 3, 32, 32)
-    with pytest.warns(export.TrainingModeWarning, match=r"classifier\.1 \(Dropout\)"):
-        program = export.export_program(model, x)
-    with pytest.warns(export.TrainingModeWarning, match=r"classifier\.1 \(Dropout\)"):
-        traced = export.trace_model(model, x)
-    assert model.classifier[1].training and not model.training
-    model.classifier[1].eval()
-    with torch.inference_mode():
-        expected = model(x)
-        torch.testing.assert_close(program.module()(x), expected)
-        torch.testing.assert_close(traced(x), expected)
-
-
-def test_trace_leaves_a_training_batchnorms_running_statistics_alone():
-    model = trained_cnn().eval()
-    model.features[1].train()
-    before = {name: b.clone() for name, b in model.named_buffers()}
-    with pytest.warns(export.TrainingModeWarning, match=r"features\.1 \(BatchNorm2d\)"):
-        export.trace_model(model, torch.randn(4, 3, 32, 32) * 3 + 1)
-    after = dict(model.named_buffers())
-    for name, value in before.items():
-        assert torch.equal(after[name], value), f"{name} changed"
-
-
-_FULL_DISK_SCRIPT = r"""
-import errno, json, os, sys, torch
-from torch import nn
-from course_lib import export
-from course_lib.export import onnx_export
-where = sys.argv[1]
-small = nn.Linear(4, 2).eval()
-big = nn.Sequential(nn.Linear(300, 800), nn.ReLU(), nn.Linear(800, 300)).eval()  # 1.9 MB
-writers = {
-    "m.onnx": lambda m, x, p: onnx_export.export_onnx(m, x, p),
-    "m.pt2": lambda m, x, p: export.export_program(m, x, p),
-    "m.pt": lambda m, x, p: export.trace_model(m, x, p),
-}
-result = {}
-for name, write in writers.items():
-    path = os.path.join(where, name)
-    write(small, torch.randn(2, 4), path)
-    good = open(path, "rb").read()
-    try:
-        write(big, torch.randn(2, 300), path)
-        outcome = {"raised": None}
-    except Exception as exc:
-        outcome = {"raised": type(exc).__name__, "errno": getattr(exc, "errno", None),
-                   "message": str(exc), "is_oserror": isinstance(exc, OSError)}
-    outcome["kept"] = open(path, "rb").read() == good
-    result[name] = outcome
-result["left"] = sorted(os.listdir(where))
-y = torch.randn(3, 4)
-result["loads"] = [
-    torch.allclose(onnx_export.OnnxModel(os.path.join(where, "m.onnx"))(y), small(y), atol=1e-6),
-    torch.allclose(export.load_program(os.path.join(where, "m.pt2")).module()(y), small(y)),
-    torch.allclose(export.load_torchscript(os.path.join(where, "m.pt"), trusted=True)(y), small(y)),
-]
-print(json.dumps(result))
-"""
-
-
-@pytest.mark.timeout(180)
-def test_a_full_disk_keeps_the_previous_exports_and_the_interpreter_alive(tmp_path):
-    """A real 1 MiB tmpfs: before the fix, .pt2 and TorchScript saves aborted Python (exit 134)."""
-    if shutil.which("unshare") is None or os.geteuid() != 0:
-        pytest.skip("needs root and unshare(1) for a private mount namespace")
-    where = tmp_path / "mnt"
-    where.mkdir()
-    script = tmp_path / "job.py"
-    script.write_text(_FULL_DISK_SCRIPT)
-    command = f"mount -t tmpfs -o size=1m tmpfs {where} && {sys.executable} {script} {where}"
-    done = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", command],
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},  # this checkout's course_lib
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    if done.returncode != 0 and "mount" in done.stderr and "permission" in done.stderr.lower():
-        pytest.skip(f"mounts not allowed here: {done.stderr.strip()[-200:]}")
-    assert done.returncode == 0, f"exit {done.returncode}: {done.stderr[-1500:]}"
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    for name in ("m.onnx", "m.pt2", "m.pt"):
-        outcome = result[name]
-        assert outcome["raised"] == "ExportWriteError" and outcome["is_oserror"], outcome
-        assert outcome["errno"] == errno.ENOSPC, outcome
-        assert name in outcome["message"] and "previous file is unchanged" in outcome["message"]
-        assert "How to fix: free space" in outcome["message"]
-        assert outcome["kept"], f"{name}: the previous good export was destroyed"
-    assert result["left"] == ["m.onnx", "m.pt", "m.pt2"], "temporary files were left behind"
-    assert result["loads"] == [True, True, True]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class DictOutput(nn.Module):

@@ -1,4 +1,4 @@
-"""The models every export path is checked on (shared by test_export and test_onnx_export)."""
+"""The models every export path is checked on (shared by the tests in tests/export/)."""
 
 from __future__ import annotations
 
@@ -23,6 +23,35 @@ MODELS = {
     "cnn": (trained_cnn, (3, 32, 32)),
     "conditional": (ConditionalModel, (10,)),
 }
+
+BATCH_SIZES = (1, 2, 13)
+
+
+def assert_parity(model, run, shape, batch_sizes=BATCH_SIZES, **kwargs) -> None:
+    """``run`` (a loaded or exported model) gives ``model``'s outputs at each batch size."""
+    for batch in batch_sizes:
+        x = torch.randn(batch, *shape)
+        with torch.inference_mode():
+            expected = model(x, **kwargs)
+            got = run(x, **kwargs)
+        assert got.shape == expected.shape
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-4)
+
+
+class SignBranch(nn.Module):
+    """A data-dependent branch written as a Python if: tracing bakes in one side."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return -x
+
+
+class SignBranchCond(nn.Module):
+    """The same branch with torch.cond: torch.export keeps both sides."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cond(x.sum() > 0, lambda t: t * 2, lambda t: -t, (x,))
 
 
 # Models the course never saw (issue 11): each a different shape of input, output or module state.

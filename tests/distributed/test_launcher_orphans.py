@@ -27,7 +27,7 @@ from course_lib.distributed import (
 
 pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 JOB = "course_lib.distributed.elastic_job"
 
 
@@ -64,7 +64,7 @@ def _job(workdir: Path, fault: str, timeout_s: int = 8) -> list[str]:
 @pytest.mark.timeout(150)
 def test_a_failing_worker_is_named_with_what_it_did(tmp_path):
     """One real failing run; what torchrun reports for other faults (an exit code, a signal) is
-    parsed from captured output in test_torchrun_failures.py."""
+    parsed from captured output in test_torchrun.py."""
     fault, rank = "raise:1:5", 1
     what = "raised RuntimeError: injected fault: rank 1 raised at step 5 in _inject()"
     started = time.monotonic()
