@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import record
 
+from course_lib.distributed.elastic_job import end_process_group
+
 __all__ = ["main"]
 
 
@@ -77,7 +79,6 @@ def _load_and_check(checkpoint: Path, expect: Path) -> dict[str, object]:
     everyone: list[object] = [None] * world
     dist.all_gather_object(everyone, mine)
     dist.barrier()  # no rank tears its connections down while a peer still reads from them
-    dist.destroy_process_group()
     return {"world_size": world, "ranks": everyone}
 
 
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--report", type=Path, required=True)
     ns = parser.parse_args(argv)
     report = _load_and_check(ns.checkpoint, ns.expect)
+    end_process_group()  # after the DDP model and the mesh are gone (see its docstring)
     if int(os.environ.get("RANK", "0")) == 0:
         ns.report.write_text(json.dumps(report, indent=1))
         ranks = report["ranks"]

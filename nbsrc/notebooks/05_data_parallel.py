@@ -82,6 +82,7 @@ if dist.get_rank() == 0:
     torch.save(model.module.state_dict(), f"{out}/final.pth")  # one writer, no prefix
 dist.barrier()  # the others wait until final.pth is written
 dcp.save({"model": model.state_dict()}, checkpoint_id=f"{out}/dcp")  # each rank writes its part
+del model  # DDP holds the group: left alive, it can abort the worker at exit (SIGABRT)
 dist.destroy_process_group()
 """
 _ = (workdir / "ddp_minimal.py").write_text(SCRIPT)
