@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import pickle
 import pickletools
@@ -49,6 +50,7 @@ __all__ = [
     "load_safetensors",
     "check_safetensors_header",
     "verify_zip_crc",
+    "zip_structure_sha256",
 ]
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -343,6 +345,54 @@ def _zip_entries(source: BinaryIO) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
             is_tensor = "/data/" in info.filename and info.filename.rsplit("/", 1)[-1].isdigit()
             (tensors if is_tensor and stored else records).append(entry)
     return records, tensors
+
+
+def zip_structure_sha256(source: BinaryIO) -> str | None:
+    """The SHA-256 of a zip archive's structure: every byte of the file but its entries' data.
+
+    ``source`` is the archive opened once, in binary mode. The digest covers the file's size,
+    where each entry's data lies, and every other byte: the local headers (with their padding),
+    the data descriptors, the central directory and its end record. The central directory
+    holds each entry's CRC-32 and size, so this digest together with a check of the CRC-32s
+    (``safe_load`` checks them on every load) covers every byte of the file, while computing
+    it reads a few KB (the headers and the directory) and never the data. A checkpoint
+    manager records it for the torch format instead of a SHA-256 of the whole file, which
+    would cost a pass over all the bytes at every save.
+
+    ``None`` for a file it cannot vouch for: not a readable zip archive, entries whose data
+    overlap, or an entry with data but a CRC-32 of 0 (``torch.save`` writes 0 for every entry
+    after ``torch.serialization.set_crc32_options(False)``). Hash the whole file then.
+    """
+    try:
+        records, tensors = _zip_entries(source)
+        fd = source.fileno()
+        size = os.fstat(fd).st_size
+        spans = []
+        for _, start, length, crc in records + tensors:
+            if length and crc == 0:
+                return None  # written without CRC-32s: its data would be covered by nothing
+            if length:
+                spans.append((start, length))  # compressed (crc None): checked when inflated
+        digest = hashlib.sha256(b"zip structure: size, data spans, the bytes outside them\n")
+        digest.update(struct.pack("<QQ", size, len(spans)))
+        position = 0
+        for start, length in sorted(spans):
+            if start < position:
+                return None  # overlapping entries: not an archive torch.save writes
+            digest.update(struct.pack("<QQ", start, length))
+            digest.update(_read_exactly(fd, start - position, position))
+            position = start + length
+        digest.update(_read_exactly(fd, size - position, position))
+    except _ZIP_ERRORS:
+        return None
+    return digest.hexdigest()
+
+
+def _read_exactly(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset) if length else b""
+    if len(data) != length:
+        raise EOFError(f"the file ended while reading {length} bytes at {offset}")
+    return data
 
 
 def _check_crcs(source: BinaryIO, entries: list[_ZipEntry]) -> None:
