@@ -7,8 +7,11 @@ file first and says, naming the file, what is wrong and what to do about it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import errno
+import hashlib
+import io
 import os
 import pickle
 import pickletools
@@ -49,6 +52,7 @@ __all__ = [
     "load_safetensors",
     "check_safetensors_header",
     "verify_zip_crc",
+    "zip_structure_sha256",
 ]
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -346,6 +350,54 @@ def _zip_entries(source: BinaryIO) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
     return records, tensors
 
 
+def zip_structure_sha256(source: BinaryIO) -> str | None:
+    """The SHA-256 of a zip archive's structure: every byte of the file but its entries' data.
+
+    ``source`` is the archive opened once, in binary mode. The digest covers the file's size,
+    where each entry's data lies, and every other byte: the local headers (with their padding),
+    the data descriptors, the central directory and its end record. The central directory
+    holds each entry's CRC-32 and size, so this digest together with a check of the CRC-32s
+    (``safe_load`` checks them on every load) covers every byte of the file, while computing
+    it reads a few KB (the headers and the directory) and never the data. A checkpoint
+    manager records it for the torch format instead of a SHA-256 of the whole file, which
+    would cost a pass over all the bytes at every save.
+
+    ``None`` for a file it cannot vouch for: not a readable zip archive, entries whose data
+    overlap, or an entry with data but a CRC-32 of 0 (``torch.save`` writes 0 for every entry
+    after ``torch.serialization.set_crc32_options(False)``). Hash the whole file then.
+    """
+    try:
+        records, tensors = _zip_entries(source)
+        fd = source.fileno()
+        size = os.fstat(fd).st_size
+        spans = []
+        for _, start, length, crc in records + tensors:
+            if length and crc == 0:
+                return None  # written without CRC-32s: its data would be covered by nothing
+            if length:
+                spans.append((start, length))  # compressed (crc None): checked when inflated
+        digest = hashlib.sha256(b"zip structure: size, data spans, the bytes outside them\n")
+        digest.update(struct.pack("<QQ", size, len(spans)))
+        position = 0
+        for start, length in sorted(spans):
+            if start < position:
+                return None  # overlapping entries: not an archive torch.save writes
+            digest.update(struct.pack("<QQ", start, length))
+            digest.update(_read_exactly(fd, start - position, position))
+            position = start + length
+        digest.update(_read_exactly(fd, size - position, position))
+    except _ZIP_ERRORS:
+        return None
+    return digest.hexdigest()
+
+
+def _read_exactly(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset) if length else b""
+    if len(data) != length:
+        raise EOFError(f"the file ended while reading {length} bytes at {offset}")
+    return data
+
+
 def _check_crcs(source: BinaryIO, entries: list[_ZipEntry]) -> None:
     """Read ``entries`` and compare each one's CRC-32 with the archive's; raise ``BadZipFile``.
 
@@ -371,19 +423,24 @@ def _check_crcs(source: BinaryIO, entries: list[_ZipEntry]) -> None:
 
 
 @contextlib.contextmanager
-def _crc_checked_while_loading(path: Path) -> Iterator[None]:
+def _crc_checked_while_loading(path: Path, mmap: bool) -> Iterator[Any]:
     """Check a zip checkpoint's CRC-32s around a ``torch.load`` of it, as ``verify_zip_crc`` does.
 
-    The records the unpickler reads (pickle, version, byte order) are checked before the body
-    runs; the tensors' raw bytes, nearly all of the file, by threads while the body loads
-    them: a CRC-32 (zlib's, about 2 GB/s on one core) is slower than ``torch.load`` reading
-    from the page cache, so the tensors are shared among up to ``_CRC_THREADS`` threads where
-    the machine has the cores. A failed check raises on exit, in place of whatever the body
-    raised (a damaged file may make ``torch.load`` fail too, and the CRC says best what
-    happened to it); of several, the one earliest in the file.
+    Yields what ``torch.load`` is to read. The records the unpickler reads (pickle, version,
+    byte order) are checked before the body runs. The tensors' raw bytes, nearly all of the
+    file, are checked as ``torch.load`` reads them: it reads through a ``_CrcCheckingReader``,
+    which computes each tensor's CRC-32 on the bytes it has just read into the tensor (one
+    pass over the data, where a second read of the file would double the memory traffic). A
+    memory-mapped load (``mmap=True``) needs the path, and reads lazily: then threads check
+    the tensors while the body runs. A tensor the body did not read (it failed first) is
+    checked on exit. A failed check raises on exit, in place of whatever the body raised (a
+    damaged file may make ``torch.load`` fail too, and the CRC says best what happened to
+    it); of several, the one earliest in the file.
     """
     try:
-        source = path.open("rb")  # once: the checks read this file, whatever happens to the path
+        # Once, unbuffered: the checks and the loading read this file, whatever happens to
+        # the path (another process may replace or delete it).
+        source = path.open("rb", buffering=0)
     except OSError as exc:
         raise _crc_failed(path, exc) from None
     with source:
@@ -392,8 +449,194 @@ def _crc_checked_while_loading(path: Path) -> Iterator[None]:
             _check_crcs(source, records)
         except _ZIP_ERRORS as exc:
             raise _crc_failed(path, exc) from None
-        with _tensors_checked_in_threads(path, source, tensors):
-            yield
+        if mmap:
+            with _tensors_checked_in_threads(path, source, tensors):
+                yield path
+            return
+        reader = _CrcCheckingReader(source, tensors)
+        try:
+            yield reader
+        finally:
+            reader.close()
+            failed = reader.failures
+            for entry in reader.unchecked():  # in file order: stop at the first bad one
+                if failed and entry[1] > min(failed):
+                    break
+                try:
+                    _check_crcs(source, [entry])
+                except _ZIP_ERRORS as exc:
+                    failed[entry[1]] = exc
+                    break
+            if failed:
+                raise _crc_failed(path, failed[min(failed)]) from None
+
+
+_CRC_PIECE = 256 << 10  # read, then CRC-checked while still in the CPU cache (L2 is larger)
+_CRC_MIN_PART = 1 << 20  # a tensor is shared among threads in parts of at least this size
+
+
+class _CrcCheckingReader(io.RawIOBase):
+    """The file object ``torch.load`` reads a zip checkpoint through, checking CRC-32s as it goes.
+
+    ``torch.load`` reads each tensor's stored bytes with one ``readinto`` of exactly that
+    entry, straight into the tensor's memory. Such a read goes ``_CRC_PIECE`` bytes at a time,
+    and each piece's CRC-32 is computed right after it arrives, while it is still in the CPU
+    cache: the check costs the CRC-32 alone, not another read of the file. A large tensor is
+    cut into parts, one per core (up to ``_CRC_THREADS``), each read and checked by its own
+    thread (both release the GIL), and the parts' CRC-32s are combined into the entry's: a
+    CRC-32 (zlib's) runs at about the speed of the copy from the page cache, so on one core
+    the check would make the load about twice as long. Every part is done before
+    ``readinto`` returns, so no thread touches the tensor's memory after that.
+
+    Every other read (headers, the directory, the records) passes through. A tensor read any
+    other way (another torch version may read in pieces) is left in ``unchecked()``; a tensor
+    whose CRC-32 is wrong is kept in ``failures`` (by its offset) and loads as read, so that
+    the load goes on and the earliest damage in the file can be reported.
+    """
+
+    def __init__(self, source: BinaryIO, tensors: list[_ZipEntry]) -> None:
+        super().__init__()
+        self._fd = source.fileno()
+        self._size = os.fstat(self._fd).st_size
+        self._position = 0
+        self._tensors = {entry[1]: entry for entry in tensors}
+        self._checked: set[int] = set()
+        self._cores = max(1, min(_CRC_THREADS, os.cpu_count() or 1))
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.failures: dict[int, BaseException] = {}
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._position, os.SEEK_END: self._size}[whence]
+        if base + offset < 0:
+            raise ValueError(f"negative seek position {base + offset}")
+        self._position = base + offset
+        return self._position
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        entry = self._tensors.get(self._position)
+        if entry is not None and entry[2] == len(view):
+            done = self._read_checked(view, entry)
+        else:
+            done = self._read(view, self._position)
+        self._position += done
+        return done
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+        super().close()
+
+    def _read(self, view: memoryview, offset: int) -> int:
+        """Read into ``view`` from ``offset`` until it is full or the file ends."""
+        done = 0
+        while done < len(view):
+            if hasattr(os, "preadv"):
+                count = os.preadv(self._fd, [view[done:]], offset + done)
+            else:
+                data = os.pread(self._fd, len(view) - done, offset + done)
+                count = len(data)
+                view[done : done + count] = data
+            if not count:
+                break
+            done += count
+        return done
+
+    def _read_crc(self, view: memoryview, offset: int) -> tuple[int, int]:
+        """Read into ``view`` from ``offset`` piece by piece: (CRC-32, bytes read)."""
+        crc, done = 0, 0
+        while done < len(view):
+            piece = view[done : done + _CRC_PIECE]
+            count = self._read(piece, offset + done)
+            crc = zlib.crc32(piece[:count], crc)  # zlib releases the GIL on large buffers
+            done += count
+            if count < len(piece):
+                break
+        return crc, done
+
+    def _read_checked(self, view: memoryview, entry: _ZipEntry) -> int:
+        name, start, size, expected = entry
+        parts = max(1, min(self._cores, size // _CRC_MIN_PART))
+        bounds = [size * i // parts for i in range(parts + 1)]
+        futures = []
+        if parts > 1:
+            if self._pool is None:
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    self._cores - 1, thread_name_prefix="checkpoint-crc32"
+                )
+            futures = [
+                self._pool.submit(self._read_crc, view[a:b], start + a)
+                for a, b in zip(bounds[:-2], bounds[1:-1], strict=True)
+            ]
+        try:
+            last = self._read_crc(view[bounds[-2] :], start + bounds[-2])
+        finally:
+            concurrent.futures.wait(futures)  # no thread may touch the memory once we return
+        crc, done = 0, 0
+        for (part_crc, count), a, b in zip(
+            [f.result() for f in futures] + [last], bounds[:-1], bounds[1:], strict=True
+        ):
+            crc = _crc32_combine(crc, part_crc, count)
+            done += count
+            if count < b - a:
+                break
+        self._checked.add(start)
+        if done < size:
+            self.failures[start] = EOFError(f"{name!r} is cut short")
+        elif crc != expected:
+            self.failures[start] = zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+        return done
+
+    def unchecked(self) -> list[_ZipEntry]:
+        """The tensors not checked while they were read, in file order."""
+        return sorted(
+            (entry for start, entry in self._tensors.items() if start not in self._checked),
+            key=lambda entry: entry[1],
+        )
+
+
+# zlib's crc32_combine (which Python's zlib does not offer), as zlib 1.2.12 computes it:
+# the CRC-32 of A followed by B from the CRC-32s of A and B and the length of B, by
+# multiplying polynomials over GF(2) modulo the CRC-32 polynomial (reflected).
+_CRC32_POLY = 0xEDB88320
+
+
+def _multiply_mod_p(a: int, b: int) -> int:
+    """``a * b`` modulo the CRC-32 polynomial (bit-reflected, as the CRC-32 is)."""
+    product, bit = 0, 1 << 31
+    while a:
+        if a & bit:
+            product ^= b
+            a ^= bit
+        bit >>= 1
+        b = (b >> 1) ^ _CRC32_POLY if b & 1 else b >> 1
+    return product
+
+
+_X_TO_2_TO_THE = [1 << 30]  # x^(2^k) modulo the polynomial, for k = 0..31
+for _ in range(31):
+    _X_TO_2_TO_THE.append(_multiply_mod_p(_X_TO_2_TO_THE[-1], _X_TO_2_TO_THE[-1]))
+
+
+def _crc32_combine(crc_a: int, crc_b: int, length_b: int) -> int:
+    """The CRC-32 of A + B, given those of A and B and B's length in bytes."""
+    shift, k = 1 << 31, 3  # x^(8 * length_b): 2^3 bits per byte
+    while length_b:
+        if length_b & 1:
+            shift = _multiply_mod_p(_X_TO_2_TO_THE[k & 31], shift)
+        length_b >>= 1
+        k += 1
+    return _multiply_mod_p(shift, crc_a) ^ crc_b
 
 
 @contextlib.contextmanager
@@ -473,23 +716,24 @@ def safe_load(
 
     ``map_location`` defaults to the course device (``try_device()``). ``allowed_globals`` is the
     explicit, scoped opt-in for classes you trust (``torch.serialization.safe_globals``). The
-    archive's CRC-32s are checked first (``verify_crc=False`` skips that read of the whole file)
-    and sparse tensors are checked for consistent indices. Every failure is a
+    archive's CRC-32s are checked: the pickle's before it is unpickled, the tensors' on their
+    bytes as they are read (``verify_crc=False`` skips the check).
+    Sparse tensors are checked for consistent indices. Every failure is a
     ``CheckpointError`` naming the file and the fix. Taught in ``notebooks/02_whole_model.ipynb``.
     """
     path = check_checkpoint_file(path)
     location = try_device() if map_location is None else map_location
     allowed_globals = list(allowed_globals)
     verify = verify_crc and zipfile.is_zipfile(path)
-    crc_checked = _crc_checked_while_loading(path) if verify else contextlib.nullcontext()
+    crc_checked = _crc_checked_while_loading(path, mmap) if verify else contextlib.nullcontext(path)
     try:
         # Sparse invariants on: out-of-range indices would otherwise crash the process later.
         with (
-            crc_checked,
+            crc_checked as source,
             torch.serialization.safe_globals(allowed_globals),
             torch.sparse.check_sparse_tensor_invariants(),
         ):
-            return torch.load(path, map_location=location, weights_only=True, mmap=mmap)
+            return torch.load(source, map_location=location, weights_only=True, mmap=mmap)
     except CheckpointError:
         raise
     except pickle.UnpicklingError as exc:

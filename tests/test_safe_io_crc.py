@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import zipfile
+import zlib
 
 import pytest
 import torch
@@ -124,22 +125,32 @@ def test_verify_zip_crc_agrees_with_zipfile_on_random_flips(big_file, tmp_path, 
         assert ours == zipfile_finds == True  # noqa: E712 - a flip in stored bytes is always seen
 
 
-def test_a_good_file_passes_and_every_byte_is_read(big_file, monkeypatch):
-    read = []
-    real = safe_io._check_crcs
+def test_a_good_file_passes_and_every_byte_is_checked_once(big_file, monkeypatch):
+    """Every stored byte goes through a CRC-32 once; ``safe_load`` checks the tensors on the
+    bytes ``torch.load`` reads, and reads again from the file only the small records."""
+    checked, reread = [], []
+    real_crc32, real_check = zlib.crc32, safe_io._check_crcs
 
-    def counting(path, entries):
-        read.extend(size for _, _, size, _ in entries)
-        return real(path, entries)
+    def counting_crc32(data, value=0):
+        checked.append(memoryview(data).nbytes)
+        return real_crc32(data, value)
 
-    monkeypatch.setattr(safe_io, "_check_crcs", counting)
+    def counting_check(source, entries):
+        reread.extend(size for _, _, size, _ in entries)
+        return real_check(source, entries)
+
+    monkeypatch.setattr(safe_io.zlib, "crc32", counting_crc32)
+    monkeypatch.setattr(safe_io, "_check_crcs", counting_check)
+    with zipfile.ZipFile(big_file) as archive:
+        total = sum(i.compress_size for i in archive.infolist())
+        tensors = sum(i.compress_size for i in archive.infolist() if "/data/" in i.filename)
     verify_zip_crc(big_file)
-    with zipfile.ZipFile(big_file) as archive:
-        assert sum(read) == sum(i.compress_size for i in archive.infolist())
-    read.clear()
+    assert sum(checked) == sum(reread) == total
+    checked.clear()
+    reread.clear()
     assert safe_load(big_file, map_location="cpu")["small0"].shape == (16,)
-    with zipfile.ZipFile(big_file) as archive:
-        assert sum(read) == sum(i.compress_size for i in archive.infolist())
+    assert sum(checked) == total
+    assert sum(reread) == total - tensors
 
 
 def test_a_compressed_archive_is_checked_through_zipfile(big_file, tmp_path):
@@ -180,3 +191,44 @@ def test_with_several_checking_threads_the_earliest_damage_is_reported(
     with pytest.raises(CorruptCheckpointError, match="CRC-32") as info:
         safe_load(big_file, map_location="cpu")
     assert repr(tensors[1]) in str(info.value)
+
+
+def test_a_memory_mapped_load_is_checked_too(big_file):
+    assert safe_load(big_file, map_location="cpu", mmap=True)["big1"].shape == (512, 1024)
+    start, end = _data_range(big_file, _tensor_entry(big_file, 1))
+    _flip(big_file, (start + end) // 2)
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        safe_load(big_file, map_location="cpu", mmap=True)
+
+
+def test_tensors_read_in_pieces_are_checked_after_the_load(big_file, monkeypatch):
+    """A torch that reads a tensor in several calls gets no check on the way: each such tensor
+    is checked from the file once the load is done, and its damage still found."""
+    real = safe_io._CrcCheckingReader.readinto
+
+    def in_pieces(self, buffer):
+        view = memoryview(buffer).cast("B")
+        if len(view) < 4096:
+            return real(self, view)
+        first = real(self, view[:1000])
+        return first + real(self, view[1000:])
+
+    monkeypatch.setattr(safe_io._CrcCheckingReader, "readinto", in_pieces)
+    loaded = safe_load(big_file, map_location="cpu")
+    assert torch.equal(loaded["big2"], torch.load(big_file, weights_only=True)["big2"])
+    start, end = _data_range(big_file, _tensor_entry(big_file, 2))
+    _flip(big_file, end - 1)
+    with pytest.raises(CorruptCheckpointError, match="CRC-32"):
+        safe_load(big_file, map_location="cpu")
+
+
+def test_crc32_combine_agrees_with_zlib():
+    """The CRC-32 of a tensor checked in parts by several threads is combined from theirs."""
+    rng = random.Random(0)
+    data = rng.randbytes(3 << 20)
+    for _ in range(50):
+        cut = rng.randrange(len(data) + 1)
+        first, second = data[:cut], data[cut:]
+        combined = safe_io._crc32_combine(zlib.crc32(first), zlib.crc32(second), len(second))
+        assert combined == zlib.crc32(data)
+    assert safe_io._crc32_combine(zlib.crc32(data), 0, 0) == zlib.crc32(data)

@@ -7,8 +7,11 @@ A checkpoint is one ``checkpoint_epoch_0007.pth``, or weights in
 ``checkpoint_epoch_0007.train_state.pth`` sidecar for the optimizer, scheduler, RNG states and
 counters. Every file goes through ``safe_io.atomic_write`` (unique temp file, fsync,
 ``os.replace``); the directory fsync is left to the manifest commit that follows in the same
-folder. Each file's SHA-256 is computed while it is written, for the manifest
-(``manifest``) to record.
+folder. Each file gets a record (size, SHA-256) for the manifest (``manifest``): a
+``.safetensors`` file's SHA-256 is of the whole file, computed while it is written; a
+``torch.save`` file's is of its zip structure (``safe_io.zip_structure_sha256``), read back
+from the headers and the directory: the data is covered by the CRC-32s that ``torch.save``
+computes as it writes and that the directory holds, so saving makes no pass over the data.
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ import torch
 
 from course_lib.checkpoint import require_training_checkpoint
 from course_lib.safe_io import (
+    CorruptCheckpointError,
     MapLocation,
     atomic_write,
     load_safetensors,
     safe_load,
     torch_save,
+    verify_zip_crc,
+    zip_structure_sha256,
 )
 
 __all__ = [
@@ -45,8 +51,12 @@ __all__ = [
     "SIDECAR_PATTERN",
     "SIDECAR_SUFFIX",
     "TEMP_PATTERN",
+    "SHA256_OF",
     "FileRecord",
+    "file_matches",
+    "file_sha256",
     "read_checkpoint_files",
+    "record_of",
     "sha256_file",
     "sidecar_name",
     "link_best",
@@ -63,16 +73,25 @@ PRIMARY_PATTERN = re.compile(
 SIDECAR_PATTERN = re.compile(r"^checkpoint_epoch_\d+(?:_step_\d+)?\.train_state\.pth$")
 TEMP_PATTERN = re.compile(r"^\.(?P<target>.+)\.[A-Za-z0-9_]+\.tmp$")  # atomic_write's temp files
 _HASH_INLINE_BYTES = 1 << 20  # below this, hashing in a thread costs more than it saves
-_HASH_STREAM_BYTES = 8 << 20  # from this size of tensors, torch.save files are hashed as written
+SHA256_OF = ("file", "zip")  # what a record's SHA-256 covers: see FileRecord
 
 
 @dataclass(frozen=True)
 class FileRecord:
-    """One file of a checkpoint: its size and SHA-256 (and, for ``best_model``, its source)."""
+    """One file of a checkpoint: its size and SHA-256 (and, for ``best_model``, its source).
+
+    ``sha256_of`` says what the SHA-256 covers. ``"file"``: the whole file (a ``.safetensors``
+    file's, and every record of a manifest of version 1). ``"zip"``: the zip structure of a
+    ``torch.save`` file (``safe_io.zip_structure_sha256``: every byte but the entries' data,
+    with the directory that holds each entry's CRC-32); the data is checked against those
+    CRC-32s whenever ``safe_load`` reads the file. Either way a changed byte, a truncated file
+    or a file swapped for another one is found.
+    """
 
     size: int
     sha256: str
     source_file: str | None = None
+    sha256_of: str = "file"
 
 
 def sidecar_name(primary: str) -> str:
@@ -91,17 +110,62 @@ def sha256_stream(handle: Any) -> str:
     return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def file_sha256(path: str | os.PathLike[str], sha256_of: str) -> str | None:
+    """``path``'s SHA-256 as a record with this ``sha256_of`` holds it (see ``FileRecord``).
+
+    ``None`` where a ``"zip"`` digest cannot be computed (not a readable zip archive with
+    CRC-32s): then the file matches no record of that kind.
+    """
+    if sha256_of == "zip":
+        with open(path, "rb") as handle:
+            return zip_structure_sha256(handle)
+    return sha256_file(path)
+
+
+def record_of(path: str | os.PathLike[str]) -> FileRecord:
+    """The record of an existing checkpoint file: by its zip structure where it has one."""
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        digest = zip_structure_sha256(handle)
+        if digest is not None:
+            return FileRecord(size, digest, sha256_of="zip")
+        handle.seek(0)
+        return FileRecord(size, sha256_stream(handle))
+
+
+def file_matches(path: str | os.PathLike[str], record: FileRecord) -> bool:
+    """Whether every byte of ``path`` is as ``record`` says (reads the whole file).
+
+    The size and SHA-256, and for a ``"zip"`` record the entries' CRC-32s too.
+    """
+    path = Path(path)
+    if path.stat().st_size != record.size:
+        return False
+    if file_sha256(path, record.sha256_of) != record.sha256:
+        return False
+    if record.sha256_of == "zip":
+        try:
+            verify_zip_crc(path)
+        except CorruptCheckpointError:
+            return False
+    return True
+
+
 # ----------------------------------------------------------------------------------------------
 # Writing: durable files with their checksum, computed while the disk flushes
 # ----------------------------------------------------------------------------------------------
 
 
-def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
+def _durable_write(
+    path: Path, write: Callable[[Path], None], *, zip_structure: bool = False
+) -> FileRecord:
     """``atomic_write(path, write)``, and the record (size, SHA-256) of the bytes committed.
 
-    For a writer that only takes a path (``safetensors``' own ``save_file``, a small
-    ``torch.save``). The checksum of a large file is computed by a thread that reads the
-    finished temp file while ``atomic_write`` fsyncs it: hashing overlaps the disk flush.
+    For a writer that only takes a path (``safetensors``' own ``save_file``, ``torch.save``).
+    With ``zip_structure`` the record is of the file's zip structure where it has one (a few
+    KB read back before the fsync). Otherwise the whole file is hashed: a large one by a thread
+    that reads the finished temp file while ``atomic_write`` fsyncs it, so that hashing
+    overlaps the disk flush.
     """
     state: dict[str, Any] = {}
 
@@ -110,6 +174,12 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
         handle = open(temp, "rb")  # noqa: SIM115 (closed below, after the thread)
         state["handle"] = handle
         state["size"] = os.fstat(handle.fileno()).st_size
+        if zip_structure:
+            digest = zip_structure_sha256(handle)
+            if digest is not None:
+                state["sha256"], state["sha256_of"] = digest, "zip"
+                return
+            handle.seek(0)  # no CRC-32s to rely on: the whole file, as below
         if state["size"] < _HASH_INLINE_BYTES:
             state["sha256"] = sha256_stream(handle)
             return
@@ -133,152 +203,19 @@ def _durable_write(path: Path, write: Callable[[Path], None]) -> FileRecord:
             state["handle"].close()
     if "error" in state:
         raise state["error"]
-    return FileRecord(state["size"], state["sha256"])
-
-
-def _tensor_bytes(obj: Any) -> int:
-    """The bytes of the tensors in ``obj`` (nested dicts, lists, tuples): about its file size."""
-    if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, Mapping):
-        return sum(_tensor_bytes(v) for v in obj.values())
-    if isinstance(obj, list | tuple):
-        return sum(_tensor_bytes(v) for v in obj)
-    return 0
-
-
-class _HashingFile:
-    """The write-only file ``torch.save`` writes to, with a thread hashing close behind it.
-
-    ``torch.save`` hands each record (a tensor's bytes, the pickle, zip headers) to ``write``;
-    every few MiB the bytes written so far are flushed to the OS and announced to the thread,
-    which reads them back (from the page cache) and hashes them while the next ones are written
-    and, at the end, while ``atomic_write`` fsyncs the file. So the SHA-256 adds almost nothing
-    as long as hashing keeps up with writing plus flushing. The bytes are read back rather than
-    hashed from the buffers ``write`` gets: those belong to ``torch.save`` and may be freed (a
-    GPU tensor's CPU copy) as soon as ``write`` returns. A writer that seeks back would make the
-    streamed digest wrong: then ``record`` hashes the whole file again.
-    """
-
-    _ANNOUNCE_BYTES = 4 << 20
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = open(path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed by close())
-        self._reader = open(path, "rb", buffering=0)  # noqa: SIM115 (closed by close())
-        self._digest = hashlib.sha256()
-        self._written = 0  # bytes handed to write()
-        self._announced = 0  # bytes flushed to the OS and handed to the thread
-        self._hashed = 0
-        self._finished = False
-        self._sequential = True
-        self._error: BaseException | None = None
-        self.write_error: OSError | None = None  # the first failed write (a full disk)
-        self._changed = threading.Condition()
-        self._thread = threading.Thread(target=self._hash_behind, name="checkpoint-sha256")
-        self._thread.start()
-
-    # What torch.save calls: write and flush (seek and tell for completeness).
-    def write(self, data: Any) -> int:
-        try:
-            written = self._file.write(data)
-        except OSError as exc:
-            self.write_error = self.write_error or exc
-            raise
-        self._written += written
-        if self._written - self._announced >= self._ANNOUNCE_BYTES:
-            self.flush()
-        return written
-
-    def flush(self) -> None:
-        self._file.flush()
-        with self._changed:
-            self._announced = max(self._announced, self._written)
-            self._changed.notify()
-
-    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
-        self._sequential = False  # bytes already hashed may be written again
-        self.flush()
-        self._written = self._file.seek(offset, whence)
-        return self._written
-
-    def tell(self) -> int:
-        return self._written
-
-    def _hash_behind(self) -> None:
-        chunk = memoryview(bytearray(256 << 10))  # small enough to stay in the CPU cache
-        try:
-            while True:
-                with self._changed:
-                    while self._hashed >= self._announced and not self._finished:
-                        self._changed.wait()
-                    end = self._announced
-                    if self._hashed >= end:
-                        return  # finished, and everything written is hashed
-                self._reader.seek(self._hashed)
-                while self._hashed < end:
-                    n = self._reader.readinto(chunk[: min(len(chunk), end - self._hashed)])
-                    if not n:
-                        raise OSError(f"{self.path} ended at {self._hashed} bytes while hashing")
-                    self._digest.update(chunk[:n])  # hashlib releases the GIL
-                    self._hashed += n
-        except BaseException as exc:  # reported by record()
-            self._error = exc
-
-    def finish_writing(self) -> None:
-        """Hand the last bytes to the OS (before ``atomic_write`` fsyncs); hashing goes on."""
-        self.flush()
-        self._file.close()
-
-    def close(self) -> None:
-        """Wait until the thread has hashed everything written, then close both handles."""
-        with self._changed:
-            self._finished = True
-            self._changed.notify()
-        self._thread.join()
-        self._file.close()
-        self._reader.close()
-
-    def record(self, path: Path) -> FileRecord:
-        """The size and SHA-256 of what was written, now at ``path`` (call after ``close``)."""
-        if self._error is not None:
-            raise self._error
-        if not self._sequential:
-            return FileRecord(path.stat().st_size, sha256_file(path))
-        return FileRecord(self._hashed, self._digest.hexdigest())
+    return FileRecord(state["size"], state["sha256"], sha256_of=state.get("sha256_of", "file"))
 
 
 def _durable_torch_save(path: Path, obj: Any) -> FileRecord:
-    """``torch.save(obj)`` as ``path`` through ``atomic_write``, hashed while it is written.
+    """``torch.save(obj)`` as ``path`` through ``atomic_write``; its record, by zip structure.
 
-    A small checkpoint is written by ``torch_save`` (the C++ writer, given the path: a Python
-    file object costs about a millisecond more) and hashed at once; a large one goes through a
-    ``_HashingFile``, so that the SHA-256 overlaps the writing and the fsync instead of
-    following them.
+    ``torch_save`` hands ``torch.save`` the path (its C++ writer, faster than any Python file
+    object), and ``torch.save`` computes each entry's CRC-32 as it writes it; the record's
+    SHA-256 covers the rest of the file, the headers and the directory that holds those
+    CRC-32s, read back before the fsync. No pass over the data: the save costs what
+    ``torch.save`` and the fsync cost.
     """
-    if _tensor_bytes(obj) < _HASH_STREAM_BYTES:
-        return _durable_write(path, lambda temp: torch_save(obj, temp))
-    files: list[_HashingFile] = []
-
-    def write(temp: Path) -> None:
-        files.append(_HashingFile(temp))
-        try:
-            torch.save(obj, files[-1])
-        except RuntimeError:
-            # After a failed write, torch.save's closing of the archive raises "unexpected pos"
-            # in its place: the OSError says what happened (ENOSPC for a full disk).
-            if files[-1].write_error is not None:
-                raise files[-1].write_error from None
-            raise
-        files[-1].finish_writing()
-
-    try:
-        # No directory fsync here: the manifest, committed next in this folder, makes it.
-        atomic_write(path, write, sync_directory=False, follow_symlinks=False)
-    finally:
-        for file in files:
-            file.close()
-    return files[-1].record(path)
+    return _durable_write(path, lambda temp: torch_save(obj, temp), zip_structure=True)
 
 
 def _durable_write_chunks(path: Path, chunks: Sequence[Any]) -> FileRecord:
@@ -442,18 +379,20 @@ def write_checkpoint_files(
 def read_checkpoint_files(path: Path, device: MapLocation) -> dict[str, Any]:
     """Read (never apply) the checkpoint ``path``, either format, ``weights_only``.
 
-    Unchecked: compare the files with their manifest record first (``loading.verify_files``).
-    A file that holds something else than a training checkpoint raises ``ForeignFileError``.
+    Compare the files with their manifest record first (``loading.verify_files``); the
+    ``torch.save`` files' data is checked here, against their CRC-32s (which a ``"zip"``
+    record's SHA-256 covers). A file that holds something else than a training checkpoint
+    raises ``ForeignFileError``.
     """
     if path.suffix == ".safetensors":
         weights = load_safetensors(path, device)
         sidecar = path.with_name(path.stem + SIDECAR_SUFFIX)
-        checkpoint = safe_load(sidecar, map_location=device)
+        checkpoint = safe_load(sidecar, map_location=device, verify_crc=True)
         if isinstance(checkpoint, Mapping):
             checkpoint = dict(checkpoint)
             checkpoint["model_state_dict"] = weights
     else:
-        checkpoint = safe_load(path, map_location=device)
+        checkpoint = safe_load(path, map_location=device, verify_crc=True)
     return require_training_checkpoint(
         checkpoint,
         path,

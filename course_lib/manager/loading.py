@@ -20,7 +20,7 @@ from torch import nn
 
 from course_lib.checkpoint import BEST_STEM, apply_checkpoint_from
 from course_lib.manager.errors import CheckpointFallbackWarning
-from course_lib.manager.files import MANIFEST_NAME, read_checkpoint_files, sha256_file
+from course_lib.manager.files import MANIFEST_NAME, file_sha256, read_checkpoint_files
 from course_lib.manager.manifest import BestPointer, CheckpointEntry, Manifest
 from course_lib.manager.retention import rank_best
 from course_lib.safe_io import (
@@ -108,7 +108,9 @@ def verify_files(path: Path, record: Record) -> None:
     """Check each file of ``record`` beside ``path`` against its recorded size and SHA-256.
 
     Raises ``CheckpointNotFoundError`` (a file deleted by hand) or ``CorruptCheckpointError``
-    (truncated or changed), naming the file.
+    (truncated or changed), naming the file. A ``"zip"`` record's SHA-256 covers all but the
+    entries' data (``files.FileRecord``): ``read_checkpoint_files``, which reads the file
+    next, checks the data against the CRC-32s this SHA-256 covers.
     """
     for name, info in record.files.items():
         file = path.parent / name
@@ -127,13 +129,22 @@ def verify_files(path: Path, record: Record) -> None:
                 "truncated or changed after it was saved (a partial copy, a full disk, an edit).",
                 _DAMAGED_FIX,
             )
-        digest = sha256_file(file)
-        if digest != info.sha256:
+        digest = file_sha256(file, info.sha256_of)
+        if digest is None:  # a "zip" record, and the file is no longer a readable zip archive
             raise CorruptCheckpointError(
                 file,
-                f"its SHA-256 ({digest[:12]}...) does not match the manifest's "
-                f"({info.sha256[:12]}...): the file was damaged after it was saved "
-                "(disk or copy error, or an edit).",
+                "the manifest recorded the SHA-256 of its zip structure, and it is no longer a "
+                "readable zip archive with CRC-32s: it was damaged or replaced after it was "
+                "saved (disk or copy error, or an edit).",
+                _DAMAGED_FIX,
+            )
+        if digest != info.sha256:
+            what = "its zip structure's SHA-256" if info.sha256_of == "zip" else "its SHA-256"
+            raise CorruptCheckpointError(
+                file,
+                f"{what} ({digest[:12]}...) does not match the manifest's "
+                f"({info.sha256[:12]}...): the file was damaged, or replaced by another, after "
+                "it was saved (disk or copy error, or an edit).",
                 _DAMAGED_FIX,
             )
 
@@ -144,6 +155,11 @@ def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[st
         if record is not None:
             verify_files(path, record)
         return read_checkpoint_files(path, device)
+    except CorruptCheckpointError as exc:
+        if record is None:
+            raise
+        # Data that fails its CRC-32 (which a "zip" record covers): the manager's own fix.
+        raise CorruptCheckpointError(exc.path, exc.problem, _DAMAGED_FIX) from None
     except FileNotFoundError as exc:  # deleted between the manifest and here (a pruning writer)
         if isinstance(exc, CheckpointError):
             raise

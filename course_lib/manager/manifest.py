@@ -1,7 +1,8 @@
 """A checkpoint folder's ``manifest.json`` as typed records, read and written here only.
 
 For maintainers (read it after ``commit`` and ``files``). A checkpoint counts as *committed*
-once the manifest (written atomically) lists it with the size and SHA-256 of each of its files;
+once the manifest (written atomically) lists it with the size and SHA-256 of each of its files
+(``files.FileRecord``: of the whole file, or of a ``torch.save`` file's zip structure);
 a file the manifest does not list is ignored. The manifest also records the ``best_model``
 pointer, files still to delete (``pending_delete``) and the best metric value so far.
 
@@ -26,7 +27,7 @@ from typing import Any
 import torch
 
 from course_lib.checkpoint import BEST_STEM
-from course_lib.manager.files import MANIFEST_NAME, SIDECAR_SUFFIX, FileRecord
+from course_lib.manager.files import MANIFEST_NAME, SHA256_OF, SIDECAR_SUFFIX, FileRecord
 from course_lib.manager.retention import BestMetric, order_key
 from course_lib.safe_io import CorruptCheckpointError, atomic_write
 
@@ -41,7 +42,10 @@ __all__ = [
     "write_manifest",
 ]
 
-MANIFEST_VERSION = 1
+# 2: a file's record may say "sha256_of": "zip" (its SHA-256 is of its zip structure). A
+# version-1 reader would take such a digest for the whole file's and find every checkpoint
+# damaged, so it is told the manifest is newer instead. Version 1 is still read (whole files).
+MANIFEST_VERSION = 2
 MANIFEST_LIMIT_BYTES = 64 << 20  # about 200,000 checkpoints; a bigger one is not ours
 MANIFEST_FIX = (
     "open a CheckpointManager on the folder with write access: it keeps the damaged file as "
@@ -59,7 +63,8 @@ _WRITER = "course_lib.manager.CheckpointManager"
 class CheckpointEntry:
     """One committed checkpoint: its main ``file``, counters, metrics and every file's record.
 
-    ``size`` is the total of its files; ``sha256`` is the main file's. ``files`` holds one file,
+    ``size`` is the total of its files; ``sha256`` is the main file's (of the whole file or of
+    its zip structure, as its record says: ``files.FileRecord``). ``files`` holds one file,
     or the ``.safetensors`` weights and their ``.train_state.pth`` sidecar.
     """
 
@@ -263,10 +268,14 @@ def _metrics(value: object, what: str) -> dict[str, float | str]:
 def _file_record(value: object, what: str) -> FileRecord:
     record = _typed(value, dict, what)
     source = record.get("source_file")
+    sha256_of = _typed(record.get("sha256_of", "file"), str, f"{what} sha256_of")
+    if sha256_of not in SHA256_OF:
+        raise _Damaged(f"{what} sha256_of is {sha256_of!r:.40}, not one of {SHA256_OF}")
     return FileRecord(
         size=int(_typed(record.get("size"), int, f"{what} size")),
         sha256=str(_typed(record.get("sha256"), str, f"{what} sha256")),
         source_file=None if source is None else _plain_name(source),
+        sha256_of=sha256_of,
     )
 
 
@@ -405,7 +414,11 @@ def read_manifest_or_empty(folder: Path) -> Manifest:
 
 
 def _file_json(record: FileRecord) -> dict[str, Any]:
-    document: dict[str, Any] = {"size": record.size, "sha256": record.sha256}
+    document: dict[str, Any] = {
+        "size": record.size,
+        "sha256": record.sha256,
+        "sha256_of": record.sha256_of,
+    }
     if record.source_file is not None:
         document["source_file"] = record.source_file
     return document

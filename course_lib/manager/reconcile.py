@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from course_lib.checkpoint import BEST_STEM
@@ -22,9 +23,9 @@ from course_lib.manager.files import (
     PRIMARY_PATTERN,
     SIDECAR_PATTERN,
     TEMP_PATTERN,
-    FileRecord,
+    file_matches,
     link_best,
-    sha256_file,
+    record_of,
     sidecar_name,
 )
 from course_lib.manager.manifest import (
@@ -165,7 +166,7 @@ def _best_is_current(folder: Path, best: BestPointer) -> bool:
         src = folder / str(info.source_file or "")
         if best.source and info.source_file and src.is_file() and os.path.samefile(path, src):
             continue  # the hard link made from the committed checkpoint
-        if path.stat().st_size != info.size or sha256_file(path) != info.sha256:
+        if not file_matches(path, info):
             return False
     return True
 
@@ -217,10 +218,7 @@ def entry_from_file(
     raw_metrics = metrics if metrics is not None else state.get("metrics") or {}
     if not raw_metrics and isinstance(state.get("loss"), (int, float)):
         raw_metrics = {"loss": state["loss"]}
-    records = {
-        name: FileRecord((folder / name).stat().st_size, sha256_file(folder / name))
-        for name in files
-    }
+    records = {name: record_of(folder / name) for name in files}
     return new_entry(path.name, records, epoch, step, raw_metrics, adopted=True)
 
 
@@ -251,6 +249,6 @@ def _adopt_folder(folder: Path) -> Manifest:
                 epoch=info.epoch,
                 step=info.step,
                 metrics=info.metrics,
-                files={best.name: FileRecord(record.size, record.sha256, source)},
+                files={best.name: replace(record, source_file=source)},
             )
     return manifest

@@ -25,7 +25,7 @@ import course_lib.manager.reconcile as reconcile_module
 from course_lib.checkpoint import checkpoint_filename
 from course_lib.display import format_table
 from course_lib.manager import CheckpointManager
-from course_lib.manager.files import sha256_file
+from course_lib.manager.files import file_sha256
 from course_lib.models import make_mlp
 
 _common_spec = importlib.util.spec_from_file_location(
@@ -221,7 +221,8 @@ def test_the_manifest_records_each_checkpoint(tmp_path):
     assert entry["file"] == path.name and entry["epoch"] == 4
     assert entry["metrics"] == {"val_loss": 0.5, "acc": 0.9}
     assert entry["size"] == path.stat().st_size
-    assert entry["sha256"] == sha256_file(path)
+    assert entry["sha256"] == entry["files"][path.name]["sha256"] == file_sha256(path, "zip")
+    assert entry["files"][path.name]["sha256_of"] == "zip"
     assert entry["torch_version"] == torch.__version__
     assert entry["course_version"] and entry["time"].startswith("20")
 

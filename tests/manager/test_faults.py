@@ -33,7 +33,7 @@ from course_lib.manager import (
     CheckpointWriteError,
     retention_reasons,
 )
-from course_lib.manager.files import sha256_file
+from course_lib.manager.files import file_sha256
 from course_lib.safe_io import CheckpointNotFoundError, CorruptCheckpointError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -207,7 +207,7 @@ def test_sigkill_mid_save_loses_nothing(zygote, tmp_path, fmt, kills):
         )
         for entry in manifest["checkpoints"]:
             for name, info in entry["files"].items():
-                assert sha256_file(directory / name) == info["sha256"]
+                assert file_sha256(directory / name, info["sha256_of"]) == info["sha256"]
         best_epoch = min(range(newest + 1), key=save_loop.metric)
         if manifest["best"] is not None:
             assert manager.load_best(model, restore_rng=False)["epoch"] == best_epoch

@@ -133,8 +133,12 @@ def test_a_planted_link_is_replaced_never_written_through(folder_with_a_checkpoi
         (lambda d: d.update(version=99), "newer"),
         (lambda d: d.update(version="1"), "version"),
         (lambda d: d["checkpoints"][0].update(protected="no"), "protected"),
+        (
+            lambda d: next(iter(d["checkpoints"][0]["files"].values())).update(sha256_of="half"),
+            "sha256_of",
+        ),
     ],
-    ids=["newer_version", "version_not_a_number", "protected_not_a_bool"],
+    ids=["newer_version", "version_not_a_number", "protected_not_a_bool", "unknown_sha256_of"],
 )
 def test_the_version_and_flags_are_checked_too(folder_with_a_checkpoint, change, problem):
     _tamper(folder_with_a_checkpoint, change)

@@ -11,6 +11,7 @@ import errno
 import importlib.util
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ import pytest
 from course_lib.manager import CheckpointManager, reconcile
 from course_lib.manager.files import MANIFEST_NAME
 from course_lib.models import make_mlp
-from course_lib.safe_io import CorruptCheckpointError
+from course_lib.safe_io import CorruptCheckpointError, zip_structure_sha256
 
 _common_spec = importlib.util.spec_from_file_location(
     "common", Path(__file__).resolve().parent / "helpers" / "common.py"
@@ -149,3 +150,35 @@ def test_a_full_disk_does_not_stop_a_manager_from_opening_and_loading(
         manager = CheckpointManager(folder)
     loaded = manager.load_latest(make_mlp(), None)
     assert loaded["epoch"] == 1
+
+
+def test_a_damaged_copy_of_best_model_is_linked_again_on_opening(tmp_path):
+    """A copied best_model.pth (no hard link) with a flipped bit in its data: its structure
+    digest still matches, so opening checks its CRC-32s too, and links it again from its
+    source."""
+    manager = CheckpointManager(tmp_path, max_to_keep=3)
+    model, optimizer = tiny()
+    for epoch in range(2):
+        mark(model, epoch)
+        manager.save(model, optimizer, None, epoch, {"val_loss": 1.0}, is_best=epoch == 0)
+    best, source = tmp_path / "best_model.pth", tmp_path / "checkpoint_epoch_0000.pth"
+    data = bytearray(best.read_bytes())
+    best.unlink()
+    best.write_bytes(bytes(data))  # a copy: intact, so it stays as it is
+    quiet_manager(tmp_path)
+    assert not os.path.samefile(best, source)
+    with zipfile.ZipFile(best) as archive:
+        pickle = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
+    name_and_extra = int.from_bytes(
+        data[pickle.header_offset + 26 : pickle.header_offset + 30], "little"
+    )
+    start = pickle.header_offset + 30 + (name_and_extra & 0xFFFF) + (name_and_extra >> 16)
+    data[start + pickle.compress_size // 2] ^= 0x01  # inside the pickle's data
+    best.write_bytes(bytes(data))
+    with open(best, "rb") as copy, open(source, "rb") as original:
+        assert zip_structure_sha256(copy) == zip_structure_sha256(original)
+    quiet_manager(tmp_path)
+    assert os.path.samefile(best, source)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert CheckpointManager(tmp_path).load_best(model)["epoch"] == 0
