@@ -26,19 +26,10 @@ PLAIN, FSYNC, SAFE = "torch.save", "torch.save + fsync", "safe_save"
 _FSYNC_NOTICEABLE = 1.3
 
 
-def _median_save_ms(
-    save: Callable[[Any, Path], Any], obj: Any, path: str | os.PathLike[str], repeat: int = 5
-) -> float:
-    """The median time of ``save(obj, path)`` over ``repeat`` calls, in milliseconds.
-
-    Taught in notebooks/09b_durability_in_depth.ipynb, step 4 (through ``measure_save_costs``).
-    """
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        save(obj, Path(path))
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+def _timed_ms(save: Callable[[Any, Path], Any], obj: Any, path: Path) -> float:
+    start = time.perf_counter()
+    save(obj, path)
+    return (time.perf_counter() - start) * 1000
 
 
 @dataclass(frozen=True)
@@ -118,11 +109,15 @@ def measure_save_costs(
     if next(iter(methods)) != PLAIN:
         raise ValueError(f"the first method must be {PLAIN!r}, the baseline of the ratios")
     target = Path(folder) / "m.pth"
-    return SaveCosts(
-        {
-            state: {
-                name: _median_save_ms(save, obj, target, repeat) for name, save in methods.items()
-            }
-            for state, obj in states.items()
-        }
-    )
+    ms: dict[str, dict[str, float]] = {}
+    for state, obj in states.items():
+        for save in methods.values():  # warm-up: first calls pay for imports and new pages
+            save(obj, target)
+        # Round by round, each method once per round: all of them meet the same disk (the
+        # write-back of earlier saves slows whichever save runs while it happens).
+        times: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(repeat):
+            for name, save in methods.items():
+                times[name].append(_timed_ms(save, obj, target))
+        ms[state] = {name: statistics.median(t) for name, t in times.items()}
+    return SaveCosts(ms)

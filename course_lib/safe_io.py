@@ -319,6 +319,15 @@ def _crc_failed(path: Path, exc: BaseException) -> CorruptCheckpointError:
 
 # One entry of a zip archive: name, offset of its data, stored size, CRC-32 (None: compressed).
 _ZipEntry = tuple[str, int, int, int | None]
+
+
+def _record(name: str) -> str:
+    """An archive entry as the learner knows it: ``data/19``, not ``.model.pth.x1y2/data/19``
+    (``torch.save`` puts every entry under a folder named after the file it wrote, which for a
+    safe save is the random temporary name)."""
+    return repr(name.split("/", 1)[-1])
+
+
 _LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., file name length, extra field length
 _CRC_THREADS = 4  # at most, while torch.load reads (each one's CRC-32 runs without the GIL)
 
@@ -338,11 +347,15 @@ def _zip_entries(source: BinaryIO) -> tuple[list[_ZipEntry], list[_ZipEntry]]:
         for info in archive.infolist():
             head = os.pread(fd, _LOCAL_HEADER.size, info.header_offset)
             if len(head) < _LOCAL_HEADER.size or not head.startswith(ZIP_MAGIC):
-                raise zipfile.BadZipFile(f"Bad magic number for file header of {info.filename!r}")
+                raise zipfile.BadZipFile(
+                    f"Bad magic number for the header of record {_record(info.filename)}"
+                )
             _, name_length, extra_length = _LOCAL_HEADER.unpack(head)
             start = info.header_offset + _LOCAL_HEADER.size + name_length + extra_length
             if start + info.compress_size > size:
-                raise EOFError(f"{info.filename!r} ends past the end of the file ({size} bytes)")
+                raise EOFError(
+                    f"record {_record(info.filename)} ends past the end of the file ({size} bytes)"
+                )
             stored = info.compress_type == zipfile.ZIP_STORED
             entry = (info.filename, start, info.compress_size, info.CRC if stored else None)
             is_tensor = "/data/" in info.filename and info.filename.rsplit("/", 1)[-1].isdigit()
@@ -415,11 +428,11 @@ def _check_crcs(source: BinaryIO, entries: list[_ZipEntry]) -> None:
         while offset < end:
             chunk = os.pread(fd, min(4 << 20, end - offset), offset)
             if not chunk:
-                raise EOFError(f"{name!r} is cut short")
+                raise EOFError(f"record {_record(name)} is cut short")
             crc = zlib.crc32(chunk, crc)  # zlib releases the GIL on large buffers
             offset += len(chunk)
         if crc != expected:
-            raise zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+            raise zipfile.BadZipFile(f"Bad CRC-32 for record {_record(name)}")
 
 
 @contextlib.contextmanager
@@ -592,9 +605,9 @@ class _CrcCheckingReader(io.RawIOBase):
                 break
         self._checked.add(start)
         if done < size:
-            self.failures[start] = EOFError(f"{name!r} is cut short")
+            self.failures[start] = EOFError(f"record {_record(name)} is cut short")
         elif crc != expected:
-            self.failures[start] = zipfile.BadZipFile(f"Bad CRC-32 for file {name!r}")
+            self.failures[start] = zipfile.BadZipFile(f"Bad CRC-32 for record {_record(name)}")
         return done
 
     def unchecked(self) -> list[_ZipEntry]:

@@ -219,7 +219,8 @@ def torch_save_fsync(obj, path):
 
 
 # %% [markdown]
-# `benchmark_io.measure_save_costs` times each method five times per state and keeps the medians;
+# `benchmark_io.measure_save_costs` calls each method once untimed, then times them in turns, five
+# rounds per state, and keeps the medians;
 # the last line is its reading of *these* numbers (timings differ on every run, so this cell's
 # output is not compared by the tests):
 
