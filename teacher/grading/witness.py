@@ -49,6 +49,7 @@ import secrets
 import select
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,6 +71,10 @@ GRADER_KEY_NAME = "witness.key"  # beside the answers folder, for the judge (nev
 MANIFEST_NAME = "witness.json"
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 4, 36, 38
 REPLY_LIMIT = 1 << 20
+# CPython 3.11 keeps the AST constructor's recursion depth per interpreter, not per thread
+# (gh-106905): two ast.parse calls that interleave (``--jobs 2`` prepares two jobs at once) can
+# fail with "SystemError: AST constructor recursion depth mismatch". One parse at a time.
+_ONE_PARSE_AT_A_TIME = threading.Lock()
 
 
 # --- the grader's side --------------------------------------------------------------------------
@@ -81,7 +86,9 @@ def prepare(workdir: Path) -> None:
     Only for an exercise whose ``answer.py`` (already in ``job/``) defines ``witness``: no other
     job gets a key, so none is left lying in a student's answers folder.
     """
-    tree = ast.parse((workdir / "job" / "answer.py").read_text())
+    source = (workdir / "job" / "answer.py").read_text()
+    with _ONE_PARSE_AT_A_TIME:
+        tree = ast.parse(source)
     if not any(isinstance(n, ast.FunctionDef) and n.name == "witness" for n in tree.body):
         return
     key = secrets.token_hex(32)

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -42,6 +45,51 @@ def test_an_exercise_without_a_witness_gets_no_key(tmp_path, exercise):
     assert not (answers_dir / KEY_NAME).exists() and not (tmp_path / GRADER_KEY_NAME).exists()
     assert not (tmp_path / "job" / "witness.py").exists()
     assert Answers(answers_dir).key is None
+
+
+class _FinalizedCycle:
+    """Garbage whose collection runs Python code: the moment another thread can take over."""
+
+    def __init__(self):
+        self.me = self
+
+    def __del__(self):
+        sum(range(50))
+
+
+def test_jobs_prepared_in_parallel_threads_do_not_crash_the_grader(tmp_path):
+    """``--jobs 2`` prepares two jobs at once. CPython 3.11's AST constructor keeps its recursion
+    depth per interpreter, not per thread (gh-106905): two ``ast.parse`` calls that interleave
+    (a garbage collection in one runs Python code, and the other thread takes over) fail with
+    "SystemError: AST constructor recursion depth mismatch". In CI that crashed the grading of the
+    ex7 solution (0/6); this loop hit it about 30 times a second before the parse was serialized."""
+    jobs = []
+    for i in range(4):
+        (tmp_path / str(i)).mkdir()
+        _job(tmp_path / str(i), "ex7_exact_resume")
+        jobs.append(tmp_path / str(i))
+    errors: list[BaseException] = []
+
+    def prepare_again_and_again(job):
+        end = time.monotonic() + 2
+        while time.monotonic() < end and not errors:
+            _FinalizedCycle()
+            try:
+                prepare(job)
+            except Exception as exc:  # noqa: BLE001 - any failure is the finding
+                errors.append(exc)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns as often as they can
+    try:
+        threads = [threading.Thread(target=prepare_again_and_again, args=(j,)) for j in jobs]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, errors[:2]
 
 
 def test_records_signed_with_the_key_are_read_and_forged_ones_refused(tmp_path):
