@@ -21,12 +21,14 @@ Taught in notebooks/05b_torchrun_elastic.ipynb, section 6.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
 import pickletools
 import re
 import stat
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
@@ -521,9 +523,18 @@ def load_dcp(
     reader.read_metadata()  # a refusal raised here, not logged and wrapped by DCP
     planner = SafeLoadPlanner()
     planner.folder = folder
+    with _course_errors_unwrapped():
+        dcp.load(state, storage_reader=reader, planner=planner, no_dist=no_dist)
+    return state
+
+
+@contextlib.contextmanager
+def _course_errors_unwrapped() -> Iterator[None]:
+    """Around a DCP load: sparse tensors checked as they are built, and our refusal raised as it
+    is when DCP has wrapped it in its ``CheckpointException`` (or logged and re-raised it)."""
     with torch.sparse.check_sparse_tensor_invariants():
         try:
-            dcp.load(state, storage_reader=reader, planner=planner, no_dist=no_dist)
+            yield
         except CheckpointError:
             raise
         except (Exception, CheckpointException) as exc:  # a rank's error, wrapped by DCP
@@ -531,7 +542,6 @@ def load_dcp(
             if inner is not None:
                 raise inner from None
             raise
-    return state
 
 
 def _course_error(exc: BaseException) -> CheckpointError | None:
@@ -565,19 +575,6 @@ def dcp_to_torch_save(
     reader.read_metadata()  # a refusal raised here, not logged and wrapped by DCP
     planner = _SafeEmptyPlanner()
     planner.folder = folder
-    with torch.sparse.check_sparse_tensor_invariants():
-        try:
-            _load_state_dict(
-                state,
-                storage_reader=reader,
-                planner=planner,
-                no_dist=True,
-            )
-        except CheckpointError:
-            raise
-        except (Exception, CheckpointException) as exc:  # a rank's error, wrapped by DCP
-            inner = _course_error(exc)
-            if inner is not None:
-                raise inner from None
-            raise
+    with _course_errors_unwrapped():
+        _load_state_dict(state, storage_reader=reader, planner=planner, no_dist=True)
     return safe_save(state, torch_save_path)

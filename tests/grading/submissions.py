@@ -146,4 +146,7 @@ os._exit(3)
 #: test_judge_attacks.py and test_stubs_earn_nothing.py share one class run (``attacked_class`` in
 #: tests/grading/conftest.py): one run of the solutions, one zygote per thread. Under xdist both
 #: files must then run on one worker, or each would grade the class again.
-ATTACKED_CLASS = pytest.mark.xdist_group("attacked-class")
+ATTACKED_CLASS = [
+    pytest.mark.xdist_group("attacked-class"),
+    pytest.mark.timeout(1500),  # one class run of 31 submissions on a shared 2-core machine
+]

@@ -277,8 +277,8 @@ class _Listener:
         self.server.close()
 
 
-def _grade_runs() -> set[str]:
-    return {p.name for p in Path(tempfile.gettempdir()).glob("grade-run-*")}
+def _grade_runs(folder: Path) -> set[str]:
+    return {p.name for p in folder.glob("grade-run-*")}
 
 
 @pytest.fixture(scope="module")
@@ -381,12 +381,17 @@ def graded(tmp_path_factory):
     submit("undecodable", with_cells("ex3_partial_loading"), bad_name)
     submit("ken", with_cells("ex3_partial_loading", metadata=False), "untitled.ipynb")
 
-    before, runs_before = _tree_digest(ROOT), _grade_runs()
+    # The run's scratch goes to a temporary folder of its own: under xdist another worker may be
+    # grading at the same time, and its scratch in /tmp is not this run's to account for.
+    scratch_parent, tempdir_before = tmp_path_factory.mktemp("grader-tmp"), tempfile.tempdir
+    before, runs_before = _tree_digest(ROOT), _grade_runs(scratch_parent)
     out = root.parent / "grades.csv"
     out.write_text("previous grades\n")
+    tempfile.tempdir = str(scratch_parent)
     try:
         reports = grade_class(root, out, seed=1234, jobs=2, progress=False, limits=CLASS_LIMITS)
     finally:
+        tempfile.tempdir = tempdir_before
         listener.close()
     table = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
     # Zombies are not running; a container's init that does not reap them is not the grader's doing.
@@ -397,7 +402,7 @@ def graded(tmp_path_factory):
         "reports": {(r.student, r.exercise): r for r in reports},
         "paths": paths,
         "tree_unchanged": _tree_digest(ROOT) == before,
-        "new_grade_runs": _grade_runs() - runs_before,
+        "new_grade_runs": _grade_runs(scratch_parent) - runs_before,
         "processes": processes,
         "listener": listener,
     }

@@ -29,11 +29,7 @@ from submissions import (
 
 from teacher.grading import Status
 
-pytestmark = [
-    needs_bwrap,
-    pytest.mark.timeout(1500),  # one class run of 31 submissions on a shared 2-core machine
-    ATTACKED_CLASS,  # on the worker that grades the class run it shares (conftest.py)
-]
+pytestmark = [needs_bwrap, *ATTACKED_CLASS]  # on the worker grading the class run (conftest.py)
 
 EX1, EX2, EX4, EX6 = (
     "ex1_checkpoint_manager",
