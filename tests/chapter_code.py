@@ -20,16 +20,32 @@ NBSRC = Path(__file__).resolve().parent.parent / "nbsrc"
 
 def cells(source: Path) -> list[str]:
     """The code cells of a percent-format source (``# %%`` starts a cell; markdown ones skipped)."""
-    found: list[list[str]] = []
+    return [text for _, text in _cells_at(source)]
+
+
+def _cells_at(source: Path) -> list[tuple[int, str]]:
+    """Each code cell with the file's line number of its first line."""
+    found: list[tuple[int, list[str]]] = []
     current: list[str] | None = None
-    for line in source.read_text().splitlines():
+    for number, line in enumerate(source.read_text().splitlines(), start=1):
         if line.startswith("# %%"):
             current = None if "[markdown]" in line else []
             if current is not None:
-                found.append(current)
+                found.append((number + 1, current))
         elif current is not None:
             current.append(line)
-    return ["\n".join(cell) for cell in found]
+    return [(start, "\n".join(lines)) for start, lines in found]
+
+
+def _parsed(source: Path) -> list[ast.Module]:
+    """The cells' trees, numbered as lines of the file: tracebacks and ``inspect.getsource``
+    (which TorchScript reads) find the chapter's code where it is."""
+    trees = []
+    for start, text in _cells_at(source):
+        tree = ast.parse(text)
+        ast.increment_lineno(tree, start - 1)
+        trees.append(tree)
+    return trees
 
 
 def chapter_definitions(notebook: str, *names: str) -> types.SimpleNamespace:
@@ -39,7 +55,7 @@ def chapter_definitions(notebook: str, *names: str) -> types.SimpleNamespace:
     (the notebook was rewritten: the test must follow it).
     """
     source = NBSRC / "notebooks" / f"{notebook}.py"
-    trees = [ast.parse(cell) for cell in cells(source)]
+    trees = _parsed(source)
     imports = [
         node
         for tree in trees

@@ -28,3 +28,14 @@ def test_only_code_cells_are_read_and_a_missing_name_is_named(tmp_path):
     assert all("[markdown]" not in c for c in cells(NBSRC / "notebooks" / "03_checkpoints.py"))
     with pytest.raises(LookupError, match="no_such_function"):
         chapter_definitions("03_checkpoints", "no_such_function")
+
+
+def test_the_chapters_code_keeps_its_line_numbers_in_the_source():
+    """TorchScript reads a method's source by its line number: the chapter's conditional model
+    fails to script for the chapter's reason (no annotation on use_relu), not on a wrong line."""
+    import inspect
+
+    model = chapter_definitions("06b_export_in_depth", "ConditionalModel").ConditionalModel
+    lines, first = inspect.getsourcelines(model.forward)
+    source = (NBSRC / "notebooks" / "06b_export_in_depth.py").read_text().splitlines()
+    assert source[first - 1] == lines[0].rstrip("\n") and "def forward" in lines[0]

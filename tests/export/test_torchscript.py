@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 from export_models import SignBranch, SignBranchCond, assert_parity
-from torch import nn
 
 from course_lib import export
 from course_lib.models import ConditionalModel
+from tests.chapter_code import chapter_definitions
 
 
 def test_trace_parity_after_save_and_load(model_and_shape, tmp_path):
@@ -40,20 +40,10 @@ def test_scripted_conditional_model_keeps_both_branches():
 
 
 def test_chapter_conditional_model_fails_to_script_as_written():
-    class ChapterConditionalModel(nn.Module):  # the chapter's code: use_relu has no annotation
-        def __init__(self):
-            super().__init__()
-            self.fc1 = nn.Linear(10, 20)
-            self.fc2 = nn.Linear(20, 5)
-
-        def forward(self, x, use_relu=True):
-            x = self.fc1(x)
-            if use_relu:
-                x = torch.relu(x)
-            return self.fc2(x)
-
+    # The chapter's code, as 06b shows it: use_relu has no annotation.
+    chapter = chapter_definitions("06b_export_in_depth", "ConditionalModel")
     with pytest.raises(RuntimeError, match="use_relu"):
-        export.script_model(ChapterConditionalModel().eval())
+        export.script_model(chapter.ConditionalModel().eval())
 
 
 def test_trace_bakes_in_a_data_dependent_branch_script_and_cond_do_not():
