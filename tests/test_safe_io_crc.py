@@ -17,6 +17,7 @@ import torch
 
 import course_lib.safe_io as safe_io
 from course_lib.safe_io import CorruptCheckpointError, safe_load, verify_zip_crc
+from tests.zip_bytes import data_range
 
 
 @pytest.fixture
@@ -28,17 +29,6 @@ def big_file(tmp_path):
     path = tmp_path / "big.pth"
     torch.save(state, path)
     return path
-
-
-def _data_range(path, entry):
-    """(start, end) of ``entry``'s stored bytes in the file."""
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(entry)
-    raw = path.read_bytes()
-    head = raw[info.header_offset : info.header_offset + 30]
-    start = info.header_offset + 30 + int.from_bytes(head[26:28], "little")
-    start += int.from_bytes(head[28:30], "little")
-    return start, start + info.compress_size
 
 
 def _entries(path):
@@ -61,9 +51,9 @@ def _tensor_entry(path, which=0):
 def test_a_flipped_bit_in_a_big_tensor_is_found_while_loading(big_file):
     assert safe_load(big_file, map_location="cpu")["big0"].shape == (512, 1024)
     entry = max(
-        _entries(big_file), key=lambda e: _data_range(big_file, e)[1] - _data_range(big_file, e)[0]
+        _entries(big_file), key=lambda e: data_range(big_file, e)[1] - data_range(big_file, e)[0]
     )
-    start, end = _data_range(big_file, entry)
+    start, end = data_range(big_file, entry)
     _flip(big_file, (start + end) // 2)
     assert torch.load(big_file, weights_only=True) is not None  # torch does not notice
     with pytest.raises(CorruptCheckpointError, match="CRC-32") as info:
@@ -77,7 +67,7 @@ def test_a_flipped_bit_in_a_big_tensor_is_found_while_loading(big_file):
 
 def test_the_pickle_is_checked_before_torch_load_runs(big_file, monkeypatch):
     pickle_entry = next(e for e in _entries(big_file) if e.endswith("data.pkl"))
-    start, end = _data_range(big_file, pickle_entry)
+    start, end = data_range(big_file, pickle_entry)
     _flip(big_file, (start + end) // 2)
     calls = []
     monkeypatch.setattr(torch, "load", lambda *a, **k: calls.append(a))
@@ -87,7 +77,7 @@ def test_the_pickle_is_checked_before_torch_load_runs(big_file, monkeypatch):
 
 
 def test_the_crc_error_wins_when_the_damage_also_breaks_the_load(big_file, monkeypatch):
-    start, end = _data_range(big_file, _tensor_entry(big_file))
+    start, end = data_range(big_file, _tensor_entry(big_file))
     _flip(big_file, start + 3)
 
     def failing_load(*args, **kwargs):
@@ -111,7 +101,7 @@ def test_a_load_error_is_kept_when_the_crcs_are_right(big_file, monkeypatch):
 def test_verify_zip_crc_agrees_with_zipfile_on_random_flips(big_file, tmp_path, seed):
     rng = random.Random(seed)
     original = big_file.read_bytes()
-    ranges = [_data_range(big_file, e) for e in _entries(big_file)]
+    ranges = [data_range(big_file, e) for e in _entries(big_file)]
     for _ in range(15):
         big_file.write_bytes(original)
         start, end = rng.choice(ranges)
@@ -171,7 +161,7 @@ def test_the_damaged_record_is_named_without_the_temporary_file_name(tmp_path):
     with zipfile.ZipFile(path) as archive:
         folder = archive.namelist()[0].split("/", 1)[0]
     assert folder != "model"  # the temporary file's stem: what the message must not show
-    start, end = _data_range(path, f"{folder}/data/0")
+    start, end = data_range(path, f"{folder}/data/0")
     _flip(path, (start + end) // 2)
     with pytest.raises(CorruptCheckpointError, match="record 'data/0'") as info:
         safe_load(path)
@@ -180,7 +170,7 @@ def test_the_damaged_record_is_named_without_the_temporary_file_name(tmp_path):
 
 def test_a_truncated_tensor_is_reported(big_file):
     entry = _tensor_entry(big_file, 1)
-    start, end = _data_range(big_file, entry)
+    start, end = data_range(big_file, entry)
     raw = big_file.read_bytes()
     big_file.write_bytes(raw[: start + 10] + raw[end:])  # the zip directory points past the cut
     with pytest.raises(CorruptCheckpointError):
@@ -198,11 +188,11 @@ def test_with_several_checking_threads_the_earliest_damage_is_reported(
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     tensors = sorted(
         (e for e in _entries(big_file) if "/data/" in e and e.rsplit("/", 1)[1].isdigit()),
-        key=lambda e: _data_range(big_file, e)[0],
+        key=lambda e: data_range(big_file, e)[0],
     )
     assert safe_load(big_file, map_location="cpu")["big2"].shape == (512, 1024)
     for entry in (tensors[-1], tensors[1]):  # damage two, the later one first
-        start, end = _data_range(big_file, entry)
+        start, end = data_range(big_file, entry)
         _flip(big_file, end - 1)
     with pytest.raises(CorruptCheckpointError, match="CRC-32") as info:
         safe_load(big_file, map_location="cpu")
@@ -211,7 +201,7 @@ def test_with_several_checking_threads_the_earliest_damage_is_reported(
 
 def test_a_memory_mapped_load_is_checked_too(big_file):
     assert safe_load(big_file, map_location="cpu", mmap=True)["big1"].shape == (512, 1024)
-    start, end = _data_range(big_file, _tensor_entry(big_file, 1))
+    start, end = data_range(big_file, _tensor_entry(big_file, 1))
     _flip(big_file, (start + end) // 2)
     with pytest.raises(CorruptCheckpointError, match="CRC-32"):
         safe_load(big_file, map_location="cpu", mmap=True)
@@ -232,7 +222,7 @@ def test_tensors_read_in_pieces_are_checked_after_the_load(big_file, monkeypatch
     monkeypatch.setattr(safe_io._CrcCheckingReader, "readinto", in_pieces)
     loaded = safe_load(big_file, map_location="cpu")
     assert torch.equal(loaded["big2"], torch.load(big_file, weights_only=True)["big2"])
-    start, end = _data_range(big_file, _tensor_entry(big_file, 2))
+    start, end = data_range(big_file, _tensor_entry(big_file, 2))
     _flip(big_file, end - 1)
     with pytest.raises(CorruptCheckpointError, match="CRC-32"):
         safe_load(big_file, map_location="cpu")

@@ -20,6 +20,7 @@ from course_lib.manager import CheckpointManager, reconcile
 from course_lib.manager.files import MANIFEST_NAME
 from course_lib.models import make_mlp
 from course_lib.safe_io import CorruptCheckpointError, zip_structure_sha256
+from tests.zip_bytes import data_range
 
 _common_spec = importlib.util.spec_from_file_location(
     "common", Path(__file__).resolve().parent / "helpers" / "common.py"
@@ -168,12 +169,9 @@ def test_a_damaged_copy_of_best_model_is_linked_again_on_opening(tmp_path):
     quiet_manager(tmp_path)
     assert not os.path.samefile(best, source)
     with zipfile.ZipFile(best) as archive:
-        pickle = next(i for i in archive.infolist() if i.filename.endswith("data.pkl"))
-    name_and_extra = int.from_bytes(
-        data[pickle.header_offset + 26 : pickle.header_offset + 30], "little"
-    )
-    start = pickle.header_offset + 30 + (name_and_extra & 0xFFFF) + (name_and_extra >> 16)
-    data[start + pickle.compress_size // 2] ^= 0x01  # inside the pickle's data
+        pickle = next(n for n in archive.namelist() if n.endswith("data.pkl"))
+    start, end = data_range(best, pickle)
+    data[(start + end) // 2] ^= 0x01  # inside the pickle's data
     best.write_bytes(bytes(data))
     with open(best, "rb") as copy, open(source, "rb") as original:
         assert zip_structure_sha256(copy) == zip_structure_sha256(original)
