@@ -33,6 +33,8 @@ import torch
 
 from course_lib.checkpoint import require_training_checkpoint
 from course_lib.safe_io import (
+    CheckpointError,
+    CheckpointNotFoundError,
     CorruptCheckpointError,
     MapLocation,
     atomic_write,
@@ -52,7 +54,9 @@ __all__ = [
     "SIDECAR_SUFFIX",
     "TEMP_PATTERN",
     "SHA256_OF",
+    "DAMAGED_FILE_FIX",
     "FileRecord",
+    "check_file",
     "file_matches",
     "file_sha256",
     "read_checkpoint_files",
@@ -133,21 +137,67 @@ def record_of(path: str | os.PathLike[str]) -> FileRecord:
         return FileRecord(size, sha256_stream(handle))
 
 
+DAMAGED_FILE_FIX = (
+    "load another checkpoint: manager.load_latest() falls back to the newest good one; "
+    "restore this file from a backup if you need this epoch."
+)
+
+
+def check_file(file: Path, record: FileRecord) -> None:
+    """Check ``file`` against its manifest ``record``: present, its size, its SHA-256.
+
+    Raises ``CheckpointNotFoundError`` (a file deleted by hand) or ``CorruptCheckpointError``
+    (truncated, changed or replaced), naming the file. A ``"zip"`` record does not cover the
+    entries' data: their CRC-32s do (``safe_load`` checks them; ``file_matches`` too).
+    Used by ``loading.verify_files`` and ``file_matches``; not taught in a notebook.
+    """
+    if not file.is_file():
+        raise CheckpointNotFoundError(
+            file,
+            f"listed in {MANIFEST_NAME} but missing (deleted by hand?).",
+            "load another checkpoint: manager.load_latest() falls back to the newest "
+            "good one; manager.list_checkpoints() lists them.",
+        )
+    size = file.stat().st_size
+    if size != record.size:
+        raise CorruptCheckpointError(
+            file,
+            f"the file is {size} bytes, the manifest recorded {record.size}: it was "
+            "truncated or changed after it was saved (a partial copy, a full disk, an edit).",
+            DAMAGED_FILE_FIX,
+        )
+    digest = file_sha256(file, record.sha256_of)
+    if digest is None:  # a "zip" record, and the file is no longer a readable zip archive
+        raise CorruptCheckpointError(
+            file,
+            "the manifest recorded the SHA-256 of its zip structure, and it is no longer a "
+            "readable zip archive with CRC-32s: it was damaged or replaced after it was "
+            "saved (disk or copy error, or an edit).",
+            DAMAGED_FILE_FIX,
+        )
+    if digest != record.sha256:
+        what = "its zip structure's SHA-256" if record.sha256_of == "zip" else "its SHA-256"
+        raise CorruptCheckpointError(
+            file,
+            f"{what} ({digest[:12]}...) does not match the manifest's "
+            f"({record.sha256[:12]}...): the file was damaged, or replaced by another, after "
+            "it was saved (disk or copy error, or an edit).",
+            DAMAGED_FILE_FIX,
+        )
+
+
 def file_matches(path: str | os.PathLike[str], record: FileRecord) -> bool:
     """Whether every byte of ``path`` is as ``record`` says (reads the whole file).
 
-    The size and SHA-256, and for a ``"zip"`` record the entries' CRC-32s too.
+    ``check_file``'s checks, and for a ``"zip"`` record the entries' CRC-32s too.
     """
     path = Path(path)
-    if path.stat().st_size != record.size:
-        return False
-    if file_sha256(path, record.sha256_of) != record.sha256:
-        return False
-    if record.sha256_of == "zip":
-        try:
+    try:
+        check_file(path, record)
+        if record.sha256_of == "zip":
             verify_zip_crc(path)
-        except CorruptCheckpointError:
-            return False
+    except CheckpointError:
+        return False
     return True
 
 

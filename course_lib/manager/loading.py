@@ -20,7 +20,12 @@ from torch import nn
 
 from course_lib.checkpoint import BEST_STEM, apply_checkpoint_from
 from course_lib.manager.errors import CheckpointFallbackWarning
-from course_lib.manager.files import MANIFEST_NAME, file_sha256, read_checkpoint_files
+from course_lib.manager.files import (
+    DAMAGED_FILE_FIX,
+    MANIFEST_NAME,
+    check_file,
+    read_checkpoint_files,
+)
 from course_lib.manager.manifest import BestPointer, CheckpointEntry, Manifest
 from course_lib.manager.retention import rank_best
 from course_lib.safe_io import (
@@ -98,55 +103,15 @@ class Target:
         return cls(model, optimizer, scheduler, **options)
 
 
-_DAMAGED_FIX = (
-    "load another checkpoint: manager.load_latest() falls back to the newest good one; "
-    "restore this file from a backup if you need this epoch."
-)
-
-
 def verify_files(path: Path, record: Record) -> None:
-    """Check each file of ``record`` beside ``path`` against its recorded size and SHA-256.
-
-    Raises ``CheckpointNotFoundError`` (a file deleted by hand) or ``CorruptCheckpointError``
-    (truncated or changed), naming the file. A ``"zip"`` record's SHA-256 covers all but the
-    entries' data (``files.FileRecord``): ``read_checkpoint_files``, which reads the file
-    next, checks the data against the CRC-32s this SHA-256 covers.
+    """Check each file of ``record`` beside ``path`` against its recorded size and SHA-256
+    (``files.check_file``: it raises ``CheckpointNotFoundError`` or ``CorruptCheckpointError``,
+    naming the file). A ``"zip"`` record's SHA-256 covers all but the entries' data
+    (``files.FileRecord``): ``read_checkpoint_files``, which reads the file next, checks the
+    data against the CRC-32s this SHA-256 covers.
     """
     for name, info in record.files.items():
-        file = path.parent / name
-        if not file.is_file():
-            raise CheckpointNotFoundError(
-                file,
-                f"listed in {MANIFEST_NAME} but missing (deleted by hand?).",
-                "load another checkpoint: manager.load_latest() falls back to the newest "
-                "good one; manager.list_checkpoints() lists them.",
-            )
-        size = file.stat().st_size
-        if size != info.size:
-            raise CorruptCheckpointError(
-                file,
-                f"the file is {size} bytes, the manifest recorded {info.size}: it was "
-                "truncated or changed after it was saved (a partial copy, a full disk, an edit).",
-                _DAMAGED_FIX,
-            )
-        digest = file_sha256(file, info.sha256_of)
-        if digest is None:  # a "zip" record, and the file is no longer a readable zip archive
-            raise CorruptCheckpointError(
-                file,
-                "the manifest recorded the SHA-256 of its zip structure, and it is no longer a "
-                "readable zip archive with CRC-32s: it was damaged or replaced after it was "
-                "saved (disk or copy error, or an edit).",
-                _DAMAGED_FIX,
-            )
-        if digest != info.sha256:
-            what = "its zip structure's SHA-256" if info.sha256_of == "zip" else "its SHA-256"
-            raise CorruptCheckpointError(
-                file,
-                f"{what} ({digest[:12]}...) does not match the manifest's "
-                f"({info.sha256[:12]}...): the file was damaged, or replaced by another, after "
-                "it was saved (disk or copy error, or an edit).",
-                _DAMAGED_FIX,
-            )
+        check_file(path.parent / name, info)
 
 
 def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[str, Any]:
@@ -159,7 +124,7 @@ def read_file(path: Path, record: Record | None, device: MapLocation) -> dict[st
         if record is None:
             raise
         # Data that fails its CRC-32 (which a "zip" record covers): the manager's own fix.
-        raise CorruptCheckpointError(exc.path, exc.problem, _DAMAGED_FIX) from None
+        raise CorruptCheckpointError(exc.path, exc.problem, DAMAGED_FILE_FIX) from None
     except FileNotFoundError as exc:  # deleted between the manifest and here (a pruning writer)
         if isinstance(exc, CheckpointError):
             raise
