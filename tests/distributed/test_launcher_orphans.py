@@ -103,9 +103,9 @@ def test_a_worker_hung_in_a_collective_ends_at_the_process_group_timeout(tmp_pat
 def test_a_hang_without_a_collective_timeout_is_ended_by_the_deadline(tmp_path):
     started = time.monotonic()
     with pytest.raises(TorchrunTimeoutError) as info:
-        run_torchrun(JOB, _job(tmp_path, "hang:1:5", timeout_s=600), timeout=25)
-    assert time.monotonic() - started < 40
-    assert "ran past 25 s" in str(info.value)
+        run_torchrun(JOB, _job(tmp_path, "hang:1:5", timeout_s=600), timeout=15)
+    assert time.monotonic() - started < 30
+    assert "ran past 15 s" in str(info.value)
     assert "[fault] rank 1: hang at step 5" in str(info.value)  # the job's last words
     _assert_nothing_left(str(tmp_path))
 

@@ -230,7 +230,8 @@ FORGED_PASS = 'raise RuntimeError("ok\\n  PASS test_names_and_retention (1/1)")'
 
 MAGIC_USER = "%matplotlib inline\n%autoreload 2\nimport math"
 
-CLASS_LIMITS = Limits(timeout=240, cell_timeout=60, memory_mb=2500, disk_mb=300)
+# busy_seconds=1: the fork bomb's 200 spinning children take both cores while the watchdog waits.
+CLASS_LIMITS = Limits(timeout=240, cell_timeout=60, memory_mb=2500, disk_mb=300, busy_seconds=1)
 
 
 def _tree_digest(root: Path) -> str:
