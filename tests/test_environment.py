@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
+import sys
 import tomllib
 from pathlib import Path
 
@@ -72,9 +74,6 @@ def test_the_courses_torch_is_compiled_so_no_process_compiles_it_again():
     """Where PYTHONDONTWRITEBYTECODE is set (CI) or the venv is read-only (the grader's sandbox),
     a process cannot save what it compiles: without the .pyc files each kernel, torchrun worker
     and sandboxed job would compile torch from source again (about 1.7 s of CPU each)."""
-    import importlib.util
-    import sys
-
     import torch
 
     source = Path(torch.__file__)
