@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from typing import Any
 
 from torch import nn
@@ -71,19 +73,44 @@ def layer_explorer(model: nn.Module) -> Any:
     Taught in notebooks/01_state_dict.ipynb.
     """
     import ipywidgets as widgets
-    import matplotlib.pyplot as plt
 
     names = list(model.state_dict())
     picker = widgets.Dropdown(options=names, value=names[0], description="entry")
     output = widgets.Output()
 
     def redraw(change: Any = None) -> None:
-        with output:
-            output.clear_output(wait=True)
-            print(layer_summary(model, picker.value))
-            plot_layer_histogram(model, picker.value)
-            plt.show()
+        # The outputs are set on the widget itself, in one assignment, from a figure that pyplot
+        # never sees: a redraw runs in a widget callback, outside any cell, where capturing
+        # plt.show() (pyplot's global figure list, the cell's message id) could lose the picture
+        # to a cell that is plotting or closing figures at the same time.
+        output.outputs = (
+            {
+                "output_type": "stream",
+                "name": "stdout",
+                "text": layer_summary(model, picker.value) + "\n",
+            },
+            _png_output(model, picker.value),
+        )
 
     picker.observe(redraw, names="value")
     redraw()
     return widgets.VBox([picker, output])
+
+
+def _png_output(model: nn.Module, name: str) -> dict[str, Any]:
+    """One entry's histogram as a notebook display output (a PNG), drawn off pyplot."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 3))
+    plot_layer_histogram(model, name, ax=figure.add_subplot())
+    figure.tight_layout()
+    png = io.BytesIO()
+    figure.savefig(png, format="png")
+    return {
+        "output_type": "display_data",
+        "data": {
+            "image/png": base64.b64encode(png.getvalue()).decode("ascii"),
+            "text/plain": f"<histogram of {name}>",
+        },
+        "metadata": {},
+    }
