@@ -155,17 +155,25 @@ def _where(trace: str) -> str:
     return where
 
 
+#: Signals a worker sends itself: after an exception that @record wrote down, a worker can still
+#: abort in gloo's teardown while the interpreter exits. The exception is what it did.
+_SELF_INFLICTED = {-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS}
+
+
 def _what(code: int, trace: str, messages: list[str]) -> str:
-    if code < 0:  # a signal; torchrun sends SIGTERM to the others after one worker failed
-        where = _where(trace)
-        return f"was killed by {_signal_name(code)}" + (f" in {where}" if where else "")
     last = [line.strip() for line in trace.splitlines() if line.strip()]
-    if not (last and "Traceback" in trace):
+    raised = bool(last) and "Traceback" in trace
+    where = _where(trace)
+    at = f" in {where}" if where else ""
+    if code < 0 and not (raised and code in _SELF_INFLICTED):
+        # Killed from outside: torchrun sends SIGTERM to the others after one worker failed.
+        return f"was killed by {_signal_name(code)}{at}"
+    if not raised:
         # No traceback: the worker left without an exception (os._exit, a C++ abort...), or it
         # did not decorate its main with @record; the agent's error file may still say more.
         return f"raised {messages[0]}" if code == 1 and messages else f"exited with code {code}"
-    where = _where(trace)
-    return f"raised {_GLOO_SOURCE.sub('', last[-1])}" + (f" in {where}" if where else "")
+    after = f" (then aborted with {_signal_name(code)} while exiting)" if code < 0 else ""
+    return f"raised {_GLOO_SOURCE.sub('', last[-1])}{at}{after}"
 
 
 def _failures(output: str, error_files: list[Path]) -> list[RankFailure]:

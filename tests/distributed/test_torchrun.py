@@ -39,6 +39,21 @@ def test_a_worker_that_raised_is_named_with_its_exception_and_line():
     assert failed[0].what == KILLED_IN_BACKWARD  # torchrun stopped the other rank
 
 
+def test_a_worker_that_raised_and_then_aborted_while_exiting_is_named_with_its_exception():
+    """Seen under load: rank 1 raised, @record wrote its traceback, then the process aborted in
+    gloo's teardown (SIGABRT). The exception is what it did; the abort comes after."""
+    output = (FIXTURES / "raise_1_5.log").read_text()
+    output = output.replace("exitcode  : 1 (pid: 31914) ", "exitcode  : -6 (pid: 31914)  (SIGABRT)")
+    failed = {f.rank: f for f in _failures(output, [])}
+    assert failed[1].exitcode == -6
+    assert failed[1].what == (
+        "raised RuntimeError: injected fault: rank 1 raised at step 5 in _inject(): "
+        'raise RuntimeError(f"injected fault: rank {rank} raised at step {step}")'
+        " (then aborted with SIGABRT while exiting)"
+    )
+    assert failed[0].what == KILLED_IN_BACKWARD  # torchrun's SIGTERM stays a kill
+
+
 def test_a_worker_that_exited_is_named_with_its_exit_code():
     failed = _parse("exit_1_5")
     assert failed[1].what == "exited with code 3" and failed[1].exitcode == 3
