@@ -84,3 +84,12 @@ def test_the_courses_torch_is_compiled_so_no_process_compiles_it_again():
     assert Path(importlib.util.cache_from_source(str(source))).is_file(), (
         f"{source.parent} has no compiled modules: ./course's set-up must compile what it installs"
     )
+
+
+def test_only_the_suites_own_pytest_plugins_load(request):
+    """pyproject's addopts: plugins installed elsewhere (a venv with --system-site-packages sees
+    the system's) do not load; here hypothesis, pytest-benchmark and anyio cost 1.5 s of CPU in
+    every pytest process, and a plugin such as pytest-randomly would reorder the suite."""
+    loaded = {dist.project_name for _, dist in request.config.pluginmanager.list_plugin_distinfo()}
+    assert loaded <= {"nbval", "pytest-timeout", "pytest-xdist"}, loaded
+    assert {"nbval", "pytest-timeout"} <= loaded
