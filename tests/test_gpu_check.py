@@ -100,3 +100,20 @@ def test_the_gpu_check_refuses_a_machine_without_cuda_at_once(tmp_path):
     )  # fmt: skip
     assert result.returncode == 3, result.stdout + result.stderr
     assert "NO CUDA" in result.stdout and not (tmp_path / "notebooks.log").exists()
+
+
+def test_the_gpu_check_names_a_pytest_too_old_for_the_suites_options(tmp_path):
+    """pyproject's addopts need pytest 8.4 (--disable-plugin-autoload): a GPU machine's older
+    pytest is named before any run, not met as 'unrecognized arguments' in every log."""
+    fake = tmp_path / "site" / "pytest"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text('__version__ = "8.3.5"\n')
+    env = dict(os.environ, OUT=str(tmp_path / "out"), COURSE_PYTHON=sys.executable,
+               GPU_CHECK_DEVICE="cpu", PYTHONPATH=str(tmp_path / "site"))  # fmt: skip
+    result = subprocess.run(
+        [str(ROOT / "tools" / "gpu_check.sh")], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "MISSING: pytest>=8.4 (found 8.3.5)" in result.stdout, result.stdout
+    assert not (tmp_path / "out" / "notebooks.log").exists()

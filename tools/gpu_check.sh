@@ -42,6 +42,10 @@ if "torch" not in missing:
     elif os.environ["GPU_CHECK_DEVICE"] == "cuda":
         print("NO CUDA: this check is for a machine with a GPU")
         raise SystemExit(3)
+if "pytest" not in missing:
+    import pytest  # pyproject's addopts use --disable-plugin-autoload (pytest 8.4)
+    if tuple(int(p) for p in pytest.__version__.split(".")[:2]) < (8, 4):
+        missing.append(f"pytest>=8.4 (found {pytest.__version__})")
 if missing:
     print("MISSING:", " ".join(missing), "(README.md, 'Running the course on a GPU', says how to install them offline)")
     raise SystemExit(3)
