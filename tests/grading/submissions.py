@@ -143,10 +143,11 @@ os._exit(3)
 """
 
 
-#: test_judge_attacks.py and test_stubs_earn_nothing.py share one class run (``attacked_class`` in
-#: tests/grading/conftest.py): one run of the solutions, one zygote per thread. Under xdist both
-#: files must then run on one worker, or each would grade the class again.
-ATTACKED_CLASS = [
-    pytest.mark.xdist_group("attacked-class"),
-    pytest.mark.timeout(1500),  # one class run of 31 submissions on a shared 2-core machine
+#: test_class.py, test_judge_attacks.py and test_stubs_earn_nothing.py share one class run
+#: (``class_run`` in tests/grading/conftest.py): one run of the solutions, one zygote per thread.
+#: Under xdist the three files must then run on one worker, or each would grade the class again.
+CLASS_RUN = [
+    pytest.mark.slow,  # ./course test --fast leaves the class run out
+    pytest.mark.xdist_group("class-run"),
+    pytest.mark.timeout(1500),  # one class run of about 70 submissions on a shared 2-core machine
 ]

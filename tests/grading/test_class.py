@@ -22,6 +22,7 @@ import nbformat
 import pytest
 from submissions import (
     CHAPTER_MANAGER,
+    CLASS_RUN,
     EXERCISES,
     FORGED_PROBLEM,
     MEMORY_BOMB,
@@ -37,7 +38,7 @@ from submissions import (
 
 from teacher.grading import Limits, Status, grade_class
 
-pytestmark = [pytest.mark.slow, needs_bwrap]
+pytestmark = [needs_bwrap, *CLASS_RUN]  # on the worker grading the class run (conftest.py)
 
 TOKEN = "e5c4pe7ok3n"
 
@@ -282,8 +283,13 @@ def _grade_runs(folder: Path) -> set[str]:
     return {p.name for p in folder.glob("grade-run-*")}
 
 
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def grade_the_class(tmp_path_factory) -> dict:
+    """Hand in this file's class, test_judge_attacks.py's and test_stubs_earn_nothing.py's, and
+    grade them in one run (conftest.py's ``class_run``): the reports by (student, exercise), the
+    gradebook, and what the run left behind."""
+    from test_judge_attacks import submit_attacks
+    from test_stubs_earn_nothing import submit_stubs
+
     root = tmp_path_factory.mktemp("class")
     paths: dict[str, Path] = {}
 
@@ -295,6 +301,15 @@ def graded(tmp_path_factory):
         else:
             nbformat.write(nb, folder / name)
         paths[student] = folder / name
+
+    def submit_exercise(student: str, nb, exercise: str) -> None:
+        """The other files' students; the same notebook under the same name is handed in once
+        (alice's solutions, dana's chapter manager and fay's plain save are in every class)."""
+        path = root / student / f"{exercise}.ipynb"
+        if path.exists():
+            assert nbformat.writes(nbformat.read(path, as_version=4)) == nbformat.writes(nb), path
+            return
+        submit(student, nb, f"{exercise}.ipynb")
 
     for exercise in EXERCISES:
         submit("alice", with_cells(exercise), f"{exercise}.ipynb")
@@ -381,6 +396,8 @@ def graded(tmp_path_factory):
     bad_name = os.fsdecode(b"ex3_partial_loading\xff.ipynb")
     submit("undecodable", with_cells("ex3_partial_loading"), bad_name)
     submit("ken", with_cells("ex3_partial_loading", metadata=False), "untitled.ipynb")
+    submit_attacks(submit_exercise)
+    submit_stubs(submit_exercise)
 
     # The run's scratch goes to a temporary folder of its own: under xdist another worker may be
     # grading at the same time, and its scratch in /tmp is not this run's to account for.
@@ -397,7 +414,7 @@ def graded(tmp_path_factory):
     table = subprocess.run(["ps", "-eo", "stat,args"], capture_output=True, text=True).stdout
     # Zombies are not running; a container's init that does not reap them is not the grader's doing.
     processes = "\n".join(line for line in table.splitlines() if not line.lstrip().startswith("Z"))
-    yield {
+    return {
         "root": root,
         "out": out,
         "reports": {(r.student, r.exercise): r for r in reports},
@@ -407,6 +424,11 @@ def graded(tmp_path_factory):
         "processes": processes,
         "listener": listener,
     }
+
+
+@pytest.fixture(scope="module")
+def graded(class_run):
+    return class_run
 
 
 def _report(graded, student: str, exercise: str = "ex3_partial_loading"):

@@ -2,22 +2,22 @@
 
 Per exercise the solution (full marks), the untouched stub and an answer that does nothing
 ("return empty"), each of which must score 0 on *every* check, not only in total: graded in the
-class run this file shares with test_judge_attacks.py (conftest.py's ``attacked_class``).
+class run this file shares with test_class.py and test_judge_attacks.py (conftest.py's
+``class_run``).
 """
 
 from __future__ import annotations
 
 import pytest
 from submissions import (
-    ATTACKED_CLASS,
+    CLASS_RUN,
     EXERCISES,
     needs_bwrap,
     replacing,
-    with_cells,
     without_self_check,
 )
 
-pytestmark = [needs_bwrap, *ATTACKED_CLASS]  # on the worker grading the class run (conftest.py)
+pytestmark = [needs_bwrap, *CLASS_RUN]  # on the worker grading the class run (conftest.py)
 
 # Per exercise: the cell that defines the answer, and an answer that does nothing.
 DOES_NOTHING = {
@@ -61,17 +61,16 @@ class SimpleCheckpointManager:
 
 
 def submit_stubs(submit) -> None:
-    """Per exercise the untouched stub and an answer that does nothing (the solutions are
-    test_judge_attacks's ``alice``, graded in the same class run)."""
+    """Per exercise an answer that does nothing (the solutions are ``alice``'s and the untouched
+    stubs ``bob``'s, handed in by test_class.py to the same class run)."""
     for exercise in EXERCISES:
         defines, source = DOES_NOTHING[exercise]
-        submit("stub", with_cells(exercise, solved=False), exercise)
         submit("nothing", without_self_check(replacing(exercise, defines, source)), exercise)
 
 
 @pytest.fixture(scope="module")
-def reports(attacked_class):
-    return attacked_class["reports"]
+def reports(class_run):
+    return class_run["reports"]
 
 
 def test_every_exercise_has_an_answer_that_does_nothing():
@@ -84,7 +83,7 @@ def test_the_solution_gets_full_marks(reports, exercise):
     assert report.score == report.max_score > 0, report.summary()
 
 
-@pytest.mark.parametrize("student", ["stub", "nothing"])
+@pytest.mark.parametrize("student", ["bob", "nothing"])  # bob: test_class's untouched stubs
 @pytest.mark.parametrize("exercise", EXERCISES)
 def test_every_check_fails_on_the_stub_and_on_doing_nothing(reports, student, exercise):
     report = reports[(student, exercise)]
