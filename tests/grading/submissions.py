@@ -143,11 +143,11 @@ os._exit(3)
 """
 
 
-#: test_class.py, test_judge_attacks.py and test_stubs_earn_nothing.py share one class run
-#: (``class_run`` in tests/grading/conftest.py): one run of the solutions, one zygote per thread.
-#: Under xdist the three files must then run on one worker, or each would grade the class again.
+#: test_class.py, test_judge_attacks.py, test_stubs_earn_nothing.py and test_ex7_exact_resume.py
+#: share one class run (``class_run`` in tests/grading/conftest.py): one run of the solutions, one
+#: zygote per thread. Under xdist the four files must then run on one worker, or each would grade the class again.
 CLASS_RUN = [
     pytest.mark.slow,  # ./course test --fast leaves the class run out
     pytest.mark.xdist_group("class-run"),
-    pytest.mark.timeout(1500),  # one class run of about 70 submissions on a shared 2-core machine
+    pytest.mark.timeout(1500),  # one class run of about 80 submissions on a shared 2-core machine
 ]

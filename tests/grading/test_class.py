@@ -284,9 +284,10 @@ def _grade_runs(folder: Path) -> set[str]:
 
 
 def grade_the_class(tmp_path_factory) -> dict:
-    """Hand in this file's class, test_judge_attacks.py's and test_stubs_earn_nothing.py's, and
-    grade them in one run (conftest.py's ``class_run``): the reports by (student, exercise), the
+    """Hand in this file's class, test_judge_attacks.py's, test_stubs_earn_nothing.py's and
+    test_ex7_exact_resume.py's, and grade them in one run (conftest.py's ``class_run``): the reports by (student, exercise), the
     gradebook, and what the run left behind."""
+    from test_ex7_exact_resume import submit_ex7_answers
     from test_judge_attacks import submit_attacks
     from test_stubs_earn_nothing import submit_stubs
 
@@ -398,6 +399,7 @@ def grade_the_class(tmp_path_factory) -> dict:
     submit("ken", with_cells("ex3_partial_loading", metadata=False), "untitled.ipynb")
     submit_attacks(submit_exercise)
     submit_stubs(submit_exercise)
+    submit_ex7_answers(submit_exercise)
 
     # The run's scratch goes to a temporary folder of its own: under xdist another worker may be
     # grading at the same time, and its scratch in /tmp is not this run's to account for.

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import nbformat
 import pytest
-from submissions import needs_bwrap, replacing, with_cells, without_self_check
+from submissions import CLASS_RUN, needs_bwrap, replacing, without_self_check
 
-from teacher.grading import CheckResult, GradeReport, Limits, grade_submissions
-from teacher.grading.collect import read_submission
+from teacher.grading import CheckResult, GradeReport
 
 EXERCISE = "ex7_exact_resume"
 RESUME_CHECKS = {
@@ -59,46 +58,40 @@ def resume(path, model, optimizer, scheduler):
     return 0
 """
 
-pytestmark = [pytest.mark.slow, needs_bwrap]
+pytestmark = [needs_bwrap, *CLASS_RUN]  # on the worker grading the class run (conftest.py)
+
+#: This file's students in the class run; the solution and the stub are test_class's alice and bob.
+SOLUTION, STUB = "alice", "bob"
 
 
-def _answers() -> dict[str, nbformat.NotebookNode]:
-    """One student per answer below, all graded in one class run (one solution run, warm)."""
+def submit_ex7_answers(submit) -> None:
+    """One student per partial answer below, handed in through ``submit(student, nb, exercise)``
+    to the class run (conftest.py's ``class_run``)."""
 
     def answer(source: str) -> nbformat.NotebookNode:
         return without_self_check(replacing(EXERCISE, "def save", source))
 
-    return {
-        "solution": with_cells(EXERCISE),
-        "stub": with_cells(EXERCISE, solved=False),
-        "model_only": answer(MODEL_ONLY),
-        "no_numpy_rng": answer(NO_NUMPY_RNG),
-        "starts_again": answer(STARTS_AGAIN),
-        "kill_switch": answer(KILL_SWITCH),
-    }
+    for student, source in [("model_only", MODEL_ONLY), ("no_numpy_rng", NO_NUMPY_RNG),
+                            ("starts_again", STARTS_AGAIN), ("kill_switch", KILL_SWITCH)]:  # fmt: skip
+        submit(student, answer(source), EXERCISE)
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory) -> dict[str, tuple[GradeReport, dict[str, CheckResult]]]:
-    root = tmp_path_factory.mktemp("ex7-class")
-    submissions = []
-    for student, nb in _answers().items():
-        path = root / student / f"{EXERCISE}.ipynb"
-        path.parent.mkdir()
-        nbformat.write(nb, path)
-        submissions.append(read_submission(path, student))
-    limits = Limits(cell_timeout=60, timeout=300)
-    reports = grade_submissions(submissions, seed=3, jobs=2, limits=limits)
-    return {r.student: (r, {check.name: check for check in r.checks}) for r in reports}
+def graded(class_run) -> dict[str, tuple[GradeReport, dict[str, CheckResult]]]:
+    return {
+        student: (report, {check.name: check for check in report.checks})
+        for (student, exercise), report in class_run["reports"].items()
+        if exercise == EXERCISE
+    }
 
 
 def test_the_solution_gets_full_marks(graded):
-    report, _ = graded["solution"]
+    report, _ = graded[SOLUTION]
     assert report.score == report.max_score == 6, report.summary()
 
 
 def test_the_stub_gets_nothing(graded):
-    report, checks = graded["stub"]
+    report, checks = graded[STUB]
     assert len(checks) == 4 and all(c.points == 0 for c in checks.values()), report.summary()
 
 
