@@ -34,7 +34,8 @@ from course_lib.distributed.torchrun import host_layout_env
 from course_lib.models import make_mlp
 from course_lib.safe_io import safe_load
 
-pytestmark = pytest.mark.slow  # ./course test --fast leaves it out
+# --fast leaves it out; on the worker that runs the uninterrupted job (conftest.py)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("elastic-baseline")]
 
 JOB = "course_lib.distributed.elastic_job"
 STEPS = ["--steps", "12", "--save-every", "4"]
@@ -54,10 +55,9 @@ def _losses(workdir: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def baseline(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("uninterrupted")
-    result = run_torchrun(JOB, ["--workdir", str(workdir), *STEPS], timeout=150)
-    return workdir, result
+def baseline(elastic_baseline):
+    """The uninterrupted run (conftest.py), with the same --steps and --save-every as STEPS."""
+    return elastic_baseline
 
 
 @pytest.mark.timeout(200)

@@ -385,19 +385,22 @@ def _leaves(obj: object) -> list[object]:
 
 
 @pytest.mark.timeout(300)
+@pytest.mark.xdist_group("elastic-baseline")  # with the run it reads (conftest.py)
 def test_the_elastic_jobs_two_rank_checkpoint_loads_bit_for_bit_and_a_hostile_step_is_refused(
-    tmp_path,
+    elastic_baseline, tmp_path
 ):
-    """Two ranks under torchrun write steps 4 and 8; the safe reader loads step 8 as dcp.load
+    """Two ranks under torchrun wrote steps 4, 8 and 12; the safe reader loads step 8 as dcp.load
     does. Then step 8's .metadata runs code: the restarted job refuses it and resumes from 4."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save as torch_convert
 
     from course_lib.distributed import run_torchrun
     from course_lib.distributed.safe_dcp import dcp_to_torch_save
 
-    job = "course_lib.distributed.elastic_job"
+    reference, _ = elastic_baseline
     workdir = tmp_path / "run"
-    run_torchrun(job, ["--workdir", str(workdir), "--steps", "8", "--save-every", "4"], timeout=150)
+    for step in (4, 8):  # the run as if it had stopped after step 8
+        source = step_folder(reference / "checkpoints", step)
+        shutil.copytree(source, workdir / "checkpoints" / source.name)
     step8 = step_folder(workdir / "checkpoints", 8)
     dcp_to_torch_save(step8, tmp_path / "ours.pth")
     with warnings.catch_warnings():
@@ -413,12 +416,14 @@ def test_the_elastic_jobs_two_rank_checkpoint_loads_bit_for_bit_and_a_hostile_st
     marker = tmp_path / "ran"
     _plant_code(step8, marker)
     result = run_torchrun(
-        job, ["--workdir", str(workdir), "--steps", "12", "--save-every", "4"], timeout=150
+        "course_lib.distributed.elastic_job",
+        ["--workdir", str(workdir), "--steps", "12", "--save-every", "4"],
+        timeout=150,
     )
     lines = result.job_lines()
     assert any(
         line.startswith("[job] refused step 8:") and "builtins.exec" in line for line in lines
-    )
+    ), lines
     assert "[job] 2 workers resumed from step 4" in lines
     assert not marker.exists()
 
