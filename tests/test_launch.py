@@ -245,3 +245,26 @@ def test_the_cuda_run_keeps_the_notebooks_and_the_cuda_tests_only(tmp_path):
         runs[cuda_run] = {line.split("::")[0] for line in out.stdout.splitlines() if "::" in line}
     assert runs["1"] == {"notebooks/00_introduction.ipynb", "tests/test_device.py"}
     assert runs["0"] == set(selection)
+
+
+def test_set_up_never_switches_another_copys_course_lib(tmp_path):
+    """The Python already has course_lib installed editable from another copy of the course (an
+    activated venv; the suite's release test ran the handout's ./course in it): set-up stops and
+    says so, instead of pointing that copy's course_lib at this folder with pip install -e."""
+    venv = _fake_venv(tmp_path, "cpuvenv", CPU_TORCH)
+    folder = _course_copy(tmp_path)
+    other = tmp_path / "first copy"
+    other.mkdir()
+    (other / "course").write_text("#!/bin/sh\n")
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    info = site / "course_lib-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: course_lib\nVersion: 0.1.0\n")
+    (info / "direct_url.json").write_text(
+        json.dumps({"url": other.as_uri(), "dir_info": {"editable": True}})
+    )
+    result = _run_course(folder, venv, "test", "-q")
+    assert result.returncode == 1
+    assert f"already runs the copy of the course in {other};" in result.stderr, result.stderr
+    assert "deactivate the environment" in result.stderr
+    assert _calls(tmp_path) == []  # no test ran
