@@ -247,24 +247,47 @@ def test_the_cuda_run_keeps_the_notebooks_and_the_cuda_tests_only(tmp_path):
     assert runs["0"] == set(selection)
 
 
-def test_set_up_never_switches_another_copys_course_lib(tmp_path):
-    """The Python already has course_lib installed editable from another copy of the course (an
-    activated venv; the suite's release test ran the handout's ./course in it): set-up stops and
-    says so, instead of pointing that copy's course_lib at this folder with pip install -e."""
-    venv = _fake_venv(tmp_path, "cpuvenv", CPU_TORCH)
-    folder = _course_copy(tmp_path)
-    other = tmp_path / "first copy"
-    other.mkdir()
-    (other / "course").write_text("#!/bin/sh\n")
+def _installed_from(venv, folder):
+    """Record in ``venv`` that course_lib is installed editable from ``folder`` (pip's
+    direct_url.json), as pip install -e does."""
     site = next((venv / "lib").glob("python3*/site-packages"))
     info = site / "course_lib-0.1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: course_lib\nVersion: 0.1.0\n")
     (info / "direct_url.json").write_text(
-        json.dumps({"url": other.as_uri(), "dir_info": {"editable": True}})
+        json.dumps({"url": folder.as_uri(), "dir_info": {"editable": True}})
     )
+
+
+SWITCH = "already runs the copy of the course in"
+
+
+def test_set_up_never_switches_another_copys_course_lib(tmp_path):
+    """The Python already has course_lib installed editable from another copy of the course (an
+    activated venv; the suite's release test ran the handout's ./course in it): set-up stops and
+    says so, instead of pointing that copy's course_lib at this folder with pip install -e. The
+    egg-info an earlier install left in this folder must not hide the venv's record."""
+    venv = _fake_venv(tmp_path, "cpuvenv", CPU_TORCH)
+    folder = _course_copy(tmp_path)
+    egg = folder / "course_lib.egg-info"
+    egg.mkdir()
+    (egg / "PKG-INFO").write_text("Metadata-Version: 2.1\nName: course_lib\nVersion: 0.1.0\n")
+    other = tmp_path / "first copy"
+    other.mkdir()
+    (other / "course").write_text("#!/bin/sh\n")
+    _installed_from(venv, other)
     result = _run_course(folder, venv, "test", "-q")
     assert result.returncode == 1
-    assert f"already runs the copy of the course in {other};" in result.stderr, result.stderr
+    assert f"{SWITCH} {other};" in result.stderr, result.stderr
     assert "deactivate the environment" in result.stderr
+    assert "installing the CPU build" not in result.stdout  # stopped before installing anything
     assert _calls(tmp_path) == []  # no test ran
+
+
+def test_set_up_goes_on_when_course_lib_is_this_copys(tmp_path):
+    venv = _fake_venv(tmp_path, "cpuvenv", CPU_TORCH)
+    folder = _course_copy(tmp_path)
+    _installed_from(venv, folder)
+    result = _run_course(folder, venv, "test", "-q")
+    assert SWITCH not in result.stderr
+    assert "installing the course's packages" in result.stdout, result.stdout + result.stderr

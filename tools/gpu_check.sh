@@ -5,7 +5,8 @@
 #    committed outputs are CPU outputs), each notebook given at most 120 s;
 # 2. the test suite with COURSE_DEVICE=cuda (browser and style tests left out: no Chromium, and
 #    ruff does not depend on the device).
-# Both use pytest-xdist (--dist loadfile: a notebook's cells stay on one worker). Results are
+# Both use pytest-xdist (--dist loadgroup, as ./course test: a notebook's cells, and the tests
+# that share one class run or one torchrun job, stay on one worker; conftest.py). Results are
 # written as they come, under $OUT (default ./gpu_check): *.log (pytest -v: one line per cell and
 # per test), *.progress.jsonl (a line when each notebook starts and ends, and per test), and
 # summary.txt at the end, so a run cut off at its time limit still says which notebook hung.
@@ -62,7 +63,7 @@ run() {  # run NAME SECONDS PYTEST-ARGS...: one pytest run, cut off at SECONDS
     echo "gpu_check: $name (at most $seconds s) -> $OUT/$name.log"
     COURSE_DEVICE=$device COURSE_PROGRESS_LOG="$OUT/$name.progress.jsonl" \
         timeout -k 15 "$seconds" "$PY" -m pytest -p no:cacheprovider -v -n "$workers" \
-        --dist loadfile "$@" >"$OUT/$name.log" 2>&1
+        --dist loadgroup "$@" >"$OUT/$name.log" 2>&1
     local status=$?
     [[ $status == 124 || $status == 137 ]] && echo "gpu_check: $name CUT OFF after $seconds s"
     echo "$status" >"$OUT/$name.exit"

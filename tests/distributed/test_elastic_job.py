@@ -2,8 +2,9 @@
 (reshard_job loads its checkpoint), and how it chooses its backend and device.
 
 Each torchrun run starts fresh Python processes that import torch (about 8 s on 2 cores), so the
-runs are shared where they can be: one uninterrupted run (module fixture) is the reference that the
-killed-and-restarted run, the two-node run and the resharded loads are compared with, bit for bit.
+runs are shared where they can be: one uninterrupted run (``elastic_baseline`` in conftest.py, also
+read by test_safe_dcp.py) is the reference that the killed-and-restarted run, the two-node run and
+the resharded loads are compared with, bit for bit.
 The fault tests (a worker that raises, exits, hangs; a restart budget used up) are in
 test_launcher_orphans.py, with the process-table checks; step folders in this process in
 test_step_checkpoints.py, the torchrun commands in test_torchrun.py.

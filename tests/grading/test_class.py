@@ -305,7 +305,9 @@ def grade_the_class(tmp_path_factory) -> dict:
 
     def submit_exercise(student: str, nb, exercise: str) -> None:
         """The other files' students; the same notebook under the same name is handed in once
-        (alice's solutions, dana's chapter manager and fay's plain save are in every class)."""
+        (alice's solutions, dana's chapter manager, fay's plain save). Some names hand in
+        different exercises here and there: zoe (ex3 here, ex2 and ex6 there) and leaker (ex3
+        here, ex2 there), each graded and checked per exercise."""
         path = root / student / f"{exercise}.ipynb"
         if path.exists():
             assert nbformat.writes(nbformat.read(path, as_version=4)) == nbformat.writes(nb), path

@@ -154,7 +154,7 @@ def submit_attacks(submit) -> None:
 
 @pytest.fixture(scope="module")
 def graded(class_run):
-    """The class run of conftest.py's ``class_run``: these attackers and the stubs file's."""
+    """The one class run (conftest.py's ``class_run``), these attackers among its students."""
     return class_run
 
 
