@@ -235,8 +235,8 @@ def run_torchrun(
     """Run ``torchrun ... -m module args`` (``nnodes`` torchrun "nodes" on this machine), wait.
 
     Returns a ``TorchrunResult`` when every node exits 0. Otherwise raises ``TorchrunError`` naming
-    each failed rank and what it did (raised ..., exited with code ..., was killed by SIGKILL; a rank
-    that raised and then aborted while exiting: raised ... (then aborted with SIGABRT ...)), or
+    each failed rank and what it did (raised ..., exited with code ..., was killed by SIGKILL; a
+    rank that raised and then aborted while exiting: raised ... (then aborted with SIGABRT ...)), or
     ``TorchrunTimeoutError`` after ``timeout`` seconds; in every case torchrun, its workers and
     their children are killed as one process group before this returns. ``echo`` prints the job's
     own ``[job]`` lines. Taught in notebooks/05_data_parallel.ipynb, in depth in

@@ -145,7 +145,8 @@ os._exit(3)
 
 #: test_class.py, test_judge_attacks.py, test_stubs_earn_nothing.py and test_ex7_exact_resume.py
 #: share one class run (``class_run`` in tests/grading/conftest.py): one run of the solutions, one
-#: zygote per thread. Under xdist the four files must then run on one worker, or each would grade the class again.
+#: zygote per thread. Under xdist the four files must then run on one worker, or each would grade
+#: the class again.
 CLASS_RUN = [
     pytest.mark.slow,  # ./course test --fast leaves the class run out
     pytest.mark.xdist_group("class-run"),

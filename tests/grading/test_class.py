@@ -285,8 +285,8 @@ def _grade_runs(folder: Path) -> set[str]:
 
 def grade_the_class(tmp_path_factory) -> dict:
     """Hand in this file's class, test_judge_attacks.py's, test_stubs_earn_nothing.py's and
-    test_ex7_exact_resume.py's, and grade them in one run (conftest.py's ``class_run``): the reports by (student, exercise), the
-    gradebook, and what the run left behind."""
+    test_ex7_exact_resume.py's, and grade them in one run (conftest.py's ``class_run``): the
+    reports by (student, exercise), the gradebook, and what the run left behind."""
     from test_ex7_exact_resume import submit_ex7_answers
     from test_judge_attacks import submit_attacks
     from test_stubs_earn_nothing import submit_stubs
