@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import sys
+import traceback
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -370,7 +371,17 @@ def main(argv: list[str] | None = None) -> None:
 
     Called when ``run_torchrun`` starts the module; not taught in a notebook.
     """
-    train(parse_args(argv))  # returns with the model, mesh and table freed
+    cfg = parse_args(argv)
+    try:
+        train(cfg)  # returns with the model, mesh and table freed
+    except BaseException as error:
+        # A rank that raised must end its group too, or it aborts while exiting (SIGABRT after
+        # its traceback, see end_process_group). The traceback's frames hold train's locals, the
+        # DDP model among them: clear them (their lines stay for @record's error file).
+        traceback.clear_frames(error.__traceback__)
+        if dist.is_initialized():
+            end_process_group()
+        raise
     end_process_group()
 
 

@@ -244,13 +244,21 @@ reshard_job.main([
     "--checkpoint", str(step_folder(work / "checkpoints", 4)),
     "--expect", str(work / "final.pth"), "--report", str(work / "report.json"),
 ])
+os.environ["MASTER_PORT"] = str(free_port())
+try:  # a rank that raises: its group is ended too, before the exception leaves main
+    elastic_job.main(["--workdir", str(work / "raised"), "--steps", "4", "--fault", "raise:0:2"])
+except RuntimeError as error:
+    assert "injected fault" in str(error), error
+else:
+    raise AssertionError("the raise fault did not raise")
 print(json.dumps(alive))
 """
 
 
 @pytest.mark.timeout(120)
 def test_no_ddp_model_outlives_the_process_group(tmp_path):
-    """Both jobs destroy their process group only once their DDP model is gone.
+    """Both jobs destroy their process group only once their DDP model is gone, the elastic job
+    also when its rank raised (the traceback's frames held the model).
 
     A DDP model alive at ``destroy_process_group()`` keeps the group until the interpreter shuts
     down, and the worker then aborts after its work is done (SIGABRT, "terminate called without
@@ -267,4 +275,4 @@ def test_no_ddp_model_outlives_the_process_group(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     alive = json.loads(done.stdout.strip().splitlines()[-1])
-    assert alive == [0, 0], f"DDP models alive when each job destroyed its group: {alive}"
+    assert alive == [0, 0, 0], f"DDP models alive when each job destroyed its group: {alive}"
