@@ -17,6 +17,8 @@ The collapsed solutions of a chapter notebook's inline exercises (```python bloc
 ``<details>`` in its nbsrc source) run as extra nbval items, "Inline solution N", after the
 notebook's last cell and in the same kernel, as a learner runs them after the notebook: a
 solution that no longer works fails there, and no notebook runs twice (``_with_inline_solutions``).
+A notebook's kernel that dies before it answers is reported with what it wrote to stderr
+(``_kernel_start_naming_its_stderr``).
 """
 
 from __future__ import annotations
@@ -92,13 +94,41 @@ def _with_inline_solutions(collect):  # noqa: ANN001, ANN202 - wraps nbval's IPy
     return collect_with_solutions
 
 
+def _kernel_start_naming_its_stderr(start):  # noqa: ANN001, ANN202 - wraps nbval.kernel's
+    """nbval's ``start_new_kernel``, with the kernel's own stderr kept in a file (nbval sends it to
+    /dev/null): when the kernel dies before it answers, nbval says only "Kernel died before
+    replying to kernel_info" (seen once, every kernel of 01b in a row, cause unknown); the error
+    then ends with what the kernel wrote."""
+    import tempfile
+
+    def start_new_kernel(startup_timeout=60, kernel_name="python", **kwargs):  # noqa: ANN001, ANN202
+        devnull = kwargs.pop("stderr", None)  # nbval's own choice: the kernel's stderr thrown away
+        if devnull is not None:
+            devnull.close()
+        with tempfile.TemporaryFile() as log:
+            try:
+                return start(startup_timeout, kernel_name, stderr=log, **kwargs)
+            except RuntimeError as error:
+                log.seek(0)
+                words = log.read()[-3000:].decode("utf-8", "replace").strip() or "(nothing)"
+                raise RuntimeError(f"{error}; the kernel's stderr:\n{words}") from error
+
+    start_new_kernel.naming_its_stderr = True
+    return start_new_kernel
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if config.pluginmanager.hasplugin("nbval"):
+        import nbval.kernel
         from nbval.plugin import IPyNbFile
 
         if not getattr(IPyNbFile.collect, "with_inline_solutions", False):
             IPyNbFile.collect = _with_inline_solutions(IPyNbFile.collect)
             IPyNbFile.collect.with_inline_solutions = True
+        if not getattr(nbval.kernel.start_new_kernel, "naming_its_stderr", False):
+            nbval.kernel.start_new_kernel = _kernel_start_naming_its_stderr(
+                nbval.kernel.start_new_kernel
+            )
     config.addinivalue_line(
         "markers", "cuda: exercises a CUDA path; kept in the CUDA run of ./course test"
     )
