@@ -59,7 +59,7 @@ def _losses(workdir: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def baseline(elastic_baseline):
-    """The uninterrupted run (conftest.py), with the same --steps and --save-every as STEPS."""
+    """The uninterrupted run (conftest.py's, run with ``STEPS``)."""
     return elastic_baseline
 
 

@@ -391,6 +391,7 @@ def test_the_elastic_jobs_two_rank_checkpoint_loads_bit_for_bit_and_a_hostile_st
 ):
     """Two ranks under torchrun wrote steps 4, 8 and 12; the safe reader loads step 8 as dcp.load
     does. Then step 8's .metadata runs code: the restarted job refuses it and resumes from 4."""
+    from test_elastic_job import JOB, STEPS
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save as torch_convert
 
     from course_lib.distributed import run_torchrun
@@ -415,11 +416,7 @@ def test_the_elastic_jobs_two_rank_checkpoint_loads_bit_for_bit_and_a_hostile_st
 
     marker = tmp_path / "ran"
     _plant_code(step8, marker)
-    result = run_torchrun(
-        "course_lib.distributed.elastic_job",
-        ["--workdir", str(workdir), "--steps", "12", "--save-every", "4"],
-        timeout=150,
-    )
+    result = run_torchrun(JOB, ["--workdir", str(workdir), *STEPS], timeout=150)
     lines = result.job_lines()
     assert any(
         line.startswith("[job] refused step 8:") and "builtins.exec" in line for line in lines
