@@ -24,6 +24,7 @@ Taught in notebooks/05b_torchrun_elastic.ipynb, sections 2 to 5.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -380,7 +381,10 @@ def main(argv: list[str] | None = None) -> None:
         # DDP model among them: clear them (their lines stay for @record's error file).
         traceback.clear_frames(error.__traceback__)
         if dist.is_initialized():
-            end_process_group()
+            # A teardown that fails in turn (after a collective timed out) must not take the
+            # place of the job's own error in @record's report.
+            with contextlib.suppress(Exception):
+                end_process_group()
         raise
     end_process_group()
 
