@@ -159,6 +159,10 @@ def _where(trace: str) -> str:
 #: abort in gloo's teardown while the interpreter exits. The exception is what it did.
 _SELF_INFLICTED = {-signal.SIGABRT, -signal.SIGSEGV, -signal.SIGBUS}
 
+#: What a collective raises because another rank went away (gloo; NCCL): an echo of that rank's
+#: failure, not news, in a rank that torchrun then stopped.
+_PEER_GONE = re.compile(r"Connection (?:closed|reset) by peer|remote process exited")
+
 
 def _what(code: int, trace: str, messages: list[str]) -> str:
     last = [line.strip() for line in trace.splitlines() if line.strip()]
@@ -166,7 +170,12 @@ def _what(code: int, trace: str, messages: list[str]) -> str:
     where = _where(trace)
     at = f" in {where}" if where else ""
     if code < 0 and not (raised and code in _SELF_INFLICTED):
-        # Killed from outside: torchrun sends SIGTERM to the others after one worker failed.
+        # Killed from outside: torchrun sends SIGTERM to the others after one worker failed. A
+        # rank can have raised first (its error file is written) and be stopped while exiting,
+        # when a peer that its failure brought down left before it: then its error is the news.
+        if raised and not _PEER_GONE.search(last[-1]):
+            error = _GLOO_SOURCE.sub("", last[-1])
+            return f"raised {error}{at} (then killed by {_signal_name(code)} while exiting)"
         return f"was killed by {_signal_name(code)}{at}"
     if not raised:
         # No traceback: the worker left without an exception (os._exit, a C++ abort...), or it
@@ -236,7 +245,8 @@ def run_torchrun(
 
     Returns a ``TorchrunResult`` when every node exits 0. Otherwise raises ``TorchrunError`` naming
     each failed rank and what it did (raised ..., exited with code ..., was killed by SIGKILL; a
-    rank that raised and then aborted while exiting: raised ... (then aborted with SIGABRT ...)), or
+    rank that raised and then aborted or was stopped while exiting: raised ... (then aborted with
+    SIGABRT ... / then killed by SIGTERM ...)), or
     ``TorchrunTimeoutError`` after ``timeout`` seconds; in every case torchrun, its workers and
     their children are killed as one process group before this returns. ``echo`` prints the job's
     own ``[job]`` lines. Taught in notebooks/05_data_parallel.ipynb, in depth in

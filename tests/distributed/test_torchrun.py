@@ -79,6 +79,23 @@ def test_a_collective_timeout_names_where_each_rank_waited():
     )
 
 
+def test_a_rank_stopped_after_its_own_error_is_named_with_that_error():
+    """Seen in CI: rank 0 timed out and wrote its error file; rank 1 then lost its connection to
+    rank 0 and left first, so torchrun sent SIGTERM to rank 0 while it was exiting. The timeout
+    is what rank 0 did; only an error that says a peer went away is left out of a rank killed
+    afterwards (test_a_collective_timeout_names_where_each_rank_waited, the other order)."""
+    failed = _parse("hang_1_5_peer_left_first")
+    assert failed[0].exitcode == -15
+    assert failed[0].what.startswith("raised RuntimeError: Timed out waiting 8000ms")
+    assert failed[0].what.endswith(
+        "in train(): loss.backward() (then killed by SIGTERM while exiting)"
+    )
+    assert failed[1].what.startswith("raised RuntimeError: Connection closed by peer")
+    assert failed[1].what.endswith(
+        "in _inject(): dist.all_reduce(torch.zeros(1), group=_side_group)"
+    )
+
+
 def test_without_a_traceback_the_error_file_says_what_was_raised():
     output = (FIXTURES / "exit_1_5.log").read_text().replace("exitcode  : 3 ", "exitcode  : 1 ")
     (failure,) = [f for f in _failures(output, [FIXTURES / "raise_1_5.error0.json"]) if f.rank == 1]
