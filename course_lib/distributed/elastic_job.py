@@ -367,6 +367,10 @@ def train(cfg: JobConfig) -> None:
 
 
 @record  # torchrun's error file: the exception and traceback of a failed worker reach the agent
+def _train_on_record(cfg: JobConfig) -> None:
+    train(cfg)  # returns with the model, mesh and table freed
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m course_lib.distributed.elastic_job`` under torchrun.
 
@@ -374,15 +378,18 @@ def main(argv: list[str] | None = None) -> None:
     """
     cfg = parse_args(argv)
     try:
-        train(cfg)  # returns with the model, mesh and table freed
+        # The error file is written inside: before the group below is ended, which closes the
+        # other ranks' connections. A rank that then fails on that and leaves first gets this
+        # one stopped by torchrun, and only what is on record by then reaches the report.
+        _train_on_record(cfg)
     except BaseException as error:
         # A rank that raised must end its group too, or it aborts while exiting (SIGABRT after
         # its traceback, see end_process_group). The traceback's frames hold train's locals, the
-        # DDP model among them: clear them (their lines stay for @record's error file).
+        # DDP model among them: clear them.
         traceback.clear_frames(error.__traceback__)
         if dist.is_initialized():
             # A teardown that fails in turn (after a collective timed out) must not take the
-            # place of the job's own error in @record's report.
+            # place of the job's own error.
             with contextlib.suppress(Exception):
                 end_process_group()
         raise

@@ -234,11 +234,14 @@ from course_lib.distributed import elastic_job, reshard_job, step_folder
 from course_lib.distributed.torchrun import free_port
 
 alive = []
+error_file = Path(sys.argv[1]) / "error.json"  # torchrun's agent names it; @record writes it
+on_record = []
 destroy = dist.destroy_process_group
 
 def counting_destroy(*args, **kwargs):
     gc.collect()
     alive.append(sum(isinstance(o, DistributedDataParallel) for o in gc.get_objects()))
+    on_record.append(error_file.exists())
     destroy(*args, **kwargs)
 
 dist.destroy_process_group = counting_destroy
@@ -252,13 +255,15 @@ reshard_job.main([
     "--expect", str(work / "final.pth"), "--report", str(work / "report.json"),
 ])
 os.environ["MASTER_PORT"] = str(free_port())
+os.environ["TORCHELASTIC_ERROR_FILE"] = str(error_file)
 try:  # a rank that raises: its group is ended too, before the exception leaves main
     elastic_job.main(["--workdir", str(work / "raised"), "--steps", "4", "--fault", "raise:0:2"])
 except RuntimeError as error:
     assert "injected fault" in str(error), error
 else:
     raise AssertionError("the raise fault did not raise")
-print(json.dumps(alive))
+assert "injected fault" in error_file.read_text()
+print(json.dumps({"alive": alive, "on_record": on_record}))
 """
 
 
@@ -281,5 +286,9 @@ def test_no_ddp_model_outlives_the_process_group(tmp_path):
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    alive = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    alive = seen["alive"]
     assert alive == [0, 0, 0], f"DDP models alive when each job destroyed its group: {alive}"
+    # The raising rank's error is on record before its group ends: ending it closes the peers'
+    # connections, and a peer that then leaves first gets this rank stopped by torchrun.
+    assert seen["on_record"][-1], "the error file was written after the group was destroyed"
