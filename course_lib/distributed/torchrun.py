@@ -169,20 +169,20 @@ def _what(code: int, trace: str, messages: list[str]) -> str:
     raised = bool(last) and "Traceback" in trace
     where = _where(trace)
     at = f" in {where}" if where else ""
-    if code < 0 and not (raised and code in _SELF_INFLICTED):
-        # Killed from outside: torchrun sends SIGTERM to the others after one worker failed. A
-        # rank can have raised first (its error file is written) and be stopped while exiting,
-        # when a peer that its failure brought down left before it: then its error is the news.
-        if raised and not _PEER_GONE.search(last[-1]):
-            error = _GLOO_SOURCE.sub("", last[-1])
-            return f"raised {error}{at} (then killed by {_signal_name(code)} while exiting)"
+    # Killed from outside: torchrun sends SIGTERM to the others after one worker failed. A rank
+    # can have raised first (its error file is written) and be stopped while exiting, when a
+    # peer that its failure brought down left before it: then its error is the news, unless the
+    # error only says that a peer went away.
+    killed = code < 0 and code not in _SELF_INFLICTED
+    if raised and not (killed and _PEER_GONE.search(last[-1])):
+        then = "killed by" if killed else "aborted with"
+        after = f" (then {then} {_signal_name(code)} while exiting)" if code < 0 else ""
+        return f"raised {_GLOO_SOURCE.sub('', last[-1])}{at}{after}"
+    if code < 0:
         return f"was killed by {_signal_name(code)}{at}"
-    if not raised:
-        # No traceback: the worker left without an exception (os._exit, a C++ abort...), or it
-        # did not decorate its main with @record; the agent's error file may still say more.
-        return f"raised {messages[0]}" if code == 1 and messages else f"exited with code {code}"
-    after = f" (then aborted with {_signal_name(code)} while exiting)" if code < 0 else ""
-    return f"raised {_GLOO_SOURCE.sub('', last[-1])}{at}{after}"
+    # No traceback: the worker left without an exception (os._exit, a C++ abort...), or it did
+    # not decorate its main with @record; the agent's error file may still say more.
+    return f"raised {messages[0]}" if code == 1 and messages else f"exited with code {code}"
 
 
 def _failures(output: str, error_files: list[Path]) -> list[RankFailure]:
